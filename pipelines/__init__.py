@@ -1,0 +1,1 @@
+"""Sampling and inference pipelines built on the ``unet_diffusion`` network."""

@@ -1,0 +1,255 @@
+"""Convolutional building blocks: residual and classic blocks, resampling, and the U-Net block
+that joins a skip connection, a convolutional block and optional attention.
+
+Every block knows its own size arithmetic (``out_size``), so that the U-Net can tell which input
+sizes it accepts without running a forward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import AttentionGate, SelfAttention, SpatialTransformer
+
+
+# ---------------------------------------------------------------------------- size helpers
+def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Crop the middle ``height x width`` of a ``(B, C, H, W)`` map (valid-padding skips)."""
+    top = (x.shape[2] - height) // 2
+    left = (x.shape[3] - width) // 2
+    return x[:, :, top : top + height, left : left + width]
+
+
+def conv_padding(mode: str) -> int:
+    """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"`` (shrinks the map by 2)."""
+    return 1 if mode == "same" else 0
+
+
+# ---------------------------------------------------------------------------- convolutional blocks
+class ResidualBlock(nn.Module):
+    """Pre-activation residual block: ``GroupNorm -> SiLU -> conv3x3``, twice, with the embedding.
+
+    The embedding enters between the two convolutions, either added (``"add"``) or as a per-channel
+    scale and shift of the second normalisation (``"scale_shift"``, AdaGN). It is given already
+    passed through SiLU (the U-Net computes that once for all blocks).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        emb_dim: int | None,
+        time_injection: str,
+        dropout: float,
+        norm_groups: int,
+        norm_eps: float,
+        padding: str,
+        output_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.scale_shift = time_injection == "scale_shift"
+        self.shrink = 4 if padding == "valid" else 0
+        self.output_scale = output_scale
+        self.norm1 = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=conv_padding(padding))
+        self.emb_proj = None
+        if emb_dim is not None:
+            self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if self.scale_shift else 1))
+        self.norm2 = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=conv_padding(padding))
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def out_size(self, n: int) -> int:
+        return n - self.shrink
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb_proj is not None:
+            e = self.emb_proj(emb)[:, :, None, None]  # (B, C or 2C, 1, 1)
+            if self.scale_shift:
+                scale, shift = e.chunk(2, dim=1)
+                h = self.norm2(h) * (1 + scale) + shift
+            else:
+                h = self.norm2(h + e)
+        else:
+            h = self.norm2(h)
+        h = self.conv2(self.dropout(F.silu(h)))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        if self.shrink:
+            skip = center_crop(skip, h.shape[2], h.shape[3])
+        out = skip + h
+        return out / self.output_scale if self.output_scale != 1.0 else out
+
+
+class ClassicBlock(nn.Module):
+    """The original U-Net block: ``conv3x3 -> [BatchNorm] -> ReLU``, twice. Takes no embedding."""
+
+    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool, dropout: float, padding: str):
+        super().__init__()
+        self.shrink = 4 if padding == "valid" else 0
+        layers: list[nn.Module] = []
+        for i, c_in in enumerate((in_channels, out_channels)):
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=conv_padding(padding), bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(out_channels))
+            layers.append(nn.ReLU(inplace=True))
+            if i == 0 and dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.layers = nn.Sequential(*layers)
+
+    def out_size(self, n: int) -> int:
+        return n - self.shrink
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
+        return self.layers(x)
+
+
+# ---------------------------------------------------------------------------- resampling
+class Downsample(nn.Module):
+    """Halve the spatial size, keeping the channels.
+
+    ``"conv"``: stride-2 3x3 convolution, padding 1. ``"conv_asym"``: the same after padding only the
+    right and bottom edge (original DDPM, diffusers ``downsample_padding=0``). ``"maxpool"`` /
+    ``"avgpool"``: 2x2 pooling.
+    """
+
+    push_skip = False
+
+    def __init__(self, channels: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind in ("conv", "conv_asym"):
+            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
+        elif kind == "maxpool":
+            self.op = nn.MaxPool2d(2)
+        elif kind == "avgpool":
+            self.op = nn.AvgPool2d(2)
+        else:
+            raise ValueError(f"downsample must be 'conv', 'conv_asym', 'maxpool' or 'avgpool', got {kind!r}.")
+
+    def out_size(self, n: int) -> int:
+        if n % 2:
+            raise ValueError(f"a {n}-pixel map cannot be halved")
+        return n // 2
+
+    def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
+        if self.kind == "conv_asym":
+            x = F.pad(x, (0, 1, 0, 1))
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Double the spatial size: ``"conv_transpose"`` (2x2, stride 2) or ``"nearest"`` / ``"bilinear"``
+    interpolation followed by a 3x3 convolution. Maps ``in_channels`` to ``out_channels``."""
+
+    push_skip = False
+    skip_channels = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "conv_transpose":
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+        elif kind in ("nearest", "bilinear"):
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        else:
+            raise ValueError(f"upsample must be 'conv_transpose', 'nearest' or 'bilinear', got {self.kind!r}.")
+
+    def out_size(self, n: int) -> int:
+        return 2 * n
+
+    def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
+        if self.kind == "conv_transpose":
+            return self.conv(x)
+        if self.kind == "nearest":
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.conv(x)
+
+
+# ---------------------------------------------------------------------------- the U-Net block
+class UNetBlock(nn.Module):
+    """One step of the U: [merge a skip] -> conv block -> [self-attention] -> [cross-attention transformer].
+
+    Decoder blocks receive a skip (``skip_channels > 0``): it is center-cropped to the decoder map
+    (valid padding), optionally gated (Attention U-Net), concatenated, and optionally squeezed back
+    to ``out_channels`` by a 1x1 convolution before the conv block.
+    """
+
+    push_skip = False  # set by the U-Net on encoder blocks whose output is a skip connection
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        skip_channels: int = 0,
+        conv_block: str,
+        emb_dim: int | None,
+        time_injection: str,
+        dropout: float,
+        norm_groups: int,
+        norm_eps: float,
+        padding: str,
+        batch_norm: bool,
+        attention_heads: int | None = None,
+        context_dim: int | None = None,
+        transformer_heads: int | None = None,
+        transformer_depth: int = 1,
+        attention_gate: bool = False,
+        skip_conv: bool = False,
+        output_scale: float = 1.0,
+    ):
+        super().__init__()
+        self.skip_channels = skip_channels
+        self.gate = AttentionGate(skip_channels, in_channels) if skip_channels and attention_gate else None
+        self.skip_conv = None
+        conv_in = in_channels + skip_channels
+        if skip_channels and skip_conv:
+            self.skip_conv = nn.Conv2d(conv_in, out_channels, 1)
+            conv_in = out_channels
+        if conv_block == "residual":
+            self.conv = ResidualBlock(
+                conv_in, out_channels, emb_dim, time_injection, dropout, norm_groups, norm_eps, padding, output_scale
+            )
+        else:
+            self.conv = ClassicBlock(conv_in, out_channels, batch_norm, dropout, padding)
+        self.attn = None
+        if attention_heads is not None:
+            self.attn = SelfAttention(out_channels, attention_heads, norm_groups, norm_eps, output_scale)
+        self.transformer = None
+        if context_dim is not None:
+            self.transformer = SpatialTransformer(
+                out_channels, transformer_heads, context_dim, transformer_depth, norm_groups, dropout
+            )
+
+    def out_size(self, n: int, skip_n: int | None = None) -> int:
+        if skip_n is not None and (skip_n < n or (skip_n - n) % 2):
+            raise ValueError(f"a {skip_n}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
+        return self.conv.out_size(n)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        skip: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if skip is not None:
+            if skip.shape[2:] != x.shape[2:]:
+                skip = center_crop(skip, x.shape[2], x.shape[3])
+            if self.gate is not None:
+                skip = self.gate(skip, x)
+            x = torch.cat([x, skip], dim=1)
+            if self.skip_conv is not None:
+                x = self.skip_conv(x)
+        x = self.conv(x, emb)
+        if self.attn is not None:
+            x = self.attn(x)
+        if self.transformer is not None:
+            x = self.transformer(x, context)
+        return x

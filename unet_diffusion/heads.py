@@ -1,0 +1,31 @@
+"""Output heads on the shared encoder-decoder core.
+
+The denoising head predicts something image-shaped (noise, v or x0, optionally with a variance
+channel per image channel); the segmentation head predicts per-pixel class logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Head(nn.Module):
+    """``[GroupNorm -> SiLU] -> conv`` to the output channels.
+
+    The normalisation is there for residual cores, whose features are an un-normalised residual
+    stream; classic cores end in ReLU already. Denoising uses a 3x3 convolution (as DDPM and
+    diffusers), segmentation a 1x1 convolution (as the original U-Net).
+    """
+
+    def __init__(self, kind: str, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps) if normalize else None
+        kernel = 3 if kind == "denoise" else 1
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            x = F.silu(self.norm(x))
+        return self.conv(x)
