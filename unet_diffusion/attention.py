@@ -28,15 +28,15 @@ def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
 class SelfAttention(nn.Module):
     """Residual multi-head self-attention over the pixels of a feature map (DDPM / ADM style).
 
-    GroupNorm, one fused q/k/v projection, SDPA, output projection, residual sum divided by
-    ``rescale`` (1 in most models).
+    GroupNorm (unless ``norm=False``), one fused q/k/v projection, SDPA, output projection, residual
+    sum divided by ``rescale`` (1 in most models).
     """
 
-    def __init__(self, channels: int, heads: int, norm_groups: int, norm_eps: float, rescale: float = 1.0):
+    def __init__(self, channels: int, heads: int, norm_groups: int, norm_eps: float, rescale: float = 1.0, norm: bool = True):
         super().__init__()
         self.heads = heads
         self.rescale = rescale
-        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps)
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=norm_eps) if norm else nn.Identity()
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
 

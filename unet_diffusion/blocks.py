@@ -197,6 +197,7 @@ class UNetBlock(nn.Module):
         padding: str,
         batch_norm: bool,
         attention_heads: int | None = None,
+        attention_norm: bool = True,
         context_dim: int | None = None,
         transformer_heads: int | None = None,
         transformer_depth: int = 1,
@@ -220,7 +221,7 @@ class UNetBlock(nn.Module):
             self.conv = ClassicBlock(conv_in, out_channels, batch_norm, dropout, padding)
         self.attn = None
         if attention_heads is not None:
-            self.attn = SelfAttention(out_channels, attention_heads, norm_groups, norm_eps, output_scale)
+            self.attn = SelfAttention(out_channels, attention_heads, norm_groups, norm_eps, output_scale, attention_norm)
         self.transformer = None
         if context_dim is not None:
             self.transformer = SpatialTransformer(

@@ -70,7 +70,7 @@ class FourierFeatures(nn.Module):
         t = timesteps.float()
         if self.log:
             t = torch.log(t)
-        args = t[:, None] * self.weight[None, :] * (2 * math.pi)  # (B, dim/2)
+        args = t[:, None] * self.weight[None, :] * 2 * math.pi  # (B, dim/2); diffusers' order of products, bit for bit
         first, second = (torch.cos(args), torch.sin(args)) if self.flip_sin_to_cos else (torch.sin(args), torch.cos(args))
         return torch.cat([first, second], dim=-1)
 

@@ -27,11 +27,10 @@ from .weights import (
     check_config_keys,
     model_shapes,
     raise_if_mismatched,
+    safetensors_files,
     safetensors_shapes,
     state_dict_differences,
 )
-
-WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
 @dataclass
@@ -99,17 +98,21 @@ class UNet(ModelMixin, ConfigMixin):
         flip_sin_to_cos: bool = True,             # Sinusoidal/Fourier features ordered [cos, sin] instead of [sin, cos].
         freq_shift: float = 0.0,                  # Sinusoidal frequencies are 10000^(-i / (half - freq_shift)).
         fourier_scale: float = 16.0,              # Standard deviation of the random Fourier frequencies.
+        fourier_log: bool = True,                 # Fourier features of log(t) (score-SDE, where t is sigma) or of t itself.
+        divide_by_timestep: bool = False,         # Divide the output by the timestep (score models whose timestep is sigma).
+        center_input: bool = False,               # Map the input from [0, 1] to [-1, 1] (2x - 1) first (diffusers center_input_sample).
         time_injection: str = "add",              # Embedding enters residual blocks by "add" or "scale_shift" (AdaGN).
         num_class_labels: int | None = None,      # Class conditioning: number of labels (None = not class-conditional).
         null_class_label: bool = True,            # Add a "null" label (index num_class_labels) for classifier-free guidance.
         attention_levels: tuple[int, ...] = (),   # Levels whose blocks end in self-attention.
         mid_attention: bool = True,               # Self-attention in the middle block.
-        attention_heads: int | None = None,       # Number of attention heads (give this or attention_head_channels).
+        mid_attention_norm: bool = True,          # GroupNorm before the middle self-attention (diffusers' scale_shift UNet2DModel has none).
+        attention_heads: int | tuple[int, ...] | None = None,  # Attention heads, one count or one per level (the middle uses the last).
         attention_head_channels: int | None = None,  # Channels per attention head; heads = width // this.
         cross_attention_levels: tuple[int, ...] = (),  # Levels whose blocks end in a cross-attention transformer.
         mid_cross_attention: bool = False,        # Cross-attention transformer in the middle block.
         context_dim: int | None = None,           # Width of encoder_hidden_states (needed with cross-attention).
-        transformer_depth: int = 1,               # Transformer layers per cross-attention block.
+        transformer_depth: int | tuple[int, ...] = 1,  # Transformer layers per cross-attention block, or one count per level.
         mid_block_scale: float = 1.0,             # The middle block's residual sums are divided by this.
         pad_input: bool = False,                  # Same padding: pad inputs to a multiple of 2^(levels-1), crop the output back.
     ):
@@ -131,6 +134,14 @@ class UNet(ModelMixin, ConfigMixin):
         blocks = _per_level("blocks_per_level", blocks_per_level, levels)
         if min(blocks) < 1:
             raise ValueError(f"blocks_per_level must be at least 1 on every level; got {blocks_per_level}.")
+        depths = _per_level("transformer_depth", transformer_depth, levels)
+        if min(depths) < 1:
+            raise ValueError(f"transformer_depth must be at least 1 on every level; got {transformer_depth}.")
+        head_counts = None if attention_heads is None else _per_level("attention_heads", attention_heads, levels)
+        if head_counts is not None and min(head_counts) < 1:
+            raise ValueError(f"attention_heads must be at least 1 on every level; got {attention_heads}.")
+        if divide_by_timestep and time_embedding is None:
+            raise ValueError("divide_by_timestep needs a timestep; it does nothing with time_embedding=None.")
         for name, lv in (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels)):
             bad = [l for l in lv if not 0 <= l < levels]
             if bad:
@@ -158,9 +169,9 @@ class UNet(ModelMixin, ConfigMixin):
         if head == "segment" and learned_variance:
             raise ValueError("learned_variance belongs to the denoise head, not the segmentation head.")
 
-        def heads_for(width: int) -> int:
+        def heads_for(width: int, level: int) -> int:
             if attention_head_channels is None:
-                return attention_heads or 1
+                return head_counts[level] if head_counts else 1
             if width % attention_head_channels:
                 raise ValueError(f"attention_head_channels={attention_head_channels} does not divide width {width}.")
             return width // attention_head_channels
@@ -173,7 +184,8 @@ class UNet(ModelMixin, ConfigMixin):
         if time_embedding == "sinusoidal":
             self.time_embed = TimeEmbedding(SinusoidalFeatures(channels[0], flip_sin_to_cos, freq_shift), channels[0], emb_dim)
         elif time_embedding == "fourier":
-            self.time_embed = TimeEmbedding(FourierFeatures(2 * channels[0], fourier_scale, flip_sin_to_cos), 2 * channels[0], emb_dim)
+            features = FourierFeatures(2 * channels[0], fourier_scale, flip_sin_to_cos, log=fourier_log)
+            self.time_embed = TimeEmbedding(features, 2 * channels[0], emb_dim)
         self.class_embed = None
         if num_class_labels is not None:
             self.class_embed = nn.Embedding(num_class_labels + int(null_class_label), emb_dim)
@@ -181,14 +193,16 @@ class UNet(ModelMixin, ConfigMixin):
         common = dict(
             conv_block=block, emb_dim=emb_dim, time_injection=time_injection, dropout=dropout,
             norm_groups=norm_groups, norm_eps=norm_eps, padding=padding, batch_norm=batch_norm,
-            context_dim=None, transformer_depth=transformer_depth,
         )
 
-        def make_block(c_in: int, c_out: int, level: int | None, skip: int = 0, attn: bool = False, cross: bool = False, scale: float = 1.0):
+        def make_block(c_in: int, c_out: int, level: int | None, skip: int = 0, attn: bool = False, cross: bool = False,
+                       scale: float = 1.0, attn_norm: bool = True):
+            level = levels - 1 if level is None else level  # the middle takes the lowest level's heads and depth
             return UNetBlock(
-                c_in, c_out, skip_channels=skip, **{**common, "context_dim": context_dim if cross else None},
-                attention_heads=heads_for(c_out) if attn else None, transformer_heads=heads_for(c_out),
-                attention_gate=attention_gates, skip_conv=skip_conv, output_scale=scale,
+                c_in, c_out, skip_channels=skip, **common,
+                attention_heads=heads_for(c_out, level) if attn else None, attention_norm=attn_norm,
+                context_dim=context_dim if cross else None, transformer_heads=heads_for(c_out, level) if cross else None,
+                transformer_depth=depths[level], attention_gate=attention_gates, skip_conv=skip_conv, output_scale=scale,
             )
 
         # Encoder: push the width of every output that becomes a skip connection.
@@ -217,7 +231,9 @@ class UNet(ModelMixin, ConfigMixin):
         # Middle: residual, attention, residual at the lowest resolution.
         self.middle = nn.ModuleDict()
         if mid_block:
-            self.middle["mid_block0"] = make_block(c, c, None, attn=mid_attention, cross=mid_cross_attention, scale=mid_block_scale)
+            self.middle["mid_block0"] = make_block(
+                c, c, None, attn=mid_attention, cross=mid_cross_attention, scale=mid_block_scale, attn_norm=mid_attention_norm
+            )
             self.middle["mid_block1"] = make_block(c, c, None, scale=mid_block_scale)
 
         # Decoder: pop the skip widths in reverse order.
@@ -414,6 +430,8 @@ class UNet(ModelMixin, ConfigMixin):
         t = self._timestep_tensor(timestep, batch, sample.device)
         self._check_conditioning(class_labels, encoder_hidden_states, batch)
 
+        if self.config.center_input:
+            sample = 2 * sample - 1.0
         height, width = sample.shape[2:]
         if self.config.pad_input:
             f = self.downsampling_factor
@@ -451,6 +469,8 @@ class UNet(ModelMixin, ConfigMixin):
 
         if self.config.pad_input and (out.shape[2] != height or out.shape[3] != width):
             out = out[:, :, :height, :width]
+        if self.config.divide_by_timestep:
+            out = out / t.reshape(batch, 1, 1, 1)
         if not return_dict:
             return (out,)
         return UNetOutput(sample=out)
@@ -467,12 +487,22 @@ class UNet(ModelMixin, ConfigMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a folder written by ``save_pretrained`` (``config.json`` + safetensors weights).
 
+        The folder may also hold a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` (its config's
+        ``_class_name`` says so): it is converted on the fly to the same function (see
+        ``unet_diffusion.convert``), legacy attention names, variants and shards included.
+
         Accepts diffusers' loading options (``subfolder``, ``variant``, ``torch_dtype``, ...). Weights
         are read from safetensors only. A checkpoint whose tensors do not match the config raises
         ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
         """
         folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
         if folder.is_dir():
+            from .convert import DIFFUSERS_CLASSES, load_diffusers_folder
+
+            config_path = folder / "config.json"
+            if config_path.is_file() and json.loads(config_path.read_text()).get("_class_name") in DIFFUSERS_CLASSES:
+                kwargs.pop("subfolder", None)
+                return load_diffusers_folder(folder, **kwargs)
             cls._check_folder(folder, kwargs.get("variant"))
         want_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
@@ -488,21 +518,15 @@ class UNet(ModelMixin, ConfigMixin):
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
         config = json.loads(config_path.read_text())
-        check_config_keys(cls, config, source=str(config_path))
-        stem = WEIGHTS_NAME + (f".{variant}" if variant else "")
-        single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
-        if variant and not index.is_file():  # diffusers names sharded variants ...safetensors.index.<variant>.json
-            index = folder / f"{WEIGHTS_NAME}.safetensors.index.{variant}.json"
-        if single.is_file():
-            files = [single]
-        elif index.is_file():
-            files = sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
-        else:
-            raise FileNotFoundError(
-                f"{folder} has no {single.name} (or sharded {index.name}); weights are loaded from safetensors only."
+        class_name = config.get("_class_name", cls.__name__)
+        if class_name != cls.__name__:
+            raise ValueError(
+                f"{config_path} describes a {class_name}, not a {cls.__name__}; {cls.__name__}.from_pretrained reads "
+                f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
             )
+        check_config_keys(cls, config, source=str(config_path))
         found: dict[str, tuple] = {}
-        for file in files:
+        for file in safetensors_files(folder, variant):
             found.update(safetensors_shapes(file))
         with torch.device("meta"):
             skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})

@@ -97,6 +97,38 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
     model.load_state_dict(state_dict, strict=True)
 
 
+# ---------------------------------------------------------------------------- folders
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> list[Path]:
+    """The safetensors weight files of a ``save_pretrained`` folder: one file, or the shards of an index.
+
+    Handles ``variant`` names (``diffusion_pytorch_model.fp16.safetensors``) and both of diffusers'
+    names for a sharded variant's index. Pickled ``.bin`` weights are refused: they can run code.
+    """
+    folder = Path(folder)
+    stem = WEIGHTS_NAME + (f".{variant}" if variant else "")
+    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    if variant and not index.is_file():  # diffusers names sharded variants ...safetensors.index.<variant>.json
+        index = folder / f"{WEIGHTS_NAME}.safetensors.index.{variant}.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+    hint = ""
+    if (folder / f"{stem}.bin").is_file():
+        hint = (
+            f" It has {stem}.bin, a pickle, which is not read because loading a pickle can run code; rewrite it as "
+            "safetensors once with diffusers, e.g. UNet2DModel.from_pretrained(folder).save_pretrained(folder)."
+        )
+    elif not variant and sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")):
+        hint = " It has variant files; pass variant=..., e.g. variant='fp16'."
+    raise FileNotFoundError(
+        f"{folder} has no {single.name} (or sharded {index.name}); weights are loaded from safetensors only.{hint}"
+    )
+
+
 # ---------------------------------------------------------------------------- atomic writes
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
     """``safetensors.torch.save_file`` through a temporary file renamed into place."""
