@@ -6,6 +6,60 @@ the parsed arguments and returns an exit status.
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
+TO_OURS, TO_DIFFUSERS = "unet-diffusion", "diffusers"
+DTYPES = ("float32", "float16", "bfloat16")
+
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the ``unet-diffusion`` parser."""
+    convert = subparsers.add_parser(
+        "convert",
+        help="convert a U-Net folder between diffusers' format and ours (same outputs)",
+        description=(
+            "Convert a save_pretrained folder: a diffusers UNet2DModel / UNet2DConditionModel becomes our UNet, "
+            "our UNet becomes the diffusers model with the same outputs. The direction is read from SRC/config.json."
+        ),
+    )
+    convert.add_argument("src", metavar="SRC", help="folder with config.json and safetensors weights")
+    convert.add_argument("dst", metavar="DST", help="new folder to write")
+    convert.add_argument("--to", choices=(TO_OURS, TO_DIFFUSERS), help="target format (default: the other one than SRC's)")
+    convert.add_argument("--variant", help="read SRC's weights of this variant, e.g. fp16")
+    convert.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the written weights (default float32)")
+    convert.add_argument("--overwrite", action="store_true", help="write into DST even if it is not empty")
+    convert.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``unet-diffusion convert SRC DST``: load SRC in either format, write DST in the other."""
+    import torch
+
+    from .convert import DIFFUSERS_CLASSES, to_diffusers
+    from .unet import UNet
+
+    src, dst = Path(args.src), Path(args.dst)
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")
+    class_name = json.loads(config_path.read_text()).get("_class_name")
+    if class_name in DIFFUSERS_CLASSES:
+        source_format = TO_DIFFUSERS
+    elif class_name == UNet.__name__:
+        source_format = TO_OURS
+    else:
+        raise ValueError(f"{config_path} describes a {class_name!r}; expected UNet, {' or '.join(DIFFUSERS_CLASSES)}.")
+    target = args.to or (TO_OURS if source_format == TO_DIFFUSERS else TO_DIFFUSERS)
+    if target == source_format:
+        raise ValueError(f"{src} is already a {target} model ({class_name}); nothing to convert. Leave out --to.")
+    if dst.exists() and any(dst.iterdir()) and not args.overwrite:
+        raise ValueError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
+
+    model = UNet.from_pretrained(src, variant=args.variant)
+    out = to_diffusers(model) if target == TO_DIFFUSERS else model
+    out.to(getattr(torch, args.dtype)).save_pretrained(dst)
+    params = sum(p.numel() for p in out.parameters())
+    print(f"{src} ({class_name}) -> {dst} ({type(out).__name__}, {params:,} parameters, {args.dtype})")
+    return 0

@@ -257,6 +257,14 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
     for level, (width, value) in enumerate(zip(channels, per_level)):
         if kinds[level] == "attn":
             head_width = value or width
+            # diffusers sizes up block i's self-attention with attention_head_dim[i], not reversed.
+            up_width = per_level[levels - 1 - level] or width
+            if up_width != head_width:
+                raise UnsupportedConversionError(
+                    f"attention_head_dim={c['attention_head_dim']!r} gives level {level}'s self-attention heads of width "
+                    f"{head_width} in the down block but {up_width} in the up block (diffusers reads the list unreversed "
+                    "for up blocks); our UNet has one head count per level."
+                )
             if width % head_width:
                 raise UnsupportedConversionError(f"attention_head_dim={head_width} does not divide width {width} at level {level}.")
             heads.append(width // head_width)
@@ -391,6 +399,12 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     for level, width in enumerate(channels):
         heads = _head_count(c, width, level)
         per_level.append(width // heads if level in attn else heads)
+    unreversed = [l for l in attn if per_level[levels - 1 - l] != per_level[l]]
+    if unreversed:
+        raise UnsupportedConversionError(
+            f"this UNet cannot be written as a diffusers model: UNet2DConditionModel sizes the up-block self-attention of "
+            f"levels {sorted(unreversed)} with another level's attention_head_dim entry, which differs here."
+        )
     if mid_cross and levels - 1 in attn and per_level[-1] != _head_count(c, channels[-1], levels - 1):
         raise UnsupportedConversionError(
             "this UNet cannot be written as a diffusers model: its last level has self-attention and the middle "
