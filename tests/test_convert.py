@@ -83,12 +83,19 @@ CASES = {
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=(2, 4, 8), cross_attention_dim=24, transformer_layers_per_block=(2, 1, 1),
     )),
-    # Linear projections, self-attention blocks in a conditional model, AdaGN, classes, upcast flag.
+    # Stable Diffusion 2's head counts [5, 10, 20, 20] (8-channel heads here), linear projections, upcast flag.
+    "cond_sd2_heads": (UNet2DConditionModel, dict(
+        SMALL, block_out_channels=(40, 80, 160, 160), in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        attention_head_dim=(5, 10, 20, 20), cross_attention_dim=16, use_linear_projection=True, upcast_attention=True,
+    )),
+    # Linear projections, self-attention blocks in a conditional model, AdaGN, classes.
     "cond_linear_projection_classes": (UNet2DConditionModel, dict(
         SMALL, in_channels=3, out_channels=6,
         down_block_types=("AttnDownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "AttnUpBlock2D"),
         attention_head_dim=(16, 16), cross_attention_dim=12, use_linear_projection=True, resnet_time_scale_shift="scale_shift",
-        num_class_embeds=3, upcast_attention=True, downsample_padding=0,
+        num_class_embeds=3, downsample_padding=0,
     )),
     # Fourier features of t, no middle block, centred input.
     "cond_fourier_no_mid": (UNet2DConditionModel, dict(
