@@ -288,3 +288,49 @@ def test_inexpressible_unets_are_refused_by_name():
         to_diffusers(UNet(**tiny_config(attention_gates=True)))
     with pytest.raises(UnsupportedConversionError, match="both self- and cross-attention"):
         to_diffusers(UNet(**tiny_config(cross_attention_levels=(1,), context_dim=8)))
+
+
+# ---------------------------------------------------------------------------- full-size checkpoints' configs
+SD15 = dict(
+    _class_name="UNet2DConditionModel", act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280],
+    center_input_sample=False, cross_attention_dim=768, downsample_padding=1, flip_sin_to_cos=True, freq_shift=0,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    in_channels=4, out_channels=4, layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32,
+    sample_size=64,
+)
+FULL_SIZE = {
+    "stable-diffusion-v1-5": (SD15, 859_520_964),
+    "stable-diffusion-2-1": (dict(SD15, attention_head_dim=[5, 10, 20, 20], cross_attention_dim=1024, sample_size=96,
+                                  use_linear_projection=True, upcast_attention=True), None),
+    "ddpm-celebahq-256": (dict(
+        _class_name="UNet2DModel", _diffusers_version="0.0.4", act_fn="silu", attention_head_dim=None,
+        block_out_channels=[128, 128, 256, 256, 512, 512], center_input_sample=False, downsample_padding=0,
+        down_block_types=["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+        up_block_types=["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4, flip_sin_to_cos=False, freq_shift=1,
+        in_channels=3, out_channels=3, layers_per_block=2, mid_block_scale_factor=1, norm_eps=1e-6, norm_num_groups=32,
+        sample_size=256, time_embedding_type="positional",
+    ), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZE))
+def test_full_size_configs_map_tensor_for_tensor(name):
+    """Real checkpoints' configs (built on the meta device: no memory, no weights) map every tensor."""
+    import diffusers
+
+    from unet_diffusion.convert import name_map
+
+    config, known_count = FULL_SIZE[name]
+    with torch.device("meta"):
+        theirs = getattr(diffusers, config["_class_name"])(**{k: v for k, v in config.items() if not k.startswith("_")})
+        ours = UNet(**config_from_diffusers(config))
+    their_sizes = {k: t.numel() for k, t in theirs.state_dict().items()}
+    names = name_map(ours)
+    assert sorted(n for parts in names.values() for n in parts) == sorted(their_sizes)
+    for key, tensor in ours.state_dict().items():
+        assert tensor.numel() == sum(their_sizes[n] for n in names[key]), key
+    count = sum(p.numel() for p in ours.parameters())
+    assert count == sum(p.numel() for p in theirs.parameters())
+    if known_count is not None:
+        assert count == known_count

@@ -480,6 +480,14 @@ class UNet(ModelMixin, ConfigMixin):
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
         """Build from a config dict; unknown fields are an error, not silently ignored."""
         if isinstance(config, dict):
+            from .convert import DIFFUSERS_CLASSES
+
+            if config.get("_class_name") in DIFFUSERS_CLASSES:
+                raise ValueError(
+                    f"this is a diffusers {config['_class_name']} config. UNet.from_pretrained converts diffusers "
+                    "folders on disk: download the model first (hf download REPO --local-dir DIR) and pass DIR; "
+                    "unet_diffusion.convert.config_from_diffusers(config) gives the architecture alone."
+                )
             check_config_keys(cls, config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
