@@ -334,3 +334,13 @@ def test_full_size_configs_map_tensor_for_tensor(name):
     assert count == sum(p.numel() for p in theirs.parameters())
     if known_count is not None:
         assert count == known_count
+
+
+def test_legacy_attention_names_never_overwrite_current_ones():
+    from unet_diffusion.convert import rename_legacy_attention
+
+    t = torch.zeros(1)
+    renamed = rename_legacy_attention({"mid_block.attentions.0.query.weight": t, "mid_block.attentions.0.to_q.weight": t,
+                                       "down_blocks.1.attentions.0.proj_attn.bias": t})
+    assert sorted(renamed) == ["down_blocks.1.attentions.0.to_out.0.bias", "mid_block.attentions.0.query.weight",
+                               "mid_block.attentions.0.to_q.weight"]

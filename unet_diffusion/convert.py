@@ -204,11 +204,11 @@ def config_from_diffusers(config: dict) -> dict:
     if conditional:
         ours.update(_conditional_attention(c, channels, kinds))
     else:
-        ours.update(_unconditional_attention(c, kinds))
+        ours.update(_unconditional_attention(c))
     return ours
 
 
-def _unconditional_attention(c: dict, kinds: list) -> dict:
+def _unconditional_attention(c: dict) -> dict:
     """Attention fields of a UNet2DModel: one head width everywhere (None: one head per block)."""
     fields = dict(mid_attention=bool(c["mid_block_type"]) and c["add_attention"])
     head_dim = c["attention_head_dim"]
@@ -239,7 +239,7 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
     """
     levels = len(channels)
     per_level = _per_level("attention_head_dim", c["attention_head_dim"], levels)
-    context = set(_per_level("cross_attention_dim", c["cross_attention_dim"], levels))
+    contexts = _per_level("cross_attention_dim", c["cross_attention_dim"], levels)
     depth = _per_level("transformer_layers_per_block", c["transformer_layers_per_block"], levels)
     if any(isinstance(d, (list, tuple)) for d in depth):
         raise UnsupportedConversionError(
@@ -248,7 +248,8 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
         )
     mid_cross = c["mid_block_type"] == "UNetMidBlock2DCrossAttn"
     uses_cross = mid_cross or "cross" in kinds
-    if uses_cross and len(context) != 1:
+    context = {contexts[l] for l in range(levels) if kinds[l] == "cross"} | ({contexts[-1]} if mid_cross else set())
+    if len(context) > 1:
         raise UnsupportedConversionError(
             f"cross_attention_dim={c['cross_attention_dim']!r} differs between levels; our UNet has one context_dim."
         )
@@ -389,7 +390,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
             layers_per_block=blocks[0],
             mid_block_type="UNetMidBlock2D" if c["mid_block"] else None,
             add_attention=bool(mid_attn),
-            attention_head_dim=None if all(h == 1 for _, h, _ in sites) or not sites else head_dims.pop(),
+            attention_head_dim=None if all(h == 1 for _, h, _ in sites) else head_dims.pop(),  # None: one head per block
             attn_norm_num_groups=c["norm_groups"] if mid_attn and c["mid_attention_norm"] else None,
         )
         return "UNet2DModel", fields
@@ -496,7 +497,9 @@ def rename_legacy_attention(state_dict: dict) -> dict:
     renamed = {}
     for name, tensor in state_dict.items():
         match = pattern.fullmatch(name)
-        renamed[f"{match[1]}.{_LEGACY_ATTENTION[match[2]]}.{match[3]}" if match else name] = tensor
+        new = f"{match[1]}.{_LEGACY_ATTENTION[match[2]]}.{match[3]}" if match else name
+        # A checkpoint with both names keeps the old one, which the strict check then reports as unexpected.
+        renamed[name if new in state_dict and new != name else new] = tensor
     return renamed
 
 
