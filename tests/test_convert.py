@@ -344,3 +344,17 @@ def test_legacy_attention_names_never_overwrite_current_ones():
                                        "down_blocks.1.attentions.0.proj_attn.bias": t})
     assert sorted(renamed) == ["down_blocks.1.attentions.0.to_out.0.bias", "mid_block.attentions.0.query.weight",
                                "mid_block.attentions.0.to_q.weight"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(attention_heads=(1, 2, 3)), "attention_heads has 3 entries but the model has 2 levels"),
+        (dict(attention_heads=(2, 0)), "attention_heads must be at least 1"),
+        (dict(transformer_depth=(1, 0), cross_attention_levels=(1,), context_dim=8), "transformer_depth must be at least 1"),
+        (dict(divide_by_timestep=True, time_embedding=None, head="segment"), "divide_by_timestep needs a timestep"),
+    ],
+)
+def test_new_parity_fields_are_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        UNet(**tiny_config(**overrides))
