@@ -72,7 +72,7 @@ def _one_to_tensor(image, channels: int | None, name: str) -> torch.Tensor:
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         if image.dtype not in (np.uint8, np.float16, np.float32, np.float64, np.bool_):
             raise TypeError(f"{name}: numpy images must be uint8 (0..255) or float (0..1); got dtype {image.dtype}.")
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).float() / scale
+        tensor = torch.from_numpy(np.array(image, dtype=np.float32)) / scale  # a copy: PIL arrays are read-only
         return rearrange(tensor, "b h w c -> b c h w")
     if isinstance(image, torch.Tensor):
         if image.ndim == 3:
