@@ -49,6 +49,10 @@ def image_files(path: str | os.PathLike) -> list[Path]:
 
 # ---------------------------------------------------------------------------- to tensors
 def _pil_to_array(image: PIL.Image.Image, channels: int | None) -> np.ndarray:
+    if image.mode.startswith("I") or image.mode == "F":
+        # 16-bit and float grayscale (microscopy TIFFs): converting to "L" would clip at 255.
+        array = np.asarray(image).astype(np.float32)
+        return array / 65535.0 if image.mode.startswith("I") else array
     if channels == 1:
         image = image.convert("L")
     elif channels == 3 or image.mode not in ("L", "RGB", "RGBA"):
@@ -145,3 +149,35 @@ def make_grid(images: list[PIL.Image.Image], columns: int | None = None) -> PIL.
     for i, image in enumerate(images):
         grid.paste(image, ((i % columns) * width, (i // columns) * height))
     return grid
+
+
+# ---------------------------------------------------------------------------- masks
+# Overlay colours for classes 1, 2, ...; class 0 is taken as background and left uncoloured.
+PALETTE = np.array(
+    [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240), (245, 130, 48), (240, 50, 230)],
+    dtype=np.float32,
+)
+
+
+def mask_to_pil(mask: np.ndarray, num_classes: int, spread: bool = True) -> PIL.Image.Image:
+    """An ``(H, W)`` class map as a grayscale PNG-ready image.
+
+    ``spread=True`` maps class k to ``round(k * 255 / (K - 1))``, so a two-class mask is black and
+    white rather than black and nearly black; ``spread=False`` writes the class indices themselves.
+    """
+    mask = np.asarray(mask)
+    if num_classes > 256 and not spread:
+        raise ValueError(f"{num_classes} classes do not fit 8-bit PNG values; use spread values.")
+    values = np.round(mask * (255 / max(num_classes - 1, 1))) if spread else mask
+    return PIL.Image.fromarray(values.astype(np.uint8))  # 2-D uint8: mode "L"
+
+
+def overlay(image: PIL.Image.Image, mask: np.ndarray, alpha: float = 0.5) -> PIL.Image.Image:
+    """``image`` (RGB) with classes 1, 2, ... of ``mask`` tinted in the palette colours."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    mask = np.asarray(mask)
+    if mask.shape != rgb.shape[:2]:
+        raise ValueError(f"the mask is {mask.shape} but the image is {rgb.shape[:2]} (H, W).")
+    colours = PALETTE[(mask - 1) % len(PALETTE)]
+    tinted = np.where((mask > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
+    return PIL.Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8))
