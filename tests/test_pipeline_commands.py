@@ -10,6 +10,7 @@ from pipelines import DenoisePipeline, SegmentationPipeline
 from train.cli import main
 from unet_diffusion import UNet, save_weights
 
+
 def pixels(path) -> np.ndarray:
     return np.asarray(PIL.Image.open(path))
 

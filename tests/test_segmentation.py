@@ -139,7 +139,7 @@ def test_tta_on_a_valid_padding_model():
 def test_inputs_of_every_kind():
     pipe = SegmentationPipeline(unet=same_unet())
     rgb = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 28, 3), dtype=np.uint8))
-    gray = np.asarray(rgb.convert("L"))
+    gray = np.array(rgb.convert("L"))
     from_pil = pipe(rgb).probabilities
     np.testing.assert_allclose(from_pil, pipe(gray).probabilities, atol=1e-6)
     np.testing.assert_allclose(from_pil, pipe(torch.from_numpy(gray)[None].float() / 255).probabilities, atol=1e-6)
