@@ -122,7 +122,7 @@ class SegmentationPipeline(DiffusionPipeline):
             raise ValueError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
         channels = self.unet.config.in_channels
         batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
-        if not isinstance(images, list):
+        if not isinstance(images, (list, tuple)):
             batches = [torch.cat(batches)]  # one array or tensor: one batch of one size
 
         masks, probabilities = [], []
@@ -184,7 +184,7 @@ class SegmentationPipeline(DiffusionPipeline):
             out = self.unet.output_size(tile)
         except ValueError as err:
             raise ValueError(f"tile_size {tile} does not fit this valid-padding model: {err}") from None
-        return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiles_per_batch)
+        return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiles_per_batch, self.progress_bar)
 
     def _same_padding(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
         f = 1 if self.unet.config.pad_input else self.unet.downsampling_factor
@@ -202,7 +202,7 @@ class SegmentationPipeline(DiffusionPipeline):
             raise ValueError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
         # Sides smaller than a tile are mirrored up to it, so every window is a full tile.
         padded = mirror_pad(image, 0, max(tile[0] - height, 0), 0, max(tile[1] - width, 0))
-        return sliding_window(self._predict, padded, tile, overlap, tiles_per_batch)[:, :, :height, :width]
+        return sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)[:, :, :height, :width]
 
     def _tile(self, tile_size, default: str | None = None) -> tuple[int, int]:
         if tile_size is None and default is not None:

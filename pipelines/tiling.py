@@ -13,12 +13,13 @@ Two strategies, each a function of a ``predict`` callable ``(N, C, h, w) -> (N, 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
+Progress = Callable[[Iterable], Iterable]  # wraps the loop over tile batches, e.g. a tqdm bar
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -43,10 +44,11 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
-def _run_tiles(predict: Predict, windows: list[torch.Tensor], tiles_per_batch: int) -> list[torch.Tensor]:
+def _run_tiles(predict: Predict, windows: list[torch.Tensor], tiles_per_batch: int, progress: Progress | None) -> list[torch.Tensor]:
     """``predict`` over a list of same-shaped ``(B, C, h, w)`` windows, several windows per call."""
     outputs: list[torch.Tensor] = []
-    for i in range(0, len(windows), tiles_per_batch):
+    starts = range(0, len(windows), tiles_per_batch)
+    for i in progress(starts) if progress is not None and len(starts) > 1 else starts:
         chunk = windows[i : i + tiles_per_batch]
         outputs.extend(predict(torch.cat(chunk)).split(chunk[0].shape[0]))
     return outputs
@@ -70,7 +72,13 @@ def overlap_tile_grid(
 
 
 def overlap_tile(
-    predict: Predict, image: torch.Tensor, tile: tuple[int, int], out: tuple[int, int], stride_multiple: int = 1, tiles_per_batch: int = 4
+    predict: Predict,
+    image: torch.Tensor,
+    tile: tuple[int, int],
+    out: tuple[int, int],
+    stride_multiple: int = 1,
+    tiles_per_batch: int = 4,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Valid-padding inference of any-sized ``(B, C, H, W)`` images; returns ``(B, K, H, W)``.
 
@@ -82,6 +90,7 @@ def overlap_tile(
         stride_multiple: output tiles start on multiples of this (the network's downsampling
             factor), so every tile sees the same pooling grid as one whole-image forward.
         tiles_per_batch: tiles per network call.
+        progress: wraps the loop over tile batches (a progress bar), when there is more than one.
     """
     height, width = image.shape[-2:]
     positions, (ch, cw) = overlap_tile_grid((height, width), tile, out, stride_multiple)
@@ -91,7 +100,7 @@ def overlap_tile(
     # output tile at (y, x) starts at (y, x).
     windows = [padded[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
     result = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch)):
+    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch, progress)):
         if result is None:
             result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], ch, cw)
         result[:, :, y : y + out[0], x : x + out[1]] = tile_out
@@ -105,7 +114,12 @@ def blend_weights(size: int, ramp: int) -> torch.Tensor:
 
 
 def sliding_window(
-    predict: Predict, image: torch.Tensor, tile: tuple[int, int], overlap: tuple[int, int], tiles_per_batch: int = 4
+    predict: Predict,
+    image: torch.Tensor,
+    tile: tuple[int, int],
+    overlap: tuple[int, int],
+    tiles_per_batch: int = 4,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Same-padding inference of ``(B, C, H, W)`` images no smaller than ``tile``; returns ``(B, K, H, W)``.
 
@@ -120,7 +134,7 @@ def sliding_window(
     positions = [(y, x) for y in ys for x in xs]
     windows = [image[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
     result = total = weight = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch)):
+    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch, progress)):
         if result is None:
             weight = torch.outer(blend_weights(tile[0], overlap[0]), blend_weights(tile[1], overlap[1])).to(tile_out)
             result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], height, width)
