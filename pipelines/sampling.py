@@ -159,7 +159,7 @@ class DenoisePipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}.")
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
-        unet, config = self.unet, self.unet.config
+        config = self.unet.config
         device, dtype = self._execution_device, self.unet.dtype
 
         # Conditioning, batch size and sample size.
@@ -167,6 +167,10 @@ class DenoisePipeline(DiffusionPipeline):
         context = self._context(encoder_hidden_states, "encoder_hidden_states")
         init = None if image is None else self._init_image(image)
         batch_size = self._batch_size(batch_size, labels, context, init)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch_size}; give one generator, or one per image.")
+        if init is None and (strength is not None or mask_image is not None):
+            raise ValueError("strength and mask_image work on an init image: pass image= too.")
         labels = None if labels is None else labels.expand(batch_size).to(device)
         context = None if context is None else context.expand(batch_size, -1, -1).to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative_encoder_hidden_states, batch_size)
@@ -213,7 +217,10 @@ class DenoisePipeline(DiffusionPipeline):
         if guidance_scale is None:
             return self.unet(sample, t, class_labels=labels, encoder_hidden_states=context).sample
         null_labels, null_context = null
-        both = lambda cond, uncond: None if cond is None else torch.cat([uncond, cond])  # noqa: E731
+
+        def both(cond, uncond):
+            return None if cond is None else torch.cat([uncond, cond])
+
         # One forward over the batch twice, (uncond, cond), rather than two forwards.
         out = self.unet(
             torch.cat([sample, sample]), t, class_labels=both(labels, null_labels), encoder_hidden_states=both(context, null_context)
@@ -339,8 +346,6 @@ class DenoisePipeline(DiffusionPipeline):
         return pixels * 2 - 1  # the denoiser works in [-1, 1]
 
     def _mask(self, mask_image, init, batch_size) -> torch.Tensor:
-        if init is None:
-            raise ValueError("mask_image needs the image to inpaint: pass image= too.")
         if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 2:
             mask_image = mask_image[None]
         mask = to_tensor(mask_image, channels=1, name="mask_image")

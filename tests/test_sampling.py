@@ -240,8 +240,10 @@ def test_bad_images_masks_and_options():
     image = torch.rand(1, 3, 16, 16)
     with pytest.raises(ValueError, match=r"mask_image is 8 x 16 \(H x W\) but the image is 16 x 16"):
         pipe(image=image, mask_image=torch.ones(8, 16))
-    with pytest.raises(ValueError, match="needs the image to inpaint"):
+    with pytest.raises(ValueError, match="work on an init image: pass image= too"):
         pipe(mask_image=torch.ones(16, 16))
+    with pytest.raises(ValueError, match="list of 1 for a batch of 2"):
+        pipe(2, generator=[seed()])
     with pytest.raises(ValueError, match=r"\[-1, 1\] convert with \(x \+ 1\) / 2"):
         pipe(image=image * 2 - 1)
     with pytest.raises(ValueError, match="strength must lie in"):
