@@ -70,19 +70,18 @@ class SegmentationPipeline(DiffusionPipeline):
         config = unet.config
         if config.head != "segment":
             raise ValueError(f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. Sample from denoisers with DenoisePipeline.")
-        conditioned = [name for name, on in (
-            ("time_embedding", config.time_embedding is not None),
-            ("num_class_labels", config.num_class_labels is not None),
-            ("context_dim", config.context_dim is not None),
-        ) if on]
+        conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
         if conditioned:
-            raise ValueError(f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. Call the model directly.")
+            raise ValueError(
+                f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. "
+                "Call the model directly."
+            )
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             values = [value] if isinstance(value, (int, float)) else list(value)
             if len(values) not in (1, config.in_channels):
                 raise ValueError(f"{name} needs one value or {config.in_channels} (one per channel); got {value!r}.")
-        if any(s == 0 for s in ([image_std] if isinstance(image_std, (int, float)) else image_std)):
-            raise ValueError(f"image_std must not be zero; got {image_std!r}.")
+            if name == "image_std" and 0 in values:
+                raise ValueError(f"image_std must not be zero; got {value!r}.")
         self.register_modules(unet=unet)
         self.register_to_config(image_mean=image_mean, image_std=image_std)
 
@@ -122,16 +121,14 @@ class SegmentationPipeline(DiffusionPipeline):
             raise ValueError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
         channels = self.unet.config.in_channels
         batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
-        if not isinstance(images, (list, tuple)):
-            batches = [torch.cat(batches)]  # one array or tensor: one batch of one size
+        if len({tuple(b.shape[1:]) for b in batches}) == 1:
+            batches = [torch.cat(batches)]  # one size: one batch through the network
 
         masks, probabilities = [], []
         for batch in batches:
             probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
             probabilities.append(probs)
             masks.append(probs.argmax(dim=1))
-        if len({tuple(p.shape[2:]) for p in probabilities}) == 1:
-            masks, probabilities = [torch.cat(masks)], [torch.cat(probabilities)]
         if output_type == "np":
             masks = [m.cpu().numpy() for m in masks]
             probabilities = [p.float().cpu().numpy() for p in probabilities]
