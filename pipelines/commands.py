@@ -7,6 +7,7 @@ the parsed arguments and returns an exit status.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 MODEL_HELP = (
@@ -140,6 +141,13 @@ def run_segment(args) -> int:
         image = load_image(file)
         mask = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False).masks[0]
         mask_to_pil(mask, num_classes, spread=args.mask_values == "spread").save(out / f"{file.stem}.png")
+        if mask.min() == mask.max():
+            # The "all black mask" report: say so, and name the usual cause.
+            print(
+                f"note: every pixel of {file.name} is class {mask.flat[0]}; if that is unexpected, check that the model "
+                "is trained and sees the pixel normalisation it was trained with (image_mean / image_std).",
+                file=sys.stderr,
+            )
         if args.overlay:
             overlay(image, mask).save(out / f"{file.stem}_overlay.png")
     print(f"wrote {len(files)} mask{'s' if len(files) > 1 else ''} to {out}")

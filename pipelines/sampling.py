@@ -95,7 +95,7 @@ class DenoisePipeline(DiffusionPipeline):
         if getattr(unet.config, "head", "denoise") != "denoise":
             raise ValueError(
                 f"DenoisePipeline needs a denoiser; this U-Net has head={unet.config.head!r}. "
-                "Segment images with SegmentationPipeline."
+                "Segment images with SegmentationPipeline (or `unet-diffusion segment`)."
             )
         if isinstance(scheduler, str) or isinstance(scheduler, type):
             scheduler = make_scheduler(scheduler)

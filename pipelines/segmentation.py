@@ -69,7 +69,10 @@ class SegmentationPipeline(DiffusionPipeline):
         super().__init__()
         config = unet.config
         if config.head != "segment":
-            raise ValueError(f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. Sample from denoisers with DenoisePipeline.")
+            raise ValueError(
+                f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. "
+                "Sample from denoisers with DenoisePipeline (or `unet-diffusion sample`)."
+            )
         conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
         if conditioned:
             raise ValueError(

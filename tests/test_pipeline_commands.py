@@ -3,6 +3,7 @@
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 from conftest import tiny_config
 from diffusers import DDIMScheduler
 
@@ -109,3 +110,14 @@ def test_command_errors_name_the_problem(denoiser_folder, segmenter_folder, tmp_
     assert main(["sample", str(denoiser_folder), "--class-label", "1", "--out", str(tmp_path / "o")]) == 1
     assert "not class-conditional" in capsys.readouterr().err
 
+
+
+def test_segment_says_so_when_a_mask_is_one_class(tmp_path, photos, capsys):
+    unet = UNet.from_preset("seg-small", channels=(8, 16), norm_groups=4)
+    with torch.no_grad():  # a network that answers class 1 everywhere
+        unet.out.conv.weight.zero_()
+        unet.out.conv.bias.copy_(torch.tensor([0.0, 5.0]))
+    unet.save_pretrained(tmp_path / "unet")
+    assert main(["segment", str(tmp_path / "unet"), str(photos / "b.jpg"), "--out", str(tmp_path / "out")]) == 0
+    assert "every pixel of b.jpg is class 1" in capsys.readouterr().err
+    assert set(np.unique(pixels(tmp_path / "out" / "b.png"))) == {255}
