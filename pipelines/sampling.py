@@ -248,7 +248,8 @@ class DenoisePipeline(DiffusionPipeline):
         labels = labels.reshape(-1).long()
         top = n + int(null)
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= top:
-            raise ValueError(f"class_labels must lie in [0, {top}) for this model ({n} classes{' + the null label' if null else ''}); got {labels.tolist()}.")
+            classes = f"{n} classes" + (" + the null label" if null else "")
+            raise ValueError(f"class_labels must lie in [0, {top}) for this model ({classes}); got {labels.tolist()}.")
         return labels
 
     def _context(self, context, name: str) -> torch.Tensor | None:
@@ -269,7 +270,8 @@ class DenoisePipeline(DiffusionPipeline):
 
     @staticmethod
     def _batch_size(batch_size, labels, context, init) -> int:
-        given = {name: len(x) for name, x in (("class_labels", labels), ("encoder_hidden_states", context), ("image", init)) if x is not None and len(x) > 1}
+        inputs = (("class_labels", labels), ("encoder_hidden_states", context), ("image", init))
+        given = {name: len(x) for name, x in inputs if x is not None and len(x) > 1}  # entries of 1 are shared
         if batch_size is None:
             batch_size = max(given.values(), default=1)
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -318,7 +320,10 @@ class DenoisePipeline(DiffusionPipeline):
         if init is not None:
             image_size = tuple(init.shape[2:])
             if (height or image_size[0], width or image_size[1]) != image_size:
-                raise ValueError(f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; leave them out or resize the image.")
+                raise ValueError(
+                    f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
+                    "leave them out or resize the image."
+                )
             height, width = image_size
         if height is None or width is None:
             size = self.unet.config.sample_size
@@ -390,7 +395,9 @@ class DenoisePipeline(DiffusionPipeline):
         if "eta" in accepted:
             kwargs["eta"] = eta
         elif eta:
-            raise ValueError(f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'.")
+            raise ValueError(
+                f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'."
+            )
         if "generator" in accepted:
             kwargs["generator"] = generator
         return kwargs
