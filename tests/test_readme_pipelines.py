@@ -16,7 +16,7 @@ def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
     exec(python.replace("num_inference_steps=50", "num_inference_steps=2").replace("num_inference_steps=20", "num_inference_steps=2"), namespace)  # noqa: S102
     assert len(namespace["images"]) == 4 and namespace["images"][0].size == (32, 32)
     assert namespace["wide"].shape == (2, 32, 64, 3)
-    assert namespace["out"].masks.shape == (1, 200, 300) and namespace["out"].probabilities.shape == (1, 2, 200, 300)
+    assert namespace["out"].masks.shape == (1, 100, 150) and namespace["out"].probabilities.shape == (1, 2, 100, 150)
     filled, original = np.asarray(namespace["filled"]), np.asarray(namespace["images"][0])
     np.testing.assert_array_equal(filled[namespace["mask"] == 0], original[namespace["mask"] == 0])
 
