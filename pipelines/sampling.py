@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from unet_diffusion import UNet
 
 from .images import to_pil, to_tensor
+from .inference import eval_mode
 
 # Shortcut names for `sampler=`; each builds the class from the pipeline scheduler's config, so the
 # training schedule (betas, number of training steps, prediction type) carries over.
@@ -197,16 +198,17 @@ class DenoisePipeline(DiffusionPipeline):
             sample = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch_size))
 
         step_kwargs = self._step_kwargs(scheduler, eta, generator)
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = scheduler.scale_model_input(sample, t)
-            prediction = self._predict(model_input, t, labels, context, null, guidance_scale)
-            if not learned_variance and config.learned_variance:
-                prediction = prediction[:, : config.in_channels]  # the mean part; this sampler fixes the variance
-            sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
-            if mask is not None:
-                # Keep the known pixels: noised to the level of the next step, or exact after the last.
-                known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
-                sample = mask * sample + (1 - mask) * known
+        with eval_mode(self.unet):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                model_input = scheduler.scale_model_input(sample, t)
+                prediction = self._predict(model_input, t, labels, context, null, guidance_scale)
+                if not learned_variance and config.learned_variance:
+                    prediction = prediction[:, : config.in_channels]  # the mean part; this sampler fixes the variance
+                sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+                if mask is not None:
+                    # Keep the known pixels: noised to the level of the next step, or exact after the last.
+                    known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
+                    sample = mask * sample + (1 - mask) * known
 
         self.maybe_free_model_hooks()
         return self._output(sample, output_type, return_dict)

@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from unet_diffusion import UNet
 
 from .images import to_image_list, to_tensor
+from .inference import eval_mode
 from .tiling import mirror_pad, overlap_tile, sliding_window
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
@@ -128,10 +129,11 @@ class SegmentationPipeline(DiffusionPipeline):
             batches = [torch.cat(batches)]  # one size: one batch through the network
 
         masks, probabilities = [], []
-        for batch in batches:
-            probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
-            probabilities.append(probs)
-            masks.append(probs.argmax(dim=1))
+        with eval_mode(self.unet):
+            for batch in batches:
+                probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
+                probabilities.append(probs)
+                masks.append(probs.argmax(dim=1))
         if output_type == "np":
             masks = [m.cpu().numpy() for m in masks]
             probabilities = [p.float().cpu().numpy() for p in probabilities]

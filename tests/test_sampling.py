@@ -72,6 +72,15 @@ def test_seeded_runs_repeat_and_outputs_agree():
     assert np.abs(other - np_images).max() > 0.01
 
 
+def test_a_model_in_training_samples_in_eval_mode_and_stays_in_training():
+    pipe = pipeline(dropout=0.5)
+    expected = pipe(2, num_inference_steps=2, generator=seed(), output_type="np").images
+    pipe.unet.train()
+    during_training = pipe(2, num_inference_steps=2, generator=seed(), output_type="np").images
+    np.testing.assert_array_equal(during_training, expected)  # no dropout while sampling
+    assert pipe.unet.training
+
+
 def test_save_and_load_round_trip(tmp_path):
     pipe = pipeline(DDIMScheduler(num_train_timesteps=1000, prediction_type="v_prediction"))
     pipe.save_pretrained(tmp_path)

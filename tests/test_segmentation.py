@@ -164,6 +164,16 @@ def test_one_logit_models_and_normalisation_round_trip(tmp_path):
     torch.testing.assert_close(loaded(image, output_type="pt").probabilities, out.probabilities)
 
 
+def test_batch_norm_model_in_training_segments_in_eval_mode():
+    unet = valid_unet(batch_norm=True)
+    pipe = SegmentationPipeline(unet=unet)
+    image = torch.rand(1, 1, 24, 24)
+    expected = pipe(image).probabilities
+    unet.train()
+    np.testing.assert_array_equal(pipe(image).probabilities, expected)  # running statistics, not the batch's
+    assert unet.training
+
+
 def test_segmentation_errors():
     with pytest.raises(ValueError, match="head='segment'.*DenoisePipeline"):
         SegmentationPipeline(unet=UNet(**tiny_config()))
