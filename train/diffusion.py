@@ -33,8 +33,8 @@ def build_unet(config: Config, **fixed) -> UNet:
         if config.model.preset:
             return UNet.from_preset(config.model.preset, **args)
         return UNet(**args)
-    except TypeError as err:
-        raise ConfigError(f"model.args: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model (preset {config.model.preset!r}, args {args}): {err}") from None
 
 
 def noise_scheduler(config: Config) -> DDPMScheduler:

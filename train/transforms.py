@@ -56,6 +56,7 @@ class JointTransform:
             raise ValueError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
         self.out_size, self.in_size, self.margin = out_size, in_size, (in_size - out_size) // 2
         self.brightness = augment.brightness
+        self.elastic_sigma = augment.elastic_sigma if augment.elastic_alpha else 0.0
         steps: list = []
         if augment.hflip:
             steps.append(v2.RandomHorizontalFlip())
@@ -78,6 +79,10 @@ class JointTransform:
         """
         weights = torch.ones(mask.shape) if weights is None else weights
         valid = torch.ones(mask.shape)
+        if 4 * self.elastic_sigma >= min(mask.shape):
+            # torchvision blurs the displacement field with a kernel of 8 sigma + 1 pixels, mirror-padded.
+            raise ValueError(f"data.augment.elastic_sigma={self.elastic_sigma} is too large for a {mask.shape[0]}x{mask.shape[1]} "
+                             f"image; it must be below a quarter of the smaller side ({min(mask.shape) / 4}).")
         if self.augment is not None:
             image, mask, weights, valid = self.augment(
                 tv_tensors.Image(image), tv_tensors.Mask(mask), tv_tensors.Mask(weights), tv_tensors.Mask(valid)
