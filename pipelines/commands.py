@@ -6,6 +6,141 @@ the parsed arguments and returns an exit status.
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+MODEL_HELP = (
+    "a pipeline folder (model_index.json, from save_pretrained), a U-Net folder (config.json + "
+    "diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights"
+)
+
 
 def register(subparsers) -> None:
     """Add this package's subcommands to the ``unet-diffusion`` parser."""
+    from .sampling import SAMPLERS
+
+    sample = subparsers.add_parser(
+        "sample",
+        help="sample images from noise with a trained denoiser",
+        description=(
+            "Sample images from noise and write each as a PNG, plus grid.png. A bare U-Net (folder or file) is "
+            "sampled on a default DDPM schedule: 1000 training steps, linear betas 1e-4 to 0.02, epsilon "
+            "prediction (see --prediction-type); a pipeline folder brings its own scheduler."
+        ),
+    )
+    sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
+    sample.add_argument("--num-images", type=int, default=16, metavar="N", help="images to sample (default 16)")
+    sample.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: 1000 for DDPM, 50 for the others)")
+    sample.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
+    sample.add_argument("--eta", type=float, default=0.0, metavar="ETA", help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default 0)")
+    sample.add_argument("--seed", type=int, default=0, metavar="N", help="image i uses seed + i, whatever the batch size (default 0)")
+    sample.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call (default 16)")
+    sample.add_argument("--class-label", type=int, nargs="+", default=None, metavar="LABEL",
+                        help="class-conditional models: one label for every image, or one per image")
+    sample.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="classifier-free guidance scale (needs the null label); default none")
+    sample.add_argument("--height", type=int, default=None, metavar="H", help="image height (default: the model's sample_size)")
+    sample.add_argument("--width", type=int, default=None, metavar="W", help="image width (default: the model's sample_size)")
+    sample.add_argument("--image", default=None, metavar="FILE", help="an init image for image-to-image (SDEdit)")
+    sample.add_argument("--strength", type=float, default=None, metavar="S", help="with --image: the part of the schedule to run (default 0.8; 1.0 with --mask)")
+    sample.add_argument("--mask", default=None, metavar="FILE", help="with --image: inpaint the white pixels, keep the black ones")
+    sample.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
+                        help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
+    _device_options(sample)
+    sample.set_defaults(func=run_sample)
+
+    segment = subparsers.add_parser(
+        "segment",
+        help="segment images with a trained segmentation U-Net",
+        description=(
+            "Segment an image or every image of a folder and write the masks as PNG (class k as the gray value "
+            "round(k * 255 / (K - 1)), so two classes are black and white; --mask-values index writes k itself). "
+            "Valid-padding models are overlap-tiled, same-padding ones run on the whole image. A bare U-Net is fed "
+            "pixels in [0, 1]."
+        ),
+    )
+    segment.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images")
+    segment.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
+    segment.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: the image with the classes tinted")
+    segment.add_argument("--mask-values", choices=["spread", "index"], default="spread", help="gray values of the mask PNGs (default spread)")
+    segment.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation: 4 flips or all 8 flips and rotations")
+    segment.add_argument("--tile-size", type=int, default=None, metavar="N",
+                         help="input tile side (valid padding: default the model's sample_size; same padding: default whole images)")
+    segment.add_argument("--overlap", type=int, default=None, metavar="N", help="sliding-window overlap for same-padding models (default a quarter tile)")
+    _device_options(segment)
+    segment.set_defaults(func=run_segment)
+
+
+def _device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _device(name: str | None):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def run_sample(args) -> int:
+    """``unet-diffusion sample``: write ``--num-images`` PNGs and ``grid.png`` to ``--out``."""
+    import torch
+
+    from .images import load_image, make_grid
+    from .loading import load_denoise_pipeline
+
+    for name in ("num_images", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
+    labels = args.class_label
+    if labels is not None and len(labels) not in (1, args.num_images):
+        raise ValueError(f"--class-label takes one label or one per image ({args.num_images}); got {len(labels)}.")
+    if (args.strength is not None or args.mask) and not args.image:
+        raise ValueError("--strength and --mask work on an init image; pass --image FILE too.")
+    image = load_image(args.image) if args.image else None
+    mask = load_image(args.mask) if args.mask else None
+
+    pipe = load_denoise_pipeline(args.model, prediction_type=args.prediction_type).to(_device(args.device))
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    for start in range(0, args.num_images, args.batch_size):
+        count = min(args.batch_size, args.num_images - start)
+        # One generator per image, so image i is the same whatever the batch size.
+        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
+        batch_labels = None
+        if labels is not None:
+            batch_labels = labels * count if len(labels) == 1 else labels[start : start + count]
+        images += pipe(
+            count, num_inference_steps=args.steps, generator=generators, sampler=args.sampler, eta=args.eta,
+            class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+            image=image, strength=args.strength, mask_image=mask,
+        ).images
+    for i, picture in enumerate(images):
+        picture.save(out / f"{i:05d}.png")
+    make_grid(images).save(out / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {out}")
+    return 0
+
+
+def run_segment(args) -> int:
+    """``unet-diffusion segment``: write a mask PNG (and optionally an overlay) per input image."""
+    from .images import image_files, load_image, mask_to_pil, overlay
+    from .loading import load_segmentation_pipeline
+
+    files = image_files(args.input)
+    pipe = load_segmentation_pipeline(args.model).to(_device(args.device))
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    num_classes = max(pipe.unet.config.out_channels or 2, 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for file in pipe.progress_bar(files) if len(files) > 1 else files:
+        image = load_image(file)
+        mask = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False).masks[0]
+        mask_to_pil(mask, num_classes, spread=args.mask_values == "spread").save(out / f"{file.stem}.png")
+        if args.overlay:
+            overlay(image, mask).save(out / f"{file.stem}_overlay.png")
+    print(f"wrote {len(files)} mask{'s' if len(files) > 1 else ''} to {out}")
+    return 0

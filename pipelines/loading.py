@@ -1,0 +1,92 @@
+"""Open a saved model as a pipeline: a pipeline folder, a bare U-Net folder or a single weights file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from diffusers import DDPMScheduler
+
+from unet_diffusion import UNet, load_weights
+
+from .sampling import DenoisePipeline
+from .segmentation import SegmentationPipeline
+
+PIPELINE_CLASSES = {
+    "sample": ("DenoisePipeline", "DDPMPipeline", "DDIMPipeline"),
+    "segment": ("SegmentationPipeline",),
+}
+
+
+def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """The schedule a bare U-Net is sampled on: DDPM's 1000 linear steps (betas 1e-4 to 0.02)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type=prediction_type)
+
+
+def load_unet(path: str | os.PathLike) -> UNet:
+    """A ``UNet`` from a ``save_pretrained`` folder (``config.json`` + safetensors) or a ``save_weights`` file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return load_weights(path)
+    if (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text())
+        if config.get("_class_name", "UNet") != "UNet":
+            raise ValueError(
+                f"{path} holds a {config['_class_name']}, not a unet_diffusion UNet; convert it first "
+                "(see 'Loading diffusers checkpoints' in the README)."
+            )
+        return UNet.from_pretrained(path)
+    raise FileNotFoundError(_not_a_model(path))
+
+
+def _not_a_model(path: Path) -> str:
+    if not path.exists():
+        return f"no model at {path}."
+    return (
+        f"{path} is not a model: expected a pipeline folder (model_index.json), a U-Net folder "
+        "(config.json + diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights."
+    )
+
+
+def _pipeline_folder(path: Path, task: str) -> bool:
+    """Whether ``path`` is a pipeline folder for ``task``; raises if it is one for another task."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        return False
+    info = json.loads(index.read_text())
+    name = info.get("_class_name")
+    if name not in PIPELINE_CLASSES[task]:
+        other = next((t for t, names in PIPELINE_CLASSES.items() if name in names), None)
+        hint = f"; use `unet-diffusion {other}`" if other else ""
+        raise ValueError(f"{path} holds a {name}, which does not {task}{hint}.")
+    unet_entry = info.get("unet", [None, None])
+    if unet_entry[1] != "UNet":
+        raise ValueError(
+            f"the U-Net of {path} is a {unet_entry[0]} {unet_entry[1]}, not a unet_diffusion UNet; convert it first "
+            "(see 'Loading diffusers checkpoints' in the README)."
+        )
+    return True
+
+
+def load_denoise_pipeline(path: str | os.PathLike, prediction_type: str | None = None) -> DenoisePipeline:
+    """A ``DenoisePipeline`` from a pipeline folder, or from a bare U-Net on ``default_scheduler()``.
+
+    ``prediction_type`` (epsilon / v_prediction / sample) says what a bare U-Net was trained to
+    predict; for a pipeline folder it overrides what the saved scheduler says.
+    """
+    path = Path(path)
+    if path.is_dir() and _pipeline_folder(path, "sample"):
+        pipe = DenoisePipeline.from_pretrained(path)
+        if prediction_type is not None and prediction_type != pipe.scheduler.config.prediction_type:
+            pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
+        return pipe
+    return DenoisePipeline(unet=load_unet(path), scheduler=default_scheduler(prediction_type or "epsilon"))
+
+
+def load_segmentation_pipeline(path: str | os.PathLike) -> SegmentationPipeline:
+    """A ``SegmentationPipeline`` from a pipeline folder, or from a bare U-Net (pixels fed in [0, 1])."""
+    path = Path(path)
+    if path.is_dir() and _pipeline_folder(path, "segment"):
+        return SegmentationPipeline.from_pretrained(path)
+    return SegmentationPipeline(unet=load_unet(path))

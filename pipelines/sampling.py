@@ -1,0 +1,408 @@
+"""Sampling images from noise with a trained denoiser and any diffusers scheduler.
+
+The noise-schedule mathematics (how a step moves from ``x_t`` to ``x_{t-1}``, how noise is added,
+what the prediction type means) belongs to diffusers' schedulers; this module only runs the loop:
+draw noise, ask the U-Net, let the scheduler step, and around that the conditioning, classifier-free
+guidance, image-to-image and inpainting.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from unet_diffusion import UNet
+
+from .images import to_pil, to_tensor
+
+# Shortcut names for `sampler=`; each builds the class from the pipeline scheduler's config, so the
+# training schedule (betas, number of training steps, prediction type) carries over.
+SAMPLERS: dict[str, type[SchedulerMixin]] = {
+    "ddpm": DDPMScheduler,
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-ancestral": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "pndm": PNDMScheduler,
+    "unipc": UniPCMultistepScheduler,
+}
+
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixin:
+    """A scheduler for ``sampler`` that keeps the training schedule of ``like``.
+
+    Args:
+        sampler: a name from ``SAMPLERS`` (``"ddpm"``, ``"ddim"``, ``"dpm++"``, ``"euler"``, ...), a
+            diffusers scheduler class, or a scheduler object (returned as is).
+        like: the scheduler whose config (betas, ``num_train_timesteps``, ``prediction_type``, ...)
+            the new one copies; ``None`` means diffusers' DDPM defaults (1000 linear steps, epsilon).
+    """
+    if isinstance(sampler, SchedulerMixin):
+        return sampler
+    if isinstance(sampler, str):
+        key = sampler.lower().replace("_", "-")
+        if key not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}, or pass a diffusers scheduler.")
+        sampler = SAMPLERS[key]
+    if not (isinstance(sampler, type) and issubclass(sampler, SchedulerMixin)):
+        raise TypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
+    config = like.config if like is not None else DDPMScheduler().config
+    return sampler.from_config(config)
+
+
+class DenoisePipeline(DiffusionPipeline):
+    """Sample images from noise with a ``UNet`` denoiser and a diffusers scheduler.
+
+    ``save_pretrained`` / ``from_pretrained`` store both parts (``unet/``, ``scheduler/`` and a
+    ``model_index.json``). The scheduler's config says how the model was trained (betas,
+    ``prediction_type`` epsilon / v_prediction / sample); ``sampler=`` picks how to sample.
+    Turn the progress bar off with ``pipe.set_progress_bar_config(disable=True)``.
+
+    Args:
+        unet: a denoiser (``head="denoise"``).
+        scheduler: a diffusers scheduler, or a name from ``SAMPLERS`` for that sampler on diffusers'
+            default DDPM schedule (1000 linear steps, epsilon prediction).
+
+    Example:
+        >>> from diffusers import DDPMScheduler
+        >>> pipe = DenoisePipeline(unet=UNet.from_preset("tiny", sample_size=16), scheduler=DDPMScheduler())
+        >>> images = pipe(batch_size=2, num_inference_steps=10, sampler="ddim").images  # 2 PIL images
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet, scheduler: SchedulerMixin | str):
+        super().__init__()
+        if getattr(unet.config, "head", "denoise") != "denoise":
+            raise ValueError(
+                f"DenoisePipeline needs a denoiser; this U-Net has head={unet.config.head!r}. "
+                "Segment images with SegmentationPipeline."
+            )
+        if isinstance(scheduler, str) or isinstance(scheduler, type):
+            scheduler = make_scheduler(scheduler)
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    # ------------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        *,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        sampler=None,
+        eta: float = 0.0,
+        class_labels=None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        negative_encoder_hidden_states: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        image=None,
+        strength: float | None = None,
+        mask_image=None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        """Sample ``batch_size`` images.
+
+        Args:
+            batch_size: images to make; ``None`` takes it from the conditioning or the init image, else 1.
+            num_inference_steps: denoising steps; ``None`` means every training step for DDPM
+                (``num_train_timesteps``) and 50 for other samplers.
+            generator: a ``torch.Generator`` (or one per image) for reproducible runs.
+            sampler: ``None`` uses ``self.scheduler``; a name (``"ddpm"``, ``"ddim"``, ``"dpm++"``,
+                ``"euler"``, ...) or a scheduler class uses that sampler on the same training schedule;
+                a scheduler object is used as is. Only this call is affected.
+            eta: DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise); only for schedulers that take it.
+            class_labels: an int, a sequence or a ``(B,)`` tensor; needed by class-conditional models. The
+                null label (index ``num_class_labels``) samples unconditionally.
+            encoder_hidden_states: ``(B, L, context_dim)`` (or ``(L, context_dim)``, shared) context for
+                cross-attention models.
+            negative_encoder_hidden_states: the unconditional context for guidance (e.g. the embedding
+                of an empty prompt); zeros when not given.
+            guidance_scale: classifier-free guidance ``s``: ``out = uncond + s * (cond - uncond)``, where
+                ``uncond`` uses the null label and the null context. ``None`` (default) runs the
+                conditional model alone; 1.0 gives the same result at twice the cost.
+            image: an init image (PIL, numpy or tensor in [0, 1], one or a batch) for image-to-image:
+                it is noised to ``strength`` and denoised from there (SDEdit).
+            strength: how much of the schedule to run from ``image``: 1.0 starts from (almost) pure
+                noise, 0.0 returns the image. ``None``: 0.8 for image-to-image, 1.0 for inpainting.
+            mask_image: with ``image``, inpainting: white (>= 0.5) pixels are generated, black pixels
+                keep the image; the known pixels are re-imposed, noised to the current level, after
+                every step, and exactly at the end.
+            height, width: the sample size; default the init image's size, else the U-Net's
+                ``sample_size``. Non-square sizes work.
+            output_type: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, C)`` float in [0, 1]),
+                ``"pt"`` (``(B, C, H, W)`` float in [0, 1]) or ``"latent"`` (the raw final sample).
+            return_dict: return an ``ImagePipelineOutput`` (``.images``) or a one-element tuple.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}.")
+        scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
+        config = self.unet.config
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # Conditioning, batch size and sample size.
+        labels = self._class_labels(class_labels)
+        context = self._context(encoder_hidden_states, "encoder_hidden_states")
+        init = None if image is None else self._init_image(image)
+        batch_size = self._batch_size(batch_size, labels, context, init)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch_size}; give one generator, or one per image.")
+        if init is None and (strength is not None or mask_image is not None):
+            raise ValueError("strength and mask_image work on an init image: pass image= too.")
+        labels = None if labels is None else labels.expand(batch_size).to(device)
+        context = None if context is None else context.expand(batch_size, -1, -1).to(device=device, dtype=dtype)
+        null = self._null_condition(guidance_scale, labels, context, negative_encoder_hidden_states, batch_size)
+        height, width = self._sample_size(height, width, init)
+        shape = (batch_size, config.in_channels, height, width)
+        if init is not None:
+            init = init.expand(batch_size, -1, -1, -1).to(device=device, dtype=dtype)
+        mask = None if mask_image is None else self._mask(mask_image, init, batch_size).to(device=device, dtype=dtype)
+        learned_variance = self._check_variance(scheduler)
+
+        # The schedule; image-to-image and inpainting run only its last `strength` part.
+        if num_inference_steps is None:
+            num_inference_steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        if init is None:
+            sample = noise * scheduler.init_noise_sigma
+        else:
+            strength = (1.0 if mask is not None else 0.8) if strength is None else strength
+            timesteps = self._truncate(scheduler, timesteps, num_inference_steps, strength)
+            if len(timesteps) == 0:
+                return self._output(init, output_type, return_dict)
+            sample = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch_size))
+
+        step_kwargs = self._step_kwargs(scheduler, eta, generator)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = scheduler.scale_model_input(sample, t)
+            prediction = self._predict(model_input, t, labels, context, null, guidance_scale)
+            if not learned_variance and config.learned_variance:
+                prediction = prediction[:, : config.in_channels]  # the mean part; this sampler fixes the variance
+            sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+            if mask is not None:
+                # Keep the known pixels: noised to the level of the next step, or exact after the last.
+                known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
+                sample = mask * sample + (1 - mask) * known
+
+        self.maybe_free_model_hooks()
+        return self._output(sample, output_type, return_dict)
+
+    # ------------------------------------------------------------------------ the model, guided
+    def _predict(self, sample, t, labels, context, null, guidance_scale):
+        """The U-Net output at ``t``, with classifier-free guidance when a scale is given."""
+        if guidance_scale is None:
+            return self.unet(sample, t, class_labels=labels, encoder_hidden_states=context).sample
+        null_labels, null_context = null
+
+        def both(cond, uncond):
+            return None if cond is None else torch.cat([uncond, cond])
+
+        # One forward over the batch twice, (uncond, cond), rather than two forwards.
+        out = self.unet(
+            torch.cat([sample, sample]), t, class_labels=both(labels, null_labels), encoder_hidden_states=both(context, null_context)
+        ).sample
+        uncond, cond = out.chunk(2)
+        channels = self.unet.config.in_channels
+        guided = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
+        # A learned variance is not guided: it comes from the conditional prediction (as in GLIDE / ADM).
+        return torch.cat([guided, cond[:, channels:]], dim=1)
+
+    # ------------------------------------------------------------------------ argument checks
+    def _class_labels(self, class_labels) -> torch.Tensor | None:
+        n = self.unet.config.num_class_labels
+        if n is None:
+            if class_labels is not None:
+                raise ValueError("this model is not class-conditional (num_class_labels=None); sample without class_labels.")
+            return None
+        null = self.unet.config.null_class_label
+        if class_labels is None:
+            hint = f", or class_labels={n} (the null label) to sample unconditionally" if null else ""
+            raise ValueError(f"this model is class-conditional: pass class_labels, labels in [0, {n}){hint}.")
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim > 1:
+            raise TypeError(f"class_labels must be an int, a sequence of ints or a (B,) integer tensor; got {class_labels!r}.")
+        labels = labels.reshape(-1).long()
+        top = n + int(null)
+        if len(labels) == 0 or labels.min() < 0 or labels.max() >= top:
+            raise ValueError(f"class_labels must lie in [0, {top}) for this model ({n} classes{' + the null label' if null else ''}); got {labels.tolist()}.")
+        return labels
+
+    def _context(self, context, name: str) -> torch.Tensor | None:
+        width = self.unet.config.context_dim
+        if width is None:
+            if context is not None:
+                raise ValueError(f"this model has no cross-attention (context_dim=None); sample without {name}.")
+            return None
+        if context is None:
+            raise ValueError(f"this model cross-attends: pass {name} of shape (B, L, {width}) (or (L, {width}) for one shared context).")
+        if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor of shape (B, L, {width}).")
+        if context.ndim == 2:
+            context = context[None]
+        if context.ndim != 3 or context.shape[2] != width:
+            raise ValueError(f"{name} must have shape (B, L, {width}) or (L, {width}); got {tuple(context.shape)}.")
+        return context
+
+    @staticmethod
+    def _batch_size(batch_size, labels, context, init) -> int:
+        given = {name: len(x) for name, x in (("class_labels", labels), ("encoder_hidden_states", context), ("image", init)) if x is not None and len(x) > 1}
+        if batch_size is None:
+            batch_size = max(given.values(), default=1)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        wrong = {name: n for name, n in given.items() if n != batch_size}
+        if wrong:
+            listing = ", ".join(f"{name} has {n}" for name, n in wrong.items())
+            raise ValueError(f"batch_size is {batch_size} but {listing}; give one entry per image, or a single shared one.")
+        return batch_size
+
+    def _null_condition(self, guidance_scale, labels, context, negative, batch_size):
+        """The unconditional labels and context for guidance, or an error when there are none."""
+        if guidance_scale is None:
+            if negative is not None:
+                raise ValueError("negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too.")
+            return None, None
+        config = self.unet.config
+        if labels is None and context is None:
+            raise ValueError("guidance_scale needs a conditional model (class labels or a context); this model is unconditional.")
+        null_labels = None
+        if labels is not None:
+            if not config.null_class_label:
+                raise ValueError(
+                    "this model was built without a null class label (null_class_label=False), so it has no "
+                    "unconditional prediction for classifier-free guidance; sample without guidance_scale."
+                )
+            null_labels = torch.full_like(labels, config.num_class_labels)
+        null_context = None
+        if context is not None:
+            if negative is None:
+                null_context = torch.zeros_like(context)
+            else:
+                negative = self._context(negative, "negative_encoder_hidden_states")
+                if len(negative) not in (1, batch_size):
+                    raise ValueError(f"negative_encoder_hidden_states has {len(negative)} entries for a batch of {batch_size}.")
+                null_context = negative.to(context).expand(batch_size, -1, -1)
+                if null_context.shape[1] != context.shape[1]:
+                    # Both halves go through one batched forward, so they need one sequence length.
+                    raise ValueError(
+                        f"negative_encoder_hidden_states has length {null_context.shape[1]} but encoder_hidden_states has "
+                        f"{context.shape[1]}; pad one of them to the other's length."
+                    )
+        return null_labels, null_context
+
+    def _sample_size(self, height, width, init) -> tuple[int, int]:
+        if init is not None:
+            image_size = tuple(init.shape[2:])
+            if (height or image_size[0], width or image_size[1]) != image_size:
+                raise ValueError(f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; leave them out or resize the image.")
+            height, width = image_size
+        if height is None or width is None:
+            size = self.unet.config.sample_size
+            if size is None:
+                raise ValueError("the U-Net config has no sample_size; pass height and width.")
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            height, width = height or size[0], width or size[1]
+        out = self.unet.output_size((int(height), int(width)))  # raises naming valid sizes nearby
+        if tuple(out) != (height, width):
+            raise ValueError(
+                f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this valid-padding U-Net; "
+                "a denoiser must keep the size (use padding='same')."
+            )
+        return int(height), int(width)
+
+    def _init_image(self, image) -> torch.Tensor:
+        channels = self.unet.config.in_channels
+        pixels = to_tensor(image, channels=channels, name="image")
+        low, high = pixels.min().item(), pixels.max().item()
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
+                "Images in [-1, 1] convert with (x + 1) / 2."
+            )
+        return pixels * 2 - 1  # the denoiser works in [-1, 1]
+
+    def _mask(self, mask_image, init, batch_size) -> torch.Tensor:
+        if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 2:
+            mask_image = mask_image[None]
+        mask = to_tensor(mask_image, channels=1, name="mask_image")
+        if mask.shape[2:] != init.shape[2:]:
+            raise ValueError(
+                f"mask_image is {mask.shape[2]} x {mask.shape[3]} (H x W) but the image is {init.shape[2]} x {init.shape[3]}; "
+                "give a mask of the image's size (white = generate, black = keep)."
+            )
+        if len(mask) not in (1, batch_size):
+            raise ValueError(f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image.")
+        return (mask >= 0.5).float().expand(batch_size, -1, -1, -1)
+
+    def _check_variance(self, scheduler) -> bool:
+        """Whether the scheduler reads the model's learned variance (the second half of its channels)."""
+        # Only schedulers with a variance_type setting (DDPM) read it; a config copied from DDPM to
+        # another sampler may still carry the key.
+        reads_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+        scheduler_learns = reads_variance and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
+        if scheduler_learns and not self.unet.config.learned_variance:
+            raise ValueError(
+                f"the scheduler has variance_type={scheduler.config.variance_type!r} but the U-Net predicts no variance "
+                "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."
+            )
+        return scheduler_learns
+
+    @staticmethod
+    def _truncate(scheduler, timesteps, num_inference_steps: int, strength: float):
+        """The last ``strength`` part of the schedule, for starting from a noised image."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}.")
+        start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
+        begin = start * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            # Sigma-indexed schedulers (Euler, DPM-Solver, ...) find their place from this.
+            scheduler.set_begin_index(begin)
+        return timesteps[begin:]
+
+    @staticmethod
+    def _step_kwargs(scheduler, eta: float, generator) -> dict:
+        accepted = inspect.signature(scheduler.step).parameters
+        kwargs = {}
+        if "eta" in accepted:
+            kwargs["eta"] = eta
+        elif eta:
+            raise ValueError(f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'.")
+        if "generator" in accepted:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @staticmethod
+    def _output(sample: torch.Tensor, output_type: str, return_dict: bool):
+        if output_type == "latent":
+            images = sample
+        else:
+            images = (sample / 2 + 0.5).clamp(0, 1)
+            if output_type == "np":
+                images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+            elif output_type == "pil":
+                images = to_pil(images)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)

@@ -1,0 +1,215 @@
+"""Segmentation inference: images of any size to per-pixel class maps and probabilities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from unet_diffusion import UNet
+
+from .images import to_image_list, to_tensor
+from .tiling import mirror_pad, overlap_tile, sliding_window
+
+TTA_CHOICES = (None, False, True, "flip", "d4")
+
+
+@dataclass
+class SegmentationOutput(BaseOutput):
+    """What ``SegmentationPipeline`` returns.
+
+    ``masks``: ``(B, H, W)`` int64 class indices; ``probabilities``: ``(B, K, H, W)`` per-class
+    probabilities (softmax; a one-logit model gives ``[1 - p, p]``). numpy arrays or tensors, as
+    ``output_type`` asks; lists of per-image arrays when the input images differ in size.
+    """
+
+    masks: np.ndarray | torch.Tensor | list
+    probabilities: np.ndarray | torch.Tensor | list
+
+
+def _dihedral(tta) -> list[tuple[int, bool]]:
+    """(quarter turns, flip) pairs of the test-time augmentation: identity, flips, or all eight."""
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be False, 'flip' (4 flips), 'd4' or True (8 flips and rotations); got {tta!r}.")
+    if not tta:
+        return [(0, False)]
+    if tta == "flip":
+        return [(0, False), (0, True), (2, False), (2, True)]  # identity, h-flip, both flips, v-flip
+    return [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+class SegmentationPipeline(DiffusionPipeline):
+    """Segment images of any size with a ``UNet`` whose head is ``"segment"``.
+
+    Valid-padding models (the 2015 U-Net) use the overlap-tile strategy: the image is
+    mirror-extrapolated and cut into tiles of ``tile_size`` whose outputs fit edge to edge, each
+    output pixel computed with its full context. Same-padding models run on the whole image in one
+    pass (padded to a size they take), or, when ``tile_size`` is given and the image is larger, as
+    a sliding window with blended overlaps. ``save_pretrained`` / ``from_pretrained`` store the
+    U-Net and the input normalisation in a ``model_index.json``.
+
+    Args:
+        unet: a segmentation U-Net (``head="segment"``, no time, class or context conditioning).
+        image_mean, image_std: the network sees ``(pixels - mean) / std`` with pixels in [0, 1]; a
+            number, or one per channel. Use what training used (the defaults leave pixels in [0, 1]).
+
+    Example:
+        >>> pipe = SegmentationPipeline(unet=UNet.from_preset("seg-small"))
+        >>> out = pipe(np.random.rand(100, 120).astype("float32"))  # any size
+        >>> out.masks.shape, out.probabilities.shape
+        ((1, 100, 120), (1, 2, 100, 120))
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet: UNet, image_mean: float | list[float] = 0.0, image_std: float | list[float] = 1.0):
+        super().__init__()
+        config = unet.config
+        if config.head != "segment":
+            raise ValueError(f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. Sample from denoisers with DenoisePipeline.")
+        conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
+        if conditioned:
+            raise ValueError(
+                f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. "
+                "Call the model directly."
+            )
+        for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+            values = [value] if isinstance(value, (int, float)) else list(value)
+            if len(values) not in (1, config.in_channels):
+                raise ValueError(f"{name} needs one value or {config.in_channels} (one per channel); got {value!r}.")
+            if name == "image_std" and 0 in values:
+                raise ValueError(f"image_std must not be zero; got {value!r}.")
+        self.register_modules(unet=unet)
+        self.register_to_config(image_mean=image_mean, image_std=image_std)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        images,
+        *,
+        tile_size: int | tuple[int, int] | None = None,
+        overlap: int | None = None,
+        tta=False,
+        tiles_per_batch: int = 4,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> SegmentationOutput | tuple:
+        """Segment ``images``.
+
+        Args:
+            images: a PIL image, a numpy array (``(H, W)``, ``(H, W, C)`` or ``(B, H, W, C)``), a tensor
+                (``(C, H, W)`` or ``(B, C, H, W)``), or a list of them; pixels in [0, 1] (floats) or
+                0..255 (uint8, PIL). Sizes are free; list items may differ in size.
+            tile_size: the input tile side (or ``(h, w)``). Valid padding: a size the model takes, by
+                default its ``sample_size`` (572 for ``ronneberger2015``); larger tiles mean fewer
+                tiles and less overlap. Same padding: ``None`` (default) runs whole images; a size
+                switches to a sliding window over larger images.
+            overlap: sliding window only: the overlap of neighbouring tiles (default a quarter tile).
+            tta: test-time augmentation, averaged over probabilities: ``"flip"`` (4 flips), ``"d4"`` or
+                ``True`` (8 flips and 90-degree rotations), ``False`` (none).
+            tiles_per_batch: tiles per network call (memory against speed).
+            output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
+            return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
+        """
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"output_type must be 'np' or 'pt'; got {output_type!r}.")
+        transforms = _dihedral(tta)
+        if not isinstance(tiles_per_batch, int) or tiles_per_batch < 1:
+            raise ValueError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
+        channels = self.unet.config.in_channels
+        batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
+        if len({tuple(b.shape[1:]) for b in batches}) == 1:
+            batches = [torch.cat(batches)]  # one size: one batch through the network
+
+        masks, probabilities = [], []
+        for batch in batches:
+            probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
+            probabilities.append(probs)
+            masks.append(probs.argmax(dim=1))
+        if output_type == "np":
+            masks = [m.cpu().numpy() for m in masks]
+            probabilities = [p.float().cpu().numpy() for p in probabilities]
+        if len(masks) == 1:
+            masks, probabilities = masks[0], probabilities[0]
+        else:  # differently sized images: one entry per image
+            masks = [m for group in masks for m in group]
+            probabilities = [p for group in probabilities for p in group]
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return masks, probabilities
+        return SegmentationOutput(masks=masks, probabilities=probabilities)
+
+    # ------------------------------------------------------------------------ steps
+    def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std = torch.tensor(self.config.image_std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        return ((pixels - mean) / std).to(device=self._execution_device, dtype=self.unet.dtype)
+
+    def _probabilities(self, image, transforms, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+        """Per-class probabilities ``(B, K, H, W)``, averaged over the test-time transforms."""
+        total = None
+        for turns, flip in transforms:
+            x = torch.rot90(image.flip(-1) if flip else image, turns, dims=(-2, -1))
+            logits = self._logits(x, tile_size, overlap, tiles_per_batch)
+            probs = self._to_probabilities(logits)
+            probs = torch.rot90(probs, -turns, dims=(-2, -1))
+            probs = probs.flip(-1) if flip else probs
+            total = probs if total is None else total + probs
+        return total / len(transforms)
+
+    @staticmethod
+    def _to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:  # one logit: a binary model read through a sigmoid
+            p = torch.sigmoid(logits.float())
+            return torch.cat([1 - p, p], dim=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x).sample
+
+    def _logits(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+        if self.unet.config.padding == "valid":
+            return self._overlap_tile(image, tile_size, tiles_per_batch)
+        return self._same_padding(image, tile_size, overlap, tiles_per_batch)
+
+    def _overlap_tile(self, image, tile_size, tiles_per_batch) -> torch.Tensor:
+        tile = self._tile(tile_size, "sample_size")
+        try:
+            out = self.unet.output_size(tile)
+        except ValueError as err:
+            raise ValueError(f"tile_size {tile} does not fit this valid-padding model: {err}") from None
+        return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiles_per_batch, self.progress_bar)
+
+    def _same_padding(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+        f = 1 if self.unet.config.pad_input else self.unet.downsampling_factor
+        height, width = image.shape[-2:]
+        if tile_size is None or (height <= self._tile(tile_size)[0] and width <= self._tile(tile_size)[1]):
+            # One pass over the whole image, mirror-padded up to a size the model takes.
+            padded = mirror_pad(image, 0, -height % f, 0, -width % f)
+            return self._predict(padded)[:, :, :height, :width]
+        tile = self._tile(tile_size)
+        bad = [t for t in tile if t % f]
+        if bad:
+            raise ValueError(f"tile_size {tile} must be a multiple of {f} (the model's downsampling factor) for this same-padding model.")
+        overlap = (tile[0] // 4, tile[1] // 4) if overlap is None else (overlap, overlap)
+        if not all(0 <= o < t for o, t in zip(overlap, tile)):
+            raise ValueError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
+        # Sides smaller than a tile are mirrored up to it, so every window is a full tile.
+        padded = mirror_pad(image, 0, max(tile[0] - height, 0), 0, max(tile[1] - width, 0))
+        return sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)[:, :, :height, :width]
+
+    def _tile(self, tile_size, default: str | None = None) -> tuple[int, int]:
+        if tile_size is None and default is not None:
+            tile_size = self.unet.config.sample_size
+            if tile_size is None:
+                raise ValueError("the U-Net config has no sample_size; pass tile_size, e.g. one of model.valid_input_sizes(572).")
+        if isinstance(tile_size, int):
+            return (tile_size, tile_size)
+        tile = tuple(int(t) for t in tile_size)
+        if len(tile) != 2 or min(tile) < 1:
+            raise ValueError(f"tile_size must be a positive int or an (h, w) pair; got {tile_size!r}.")
+        return tile
+

@@ -1,0 +1,111 @@
+"""The `sample` and `segment` commands, on tiny models saved to temporary folders."""
+
+import numpy as np
+import PIL.Image
+import pytest
+from conftest import tiny_config
+from diffusers import DDIMScheduler
+
+from pipelines import DenoisePipeline, SegmentationPipeline
+from train.cli import main
+from unet_diffusion import UNet, save_weights
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(PIL.Image.open(path))
+
+
+@pytest.fixture(scope="module")
+def denoiser_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("denoiser")
+    DenoisePipeline(unet=UNet(**tiny_config()), scheduler=DDIMScheduler()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def segmenter_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("segmenter")
+    unet = UNet(
+        sample_size=60, in_channels=1, out_channels=3, head="segment", block="classic", skips="level",
+        conv_in=False, mid_block=False, channels=(8, 16, 32), blocks_per_level=1, padding="valid",
+        downsample="maxpool", upsample="conv_transpose", time_embedding=None, mid_attention=False,
+    )
+    SegmentationPipeline(unet=unet).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    PIL.Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / "a.png")
+    PIL.Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_sample_from_a_pipeline_folder(denoiser_folder, tmp_path):
+    args = ["sample", str(denoiser_folder), "--num-images", "3", "--steps", "3", "--sampler", "ddim", "--seed", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a"), "--batch-size", "2"]) == 0
+    written = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert written == ["00000.png", "00001.png", "00002.png", "grid.png"]
+    assert pixels(tmp_path / "a" / "00000.png").shape == (16, 16, 3)
+    assert pixels(tmp_path / "a" / "grid.png").shape == (32, 32, 3)  # 2 x 2 grid
+    # Image i is seeded with seed + i, so the batch size does not change it.
+    assert main([*args, "--out", str(tmp_path / "b"), "--batch-size", "3"]) == 0
+    np.testing.assert_array_equal(pixels(tmp_path / "a" / "00002.png"), pixels(tmp_path / "b" / "00002.png"))
+
+
+def test_sample_from_a_bare_unet_with_labels_and_guidance(tmp_path, capsys):
+    unet = UNet(**tiny_config(num_class_labels=4))
+    unet.save_pretrained(tmp_path / "unet")
+    save_weights(unet, tmp_path / "unet.safetensors")
+    for model in ("unet", "unet.safetensors"):
+        out = tmp_path / f"out-{model}"
+        code = main(["sample", str(tmp_path / model), "--num-images", "2", "--steps", "2", "--class-label", "1", "3",
+                     "--guidance-scale", "2", "--height", "8", "--width", "24", "--out", str(out), "--no-progress"])
+        assert code == 0
+        assert pixels(out / "00001.png").shape == (8, 24, 3)
+    assert "wrote 2 images and grid.png" in capsys.readouterr().out
+
+
+def test_sample_image_to_image_and_inpainting(denoiser_folder, tmp_path):
+    image = np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:8] = 255
+    PIL.Image.fromarray(image).save(tmp_path / "init.png")
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    code = main(["sample", str(denoiser_folder), "--num-images", "1", "--steps", "4", "--image", str(tmp_path / "init.png"),
+                 "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 0
+    np.testing.assert_array_equal(pixels(tmp_path / "out" / "00000.png")[8:], image[8:])
+
+
+def test_segment_a_folder_with_overlays(segmenter_folder, photos, tmp_path):
+    code = main(["segment", str(segmenter_folder), str(photos), "--out", str(tmp_path), "--overlay", "--tta", "flip", "--no-progress"])
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_overlay.png", "b.png", "b_overlay.png"]
+    mask = pixels(tmp_path / "a.png")
+    assert mask.shape == (40, 50) and set(np.unique(mask)) <= {0, 128, 255}  # 3 classes spread over 0..255
+    assert pixels(tmp_path / "a_overlay.png").shape == (40, 50, 3)
+
+
+def test_segment_one_file_with_a_bare_unet_and_index_values(tmp_path, photos):
+    UNet.from_preset("seg-small", channels=(8, 16), norm_groups=4).save_pretrained(tmp_path / "unet")
+    code = main(["segment", str(tmp_path / "unet"), str(photos / "b.jpg"), "--out", str(tmp_path / "out"), "--mask-values", "index"])
+    assert code == 0
+    assert set(np.unique(pixels(tmp_path / "out" / "b.png"))) <= {0, 1}
+
+
+def test_command_errors_name_the_problem(denoiser_folder, segmenter_folder, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    assert main(["segment", str(segmenter_folder), str(broken), "--out", str(tmp_path / "o")]) == 1
+    assert f"cannot read {broken}" in capsys.readouterr().err
+    assert main(["sample", str(segmenter_folder), "--out", str(tmp_path / "o")]) == 1
+    assert "holds a SegmentationPipeline, which does not sample; use `unet-diffusion segment`" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "missing"), str(broken), "--out", str(tmp_path / "o")]) == 1
+    assert "no model at" in capsys.readouterr().err
+    assert main(["sample", str(denoiser_folder), "--class-label", "1", "--out", str(tmp_path / "o")]) == 1
+    assert "not class-conditional" in capsys.readouterr().err
+
