@@ -91,7 +91,8 @@ class DiffusionTask:
         self.scheduler = noise_scheduler(config)
         self.snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)  # (T,)
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
-        self.unet_config = build_unet(config, **self._fixed_fields()).config  # checks the model before any data is read
+        with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
+            self.unet_config = build_unet(config, **self._fixed_fields()).config
         self.trainer = None
 
     def _fixed_fields(self) -> dict:

@@ -111,7 +111,8 @@ class SegmentationTask:
 
     def __init__(self, config: Config):
         self.config = config
-        probe = build_unet(config, in_channels=config.data.channels)
+        with torch.device("meta"):  # the config and the sizes, without allocating weights
+            probe = build_unet(config, in_channels=config.data.channels)
         c = probe.config
         if c.head != "segment":
             raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
