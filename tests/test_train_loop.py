@@ -157,6 +157,12 @@ def test_segmentation_run_reports_dice_iou_and_pixel_error(tmp_path):
     assert {"dice", "iou", "pixel_error", "dice_shape", "iou_background"} <= set(m)
     assert 0 <= m["pixel_error"] <= 1 and 0 <= m["dice"] <= 1
     assert (result.run_dir / "overlays.png").is_file() and (result.run_dir / "model.safetensors").is_file()
+    # The saved pipeline (what `unet-diffusion segment` opens) normalises pixels the way training did.
+    from pipelines import load_segmentation_pipeline
+
+    pipe = load_segmentation_pipeline(result.run_dir / "pipeline")
+    assert (pipe.config.image_mean, pipe.config.image_std) == (0.5, 0.5)
+    assert pipe(torch.rand(1, 1, 16, 16)).masks.shape == (1, 16, 16)
     log = [r for r in read_log(result.run_dir) if "eval" in r]
     assert log and log[-1]["eval"]["dice"] == m["dice"]
 
@@ -176,6 +182,10 @@ def test_cli_train_and_demo_in_process(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "demo"), *overrides]) == 0
     assert "demo finished" in capsys.readouterr().out
     assert (tmp_path / "demo" / "samples.png").is_file() and (tmp_path / "demo" / "model.safetensors").is_file()
+    # `unet-diffusion sample` opens the saved pipeline directly (its scheduler says v-prediction, cosine betas).
+    assert main(["sample", str(tmp_path / "demo" / "pipeline"), "--out", str(tmp_path / "samples"), "--num-images", "2",
+                 "--steps", "2", "--sampler", "ddim", "--class-label", "1", "--no-progress"]) == 0
+    assert len(list((tmp_path / "samples").glob("*.png"))) >= 2
 
 
 # ---------------------------------------------------------------------------- other processes

@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
+from pipelines import DenoisePipeline
 from unet_diffusion import UNet, save_weights
 
 from .checkpoint import ema_weights
@@ -46,37 +47,6 @@ def noise_scheduler(config: Config) -> DDPMScheduler:
         rescale_betas_zero_snr=d.zero_terminal_snr, clip_sample=True,
         timestep_spacing="trailing" if d.zero_terminal_snr else "leading",
     )
-
-
-@torch.no_grad()
-def sample_images(unet: UNet, scheduler_config, num: int, steps: int, generator: torch.Generator,
-                  class_labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                  guidance_scale: float = 1.0) -> torch.Tensor:
-    """Draw ``num`` images with DDIM (eta 0); returns ``(num, C, H, W)`` in [0, 1].
-
-    With ``guidance_scale`` != 1 and a condition, classifier-free guidance mixes the conditional
-    and the unconditional (null label / zero context) predictions.
-    """
-    device = next(unet.parameters()).device
-    ddim = DDIMScheduler.from_config(scheduler_config)
-    ddim.set_timesteps(steps)
-    size = unet.config.sample_size
-    height, width = (size, size) if isinstance(size, int) else size
-    x = torch.randn((num, unet.config.in_channels, height, width), generator=generator).to(device)
-    guided = guidance_scale != 1.0 and (class_labels is not None or context is not None)
-    if guided:
-        if class_labels is not None:
-            class_labels = torch.cat([class_labels, torch.full_like(class_labels, unet.config.num_class_labels)])
-        if context is not None:
-            context = torch.cat([context, torch.zeros_like(context)])
-    for t in ddim.timesteps:
-        model_in = torch.cat([x, x]) if guided else x
-        out = unet(model_in, t.to(device), class_labels=class_labels, encoder_hidden_states=context).sample.float()
-        if guided:
-            cond, uncond = out.chunk(2)
-            out = uncond + guidance_scale * (cond - uncond)
-        x = ddim.step(out, t, x).prev_sample
-    return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
 
 class DiffusionTask:
@@ -200,8 +170,13 @@ class DiffusionTask:
         unet = trainer.accelerator.unwrap_model(trainer.model)
         labels, context = self._conditions(num, trainer.accelerator.device)
         generator = torch.Generator().manual_seed(self.config.train.seed)
+        conditional = labels is not None or context is not None
+        pipe = DenoisePipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
         with ema_weights(unet, trainer.ema):
-            return sample_images(unet, self.scheduler.config, num, d.sample_steps, generator, labels, context, d.guidance_scale)
+            return pipe(num, num_inference_steps=d.sample_steps, generator=generator, class_labels=labels,
+                        encoder_hidden_states=context, output_type="pt",
+                        guidance_scale=d.guidance_scale if conditional and d.guidance_scale != 1.0 else None).images.cpu()
 
     def pictures(self, step: int) -> Path:
         images = self.sample_grid()
@@ -224,10 +199,8 @@ class DiffusionTask:
 
 
 def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path) -> None:
-    """Save a diffusers pipeline folder (model_index.json, unet/, scheduler/) for sampling."""
-    from diffusers import DDPMPipeline
-
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder), safe_serialization=True)
+    """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/) that ``unet-diffusion sample`` opens."""
+    DenoisePipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder), safe_serialization=True)
 
 
 def _grid_columns(count: int) -> int:

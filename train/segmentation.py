@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
+from pipelines import SegmentationPipeline
 from unet_diffusion import UNet, save_weights
 
 from .checkpoint import ema_weights
@@ -237,5 +238,6 @@ class SegmentationTask:
         unet = trainer.accelerator.unwrap_model(trainer.model)
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors")
-            unet.save_pretrained(run_dir / "model", safe_serialization=True)
-        trainer.log(f"wrote {run_dir / 'model.safetensors'} and {run_dir / 'model'}")
+            # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
+            SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(run_dir / "pipeline"), safe_serialization=True)
+        trainer.log(f"wrote {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'} (for unet-diffusion segment)")
