@@ -179,10 +179,9 @@ class DiffusionTask:
                         guidance_scale=d.guidance_scale if conditional and d.guidance_scale != 1.0 else None).images.cpu()
 
     def pictures(self, step: int) -> Path:
-        images = self.sample_grid()
         path = self.trainer.run_dir / "samples" / f"step-{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(images, path, nrow=_grid_columns(len(images)))
+        save_grid(self.sample_grid(), path)
         return path
 
     def finish(self, step: int) -> None:
@@ -190,8 +189,7 @@ class DiffusionTask:
         trainer = self.trainer
         run_dir = trainer.run_dir
         unet = trainer.accelerator.unwrap_model(trainer.model)
-        images = self.sample_grid()
-        save_image(images, run_dir / "samples.png", nrow=_grid_columns(len(images)))
+        save_grid(self.sample_grid(), run_dir / "samples.png")
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors")
             save_pipeline(unet, self.scheduler, run_dir / "pipeline")
@@ -203,5 +201,9 @@ def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path) -> None:
     DenoisePipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder), safe_serialization=True)
 
 
-def _grid_columns(count: int) -> int:
-    return max(1, int(round(count**0.5)))
+def save_grid(images: torch.Tensor, path: Path, min_side: int = 64) -> None:
+    """Save ``(N, C, H, W)`` images in [0, 1] as a square-ish grid, small images enlarged (nearest) to ``min_side``."""
+    scale = max(1, min_side // max(images.shape[-2:]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, path, nrow=max(1, int(round(len(images) ** 0.5))), padding=2 * scale)
