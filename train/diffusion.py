@@ -139,11 +139,12 @@ class DiffusionTask:
         acc, examples = trainer.accelerator, trainer.val_examples
         total = torch.zeros(2, device=acc.device)
         batch_size = self.config.train.eval_batch_size
+        model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of batches
         mine = list(range(acc.process_index, len(examples), acc.num_processes))
         for start in range(0, len(mine), batch_size):
             items = [examples[i] for i in mine[start:start + batch_size]]
             batch = {k: torch.stack([item[k] for item in items]).to(acc.device) for k in items[0]}
-            total += torch.stack([self.loss(trainer.model, batch).float() * len(items), torch.tensor(float(len(items)), device=acc.device)])
+            total += torch.stack([self.loss(model, batch).float() * len(items), torch.tensor(float(len(items)), device=acc.device)])
         if acc.num_processes > 1:
             total = acc.reduce(total, "sum")
         return {"val_loss": (total[0] / total[1].clamp_min(1)).item()}

@@ -115,15 +115,17 @@ class Trainer:
             self.ema.to(acc.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
-        self.step, self.nan_skips = 0, 0
+        self.step, self.nan_skips, self.micro_batches = 0, 0, 0
         if checkpoint is not None:
             self._check_compatible(checkpoint)
             state = load_checkpoint(acc, checkpoint, self.model, self.ema)
             self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
+            # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
+            self.micro_batches = int(state.get("micro_batches", self.step * config.train.grad_accum))
             self.log(f"resumed from {checkpoint} at step {self.step}")
         self.loader = training_loader(
             self.train_examples, config.train.batch_size, acc.process_index, acc.num_processes,
-            config.train.seed, start=self.step * config.train.grad_accum, num_workers=config.data.num_workers,
+            config.train.seed, start=self.micro_batches, num_workers=config.data.num_workers,
         )
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
@@ -145,8 +147,10 @@ class Trainer:
                 if theirs.get(key) != mine[key]:
                     raise ValueError(f"cannot resume from {checkpoint}: its run was made with a different {key} "
                                      f"({theirs.get(key)!r}, now {mine[key]!r}).")
-            if theirs.get("train", {}).get("batch_size") != mine["train"]["batch_size"]:
-                self.log("note: train.batch_size differs from the checkpoint's run; the data order continues from the same example count.")
+            before, now = theirs.get("train", {}).get("batch_size"), mine["train"]["batch_size"]
+            if before != now:
+                self.log(f"note: train.batch_size was {before} in the checkpoint's run and is {now} now; the data order "
+                         "continues by batch count, so it will not match the original run's.")
 
     # ------------------------------------------------------------------------ run
     def run(self, resume: str | None = None) -> RunResult:
@@ -193,6 +197,7 @@ class Trainer:
             losses = []
             for micro in range(c.grad_accum):
                 batch = send_to_device(next(batches), acc.device)
+                self.micro_batches += 1
                 sync = micro == c.grad_accum - 1
                 with contextlib.nullcontext() if sync else acc.no_sync(self.model):
                     with acc.autocast():
@@ -255,7 +260,7 @@ class Trainer:
     # ------------------------------------------------------------------------ pieces
     def _epoch(self) -> float:
         c = self.config.train
-        return epoch_of(self.step * c.grad_accum, len(self.train_examples), c.batch_size)
+        return epoch_of(self.micro_batches, len(self.train_examples), c.batch_size)
 
     def _evaluate(self) -> dict:
         self.model.eval()
@@ -279,7 +284,7 @@ class Trainer:
 
     def _save(self) -> Path:
         c = self.config.train
-        state = {"nan_skips": self.nan_skips, "micro_batches": self.step * c.grad_accum,
+        state = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches,
                  "epoch": self._epoch(), "time": time.time()}
         return save_checkpoint(self.accelerator, self.run_dir, self.step, self.model, self.ema, state, c.keep_checkpoints)
 

@@ -192,14 +192,22 @@ class SegmentationTask:
         """Dice / IoU / pixel error over the whole validation images, summed over all processes."""
         trainer = self.trainer
         acc, examples = trainer.accelerator, trainer.val_examples
+        model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of images
         stats = torch.zeros(self.num_classes, 3, dtype=torch.float64, device=acc.device)
         for i in range(acc.process_index, len(examples), acc.num_processes):
             item = examples[i]
-            logits = predict_logits(trainer.model, item["image"][None].to(acc.device))
+            logits = predict_logits(model, item["image"][None].to(acc.device))
             stats += class_stats(logits.float(), item["mask"][None].to(acc.device), self.num_classes)
         if acc.num_processes > 1:
             stats = acc.reduce(stats, "sum")
-        return metrics_from_stats(stats.cpu(), self.names)
+        stats = stats.cpu()
+        predicted = stats[:, 1]
+        if (predicted > 0).sum() == 1:
+            only = self.names[int(predicted.argmax())]
+            trainer.log(f"hint: every validation pixel is predicted as {only!r}. Early in training that is normal; if it "
+                        "persists, the classes are unbalanced (try segmentation.weight_map=true or class_weights) or "
+                        "optim.lr is off.")
+        return metrics_from_stats(stats, self.names)
 
     def picture_every(self) -> int:
         return self.config.segmentation.overlay_every
