@@ -30,14 +30,14 @@ def agreement(image: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, marg
 @pytest.mark.parametrize("augment", [
     AugmentConfig(hflip=True, vflip=True, rotate90=True),
     AugmentConfig(hflip=True, rotation=30.0),
-    AugmentConfig(elastic_alpha=60.0, elastic_sigma=4.0, rotate90=True),
+    AugmentConfig(elastic_std=4.0, elastic_grid=3, rotate90=True),
 ], ids=["flips-rot90", "rotation", "elastic"])
 def test_joint_transform_keeps_image_and_mask_aligned(augment):
     mask = blobs(64)
     image = mask[None].float()                       # the image IS the mask: alignment is checkable pixel by pixel
     weights = 2.0 * mask.float() + 1.0               # the weight map must move with them too
     transform = JointTransform(out_size=40, in_size=48, augment=augment)
-    exact = not (augment.rotation or augment.elastic_alpha)
+    exact = not (augment.rotation or augment.elastic_std)
     for seed in range(6):
         torch.manual_seed(seed)
         img, m, w = transform(image, mask, weights)
@@ -64,10 +64,17 @@ def test_mirror_pad_reflects_beyond_the_image():
     assert mirror_pad(torch.rand(1, 3, 3), 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
 
 
-def test_elastic_sigma_too_large_is_a_clear_error():
-    transform = JointTransform(16, 16, AugmentConfig(elastic_alpha=50, elastic_sigma=10))
-    with pytest.raises(ValueError, match="elastic_sigma=10 is too large for a 16x16 image"):
-        transform(torch.rand(1, 16, 16), torch.zeros(16, 16, dtype=torch.long))
+def test_grid_elastic_draws_the_papers_displacements():
+    from train.transforms import GridElastic
+
+    torch.manual_seed(0)
+    fields = [GridElastic(std=10.0, grid=3).make_params([torch.zeros(1, 100, 80)])["displacement"] for _ in range(200)]
+    field = torch.cat(fields)                                           # (200, 100, 80, 2) in [-1, 1] units
+    pixels = field * torch.tensor([80 / 2, 100 / 2])                    # back to pixels (x, y)
+    assert field.shape == (200, 100, 80, 2)
+    corners = pixels[:, [0, 0, -1, -1], [0, -1, 0, -1]]                 # the grid's corner points: N(0, 10 px)
+    assert 8.5 < corners.std().item() < 11.5
+    assert (pixels[:, 1:] - pixels[:, :-1]).abs().max() < 3              # smooth: neighbours move together
 
 
 def test_order_is_the_same_global_batches_on_any_number_of_processes():

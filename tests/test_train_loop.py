@@ -1,7 +1,6 @@
 """The training loop: it learns, resumes exactly, survives kills and signals, refuses NaNs, and runs
 the same on 2 processes as on 1."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainkit import ROOT, TINY_DIFFUSION, TINY_SEGMENTATION, merged, run_cli, start_cli, write_config
+from trainkit import ROOT, TINY_DIFFUSION, TINY_SEGMENTATION, merged, start_cli, write_config
 
 from train.checkpoint import latest_checkpoint, list_checkpoints, read_state
 from train.config import config_from_dict

@@ -49,13 +49,6 @@ def write_config(path: Path, values: dict) -> Path:
     return path
 
 
-def run_cli(args: list[str], timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m train.cli ARGS`` from the project root, single-threaded (the tests share 2 cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "train.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
-
-
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
     """Start ``python -m train.cli ARGS`` in the background, output to ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -40,8 +40,8 @@ class AugmentConfig:
     vflip: bool = False                           # Random vertical flips.
     rotate90: bool = False                        # Random rotations by multiples of 90 degrees (lossless).
     rotation: float = 0.0                         # Random rotation by up to this many degrees (corners are ignored by the loss).
-    elastic_alpha: float = 0.0                    # Elastic deformation strength in pixels (0 = off; torchvision ElasticTransform).
-    elastic_sigma: float = 10.0                   # Smoothness of the elastic displacement field, in pixels.
+    elastic_std: float = 0.0                      # Elastic deformation: std in pixels of random displacements on a coarse grid (0 = off; the paper: 10).
+    elastic_grid: int = 3                         # Elastic deformation: control points per side, interpolated bicubically (the paper: 3).
     brightness: float = 0.0                       # Segmentation: random gray-value scaling by up to +-this fraction.
 
 
@@ -200,6 +200,8 @@ class Config:
             section = self.optim if key == "warmup_steps" else self.train
             if getattr(section, key) < 0:
                 raise ConfigError(f"{'optim' if key == 'warmup_steps' else 'train'}.{key} must be >= 0.")
+        if self.data.augment.elastic_std < 0 or self.data.augment.elastic_grid < 2:
+            raise ConfigError("data.augment.elastic_std must be >= 0 and data.augment.elastic_grid at least 2 (control points per side).")
         if self.data.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB); got {self.data.channels}.")
         if not 0 <= self.diffusion.condition_dropout < 1:

@@ -40,6 +40,27 @@ class RandomRotate90(v2.Transform):
         return tv_tensors.wrap(rotated, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else rotated
 
 
+class GridElastic(v2.ElasticTransform):
+    """Elastic deformation as in the U-Net paper: random displacements (Gaussian, ``std`` pixels) on a
+    coarse ``grid`` x ``grid`` lattice, interpolated bicubically to every pixel.
+
+    Only the displacement field is drawn here; torchvision's ``ElasticTransform`` applies it to every
+    input (images bilinear, masks nearest). Its own field, Gaussian-blurred noise, needs a blur
+    kernel of 8 sigma pixels, which is very slow for the smooth, large-scale warps the paper uses.
+    """
+
+    def __init__(self, std: float, grid: int = 3, fill=0):
+        super().__init__(alpha=0.0, fill=fill)
+        self.std, self.grid = float(std), int(grid)
+
+    def make_params(self, flat_inputs):
+        height, width = v2.functional.get_size(flat_inputs[0])
+        coarse = torch.randn(1, 2, self.grid, self.grid) * self.std                        # (1, 2, g, g) pixels
+        dense = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)  # (1, 2, H, W)
+        to_unit = torch.tensor([2.0 / width, 2.0 / height]).view(1, 2, 1, 1)   # torchvision uses [-1, 1] coordinates
+        return {"displacement": (dense * to_unit).permute(0, 2, 3, 1)}                     # (1, H, W, 2): dx, dy
+
+
 class JointTransform:
     """Augment an image and its masks together, then cut a training crop.
 
@@ -56,7 +77,6 @@ class JointTransform:
             raise ValueError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
         self.out_size, self.in_size, self.margin = out_size, in_size, (in_size - out_size) // 2
         self.brightness = augment.brightness
-        self.elastic_sigma = augment.elastic_sigma if augment.elastic_alpha else 0.0
         steps: list = []
         if augment.hflip:
             steps.append(v2.RandomHorizontalFlip())
@@ -66,9 +86,8 @@ class JointTransform:
             steps.append(RandomRotate90())
         if augment.rotation:
             steps.append(v2.RandomRotation(augment.rotation, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0}))
-        if augment.elastic_alpha:
-            steps.append(v2.ElasticTransform(alpha=augment.elastic_alpha, sigma=augment.elastic_sigma,
-                                             fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0}))
+        if augment.elastic_std:
+            steps.append(GridElastic(augment.elastic_std, augment.elastic_grid, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0}))
         self.augment = v2.Compose(steps) if steps else None
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None):
@@ -79,10 +98,6 @@ class JointTransform:
         """
         weights = torch.ones(mask.shape) if weights is None else weights
         valid = torch.ones(mask.shape)
-        if 4 * self.elastic_sigma >= min(mask.shape):
-            # torchvision blurs the displacement field with a kernel of 8 sigma + 1 pixels, mirror-padded.
-            raise ValueError(f"data.augment.elastic_sigma={self.elastic_sigma} is too large for a {mask.shape[0]}x{mask.shape[1]} "
-                             f"image; it must be below a quarter of the smaller side ({min(mask.shape) / 4}).")
         if self.augment is not None:
             image, mask, weights, valid = self.augment(
                 tv_tensors.Image(image), tv_tensors.Mask(mask), tv_tensors.Mask(weights), tv_tensors.Mask(valid)
