@@ -75,6 +75,8 @@ class Trainer:
         self._print = log or (lambda text: print(text, flush=True))
         self.run_dir = Path(c.output_dir)
         self.stop_signal: int | None = None
+        if c.cpu_threads:
+            torch.set_num_threads(c.cpu_threads)
         set_seed(c.seed)  # the same initial weights on every process
 
     def log(self, text: str) -> None:
