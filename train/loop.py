@@ -75,8 +75,6 @@ class Trainer:
         self._print = log or (lambda text: print(text, flush=True))
         self.run_dir = Path(c.output_dir)
         self.stop_signal: int | None = None
-        if c.cpu_threads:
-            torch.set_num_threads(c.cpu_threads)
         set_seed(c.seed)  # the same initial weights on every process
 
     def log(self, text: str) -> None:
@@ -157,6 +155,15 @@ class Trainer:
     # ------------------------------------------------------------------------ run
     def run(self, resume: str | None = None) -> RunResult:
         """Train to ``config.train.steps``, saving checkpoints; returns what happened."""
+        threads = torch.get_num_threads()
+        if self.config.train.cpu_threads:
+            torch.set_num_threads(self.config.train.cpu_threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, resume: str | None) -> RunResult:
         c = self.config.train
         checkpoint = resolve_resume(resume, self.run_dir)
         if resume is None and list_checkpoints(self.run_dir):
