@@ -328,7 +328,13 @@ class Trainer:
 def read_log(run_dir: str | Path) -> list[dict]:
     """The records of a run's ``log.jsonl``."""
     path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+    return records
 
 
 __all__ = ["NonFiniteLossError", "RunResult", "Trainer", "build_task", "read_log", "train", "read_state"]
