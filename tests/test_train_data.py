@@ -1,0 +1,182 @@
+"""Data: joint transforms keep image and mask aligned, sources read and name bad files, the order shards."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.config import AugmentConfig, load_config
+from train.data import (BadImageError, DatasetsSource, ExampleOrder, Examples, ImageMaskPairs, SyntheticShapes,
+                        check_images, split_indices)
+from train.transforms import JointTransform, mirror_pad
+
+
+def blobs(size: int = 64, seed: int = 0) -> torch.Tensor:
+    """A random binary pattern with structure at several scales (a shift of a few pixels breaks it)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.rand(1, 1, size // 8, size // 8, generator=g)
+    coarse = torch.nn.functional.interpolate(noise, size=size, mode="bilinear", align_corners=False)[0, 0]
+    return (coarse > 0.5).long()
+
+
+def agreement(image: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, margin: int) -> float:
+    inner = image[0, margin:image.shape[1] - margin, margin:image.shape[2] - margin] if margin else image[0]
+    keep = valid > 0
+    return ((inner > 0.5).long() == mask)[keep].float().mean().item()
+
+
+@pytest.mark.parametrize("augment", [
+    AugmentConfig(hflip=True, vflip=True, rotate90=True),
+    AugmentConfig(hflip=True, rotation=30.0),
+    AugmentConfig(elastic_std=4.0, elastic_grid=3, rotate90=True),
+], ids=["flips-rot90", "rotation", "elastic"])
+def test_joint_transform_keeps_image_and_mask_aligned(augment):
+    mask = blobs(64)
+    image = mask[None].float()                       # the image IS the mask: alignment is checkable pixel by pixel
+    weights = 2.0 * mask.float() + 1.0               # the weight map must move with them too
+    transform = JointTransform(out_size=40, in_size=48, augment=augment)
+    exact = not (augment.rotation or augment.elastic_std)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        img, m, w = transform(image, mask, weights)
+        assert img.shape == (1, 48, 48) and m.shape == (40, 40) and w.shape == (40, 40)
+        score = agreement(img, m, w, margin=4)
+        assert score == 1.0 if exact else score > 0.97, score
+        keep = w > 0
+        assert torch.equal(w[keep], (2 * m.float() + 1)[keep])
+        # A check that can fail: the same crop shifted by 3 pixels disagrees a lot.
+        assert agreement(torch.roll(img, 3, dims=2), m, w, margin=4) < 0.95
+
+
+def test_rotation_corners_are_marked_invalid():
+    mask = torch.ones(32, 32, dtype=torch.long)
+    torch.manual_seed(0)
+    transform = JointTransform(32, 32, AugmentConfig(rotation=45.0))
+    fractions = [(transform(mask[None].float(), mask)[2] == 0).float().mean().item() for _ in range(8)]
+    assert max(fractions) > 0.02  # some rotation left corners without labels, and the loss will skip them
+
+
+def test_mirror_pad_reflects_beyond_the_image():
+    x = torch.arange(4.0).reshape(1, 1, 4)
+    assert mirror_pad(x.expand(1, 4, 4).clone(), 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
+    assert mirror_pad(torch.rand(1, 3, 3), 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+
+
+def test_grid_elastic_draws_the_papers_displacements():
+    from train.transforms import GridElastic
+
+    torch.manual_seed(0)
+    fields = [GridElastic(std=10.0, grid=3).make_params([torch.zeros(1, 100, 80)])["displacement"] for _ in range(200)]
+    field = torch.cat(fields)                                           # (200, 100, 80, 2) in [-1, 1] units
+    pixels = field * torch.tensor([80 / 2, 100 / 2])                    # back to pixels (x, y)
+    assert field.shape == (200, 100, 80, 2)
+    corners = pixels[:, [0, 0, -1, -1], [0, -1, 0, -1]]                 # the grid's corner points: N(0, 10 px)
+    assert 8.5 < corners.std().item() < 11.5
+    assert (pixels[:, 1:] - pixels[:, :-1]).abs().max() < 3              # smooth: neighbours move together
+
+
+def test_order_is_the_same_global_batches_on_any_number_of_processes():
+    one = list(itertools.islice(iter(ExampleOrder(10, 4, 0, 1, seed=3)), 16))   # 4 global batches (2 epochs)
+    halves = [list(itertools.islice(iter(ExampleOrder(10, 4, r, 2, seed=3)), 8)) for r in range(2)]
+    for b in range(4):
+        assert sorted(one[4 * b:4 * b + 4]) == sorted(halves[0][2 * b:2 * b + 2] + halves[1][2 * b:2 * b + 2])
+    assert {e for e, _ in one} == {0, 1} and len(set(one[:8])) == 8   # 2 batches per epoch, no repeats inside one
+    # Starting at micro-batch 3 continues exactly where an earlier run left off.
+    assert list(itertools.islice(iter(ExampleOrder(10, 4, 0, 1, seed=3, start=3)), 4)) == one[12:16]
+    with pytest.raises(ValueError, match="must divide evenly over 3 processes"):
+        ExampleOrder(10, 4, 0, 3, seed=0)
+
+
+def test_examples_are_deterministic_per_epoch_and_index():
+    from trainkit import TINY_DIFFUSION
+
+    from train.config import config_from_dict
+    from train.diffusion import DiffusionTask
+
+    task = DiffusionTask(config_from_dict(TINY_DIFFUSION))
+    examples = Examples(SyntheticShapes(8, 10), list(range(10)), task.prepare, seed=0)
+    a, b, c = examples[(0, 3)], examples[(0, 3)], examples[(1, 3)]
+    assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["t"], b["t"])
+    assert not torch.equal(a["noise"], c["noise"])
+    state = torch.get_rng_state()
+    examples[(0, 4)]
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is left as it was
+
+
+def test_split_is_deterministic_and_checked():
+    train, val = split_indices(list(range(25)), 5, seed=0)
+    assert len(val) == 5 and not set(train) & set(val) and split_indices(list(range(25)), 5, seed=0)[1] == val
+    assert len(split_indices(list(range(20)), 0.25, seed=0)[1]) == 5
+    with pytest.raises(ValueError, match="leaves 0 of 3 examples for training"):
+        split_indices([0, 1, 2], 3, seed=0)
+
+
+def _pairs(tmp_path, count=3):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "label").mkdir()
+    for i in range(count):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "image" / f"{i:02d}.png")
+        Image.fromarray((np.arange(64).reshape(8, 8) % 2 * 255).astype(np.uint8)).save(tmp_path / "label" / f"{i:02d}.png")
+    return load_config(None, ["task=segmentation", "data.source=pairs", f"data.image_dir={tmp_path / 'image'}",
+                              f"data.mask_dir={tmp_path / 'label'}", "data.mask_values=[0, 255]", "data.channels=1"]).data
+
+
+def test_pairs_read_and_map_mask_values(tmp_path):
+    source = ImageMaskPairs(_pairs(tmp_path))
+    example = source.load(1)
+    assert len(source) == 3 and example.image.mode == "L"
+    assert set(np.unique(example.mask)) == {0, 1}
+
+
+def test_bad_image_is_named_or_skipped_and_counted(tmp_path):
+    data = _pairs(tmp_path)
+    (tmp_path / "image" / "01.png").write_bytes(b"not a png at all")
+    source = ImageMaskPairs(data)
+    with pytest.raises(BadImageError, match=r"cannot read image .*image/01.png.*on_bad_image=skip"):
+        check_images(source, [0, 1, 2], "error")
+    messages = []
+    assert check_images(source, [0, 1, 2], "skip", messages.append) == [0, 2]
+    assert "skipped 1 unreadable example(s) of 3" in messages[0] and "01.png" in messages[0]
+
+
+def test_mask_with_unexpected_values_is_named(tmp_path):
+    data = _pairs(tmp_path)
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "label" / "02.png")
+    with pytest.raises(BadImageError, match=r"label/02.png has pixel values \[128\] that are not in data.mask_values"):
+        ImageMaskPairs(data).load(2)
+
+
+def test_unpaired_files_are_listed(tmp_path):
+    data = _pairs(tmp_path)
+    (tmp_path / "label" / "01.png").unlink()
+    with pytest.raises(ValueError, match=r"without a partner: \['01'\]"):
+        ImageMaskPairs(data)
+
+
+def test_parquet_dataset_source_reads_images_and_labels_and_names_bad_rows(tmp_path):
+    import datasets
+
+    images = [Image.fromarray(np.full((6, 6, 3), 50 * i, np.uint8)) for i in range(3)]
+    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 2]}, features=datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)}))
+    ds.to_parquet(str(tmp_path / "good.parquet"))
+    config = load_config(None, ["data.source=datasets", "data.path=parquet", f"data.data_files={tmp_path / 'good.parquet'}",
+                                "data.label_column=label"])
+    source = DatasetsSource(config.data)
+    example = source.load(2)
+    assert len(source) == 3 and example.label == 2 and example.image.size == (6, 6)
+    assert np.array(example.image)[0, 0, 0] == 100
+
+    rows = ds.cast_column("image", datasets.Image(decode=False)).to_list()
+    rows[1]["image"] = {"bytes": b"broken", "path": "cat.png"}
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "bad.parquet"))
+    bad = DatasetsSource(load_config(None, ["data.source=datasets", "data.path=parquet",
+                                            f"data.data_files={tmp_path / 'bad.parquet'}"]).data)
+    with pytest.raises(BadImageError, match=r"cannot read image parquet\[train\] row 1 \(cat.png\)"):
+        check_images(bad, [0, 1, 2], "error")
+
+    with pytest.raises(ValueError, match=r"data.label_column='digit' is not a column .* its columns are \['image', 'label'\]"):
+        DatasetsSource(load_config(None, ["data.source=datasets", "data.path=parquet", "data.label_column=digit",
+                                          f"data.data_files={tmp_path / 'good.parquet'}"]).data)

@@ -1,0 +1,287 @@
+"""The training loop: it learns, resumes exactly, survives kills and signals, refuses NaNs, and runs
+the same on 2 processes as on 1."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from trainkit import ROOT, TINY_DIFFUSION, TINY_SEGMENTATION, merged, start_cli, write_config
+
+from train.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from train.config import config_from_dict
+from train.loop import NonFiniteLossError, read_log, train
+from unet_diffusion import load_weights
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The models here are tiny: a second thread only adds contention with the other processes of a test.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(tmp_path, name="run", base=TINY_DIFFUSION, **sections):
+    values = merged(base, **sections)
+    values["train"] = {**values["train"], "output_dir": str(tmp_path / name)}
+    return config_from_dict(values)
+
+
+def weights(folder):
+    return load_file(str(folder / "model" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_diffusion_run_writes_everything_and_learns(tmp_path):
+    config = tiny(tmp_path, train={"steps": 24, "log_every": 1, "checkpoint_every": 8, "keep_checkpoints": 2},
+                  data={"val_size": 8}, diffusion={"sample_every": 12}, optim={"lr": 3e-3})
+    result = train(config)
+    run = result.run_dir
+    assert result.step == 24 and result.interrupted is None
+    losses = [result.losses[s] for s in sorted(result.losses)]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5  # it learns
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000016", "step-00000024"]  # keep the last 2
+    for name in ("config.yaml", "log.jsonl", "samples.png", "samples/step-00000012.png", "model.safetensors",
+                 "pipeline/model_index.json", "pipeline/unet/diffusion_pytorch_model.safetensors"):
+        assert (run / name).is_file(), name
+    assert "val_loss" in result.metrics
+    model = load_weights(run / "model.safetensors")  # the EMA weights, rebuilt from the file alone
+    assert model.config.num_class_labels == 3
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def test_resume_continues_with_identical_losses(tmp_path):
+    full = train(tiny(tmp_path, "full", train={"steps": 6}))
+    first = train(tiny(tmp_path, "split", train={"steps": 3}))
+    assert first.step == 3
+    resumed = train(tiny(tmp_path, "split", train={"steps": 6}), resume="latest")
+    assert sorted(resumed.losses) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed.losses[step] == full.losses[step]  # exactly: same data, noise, weights and optimizer state
+    a, b = full.run_dir / "checkpoints/step-00000006", resumed.run_dir / "checkpoints/step-00000006"
+    for name in ("model", "ema"):
+        ta = load_file(str(a / name / "diffusion_pytorch_model.safetensors"))
+        tb = load_file(str(b / name / "diffusion_pytorch_model.safetensors"))
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+
+
+def test_a_run_folder_is_never_overwritten(tmp_path):
+    train(tiny(tmp_path, train={"steps": 3}))
+    with pytest.raises(ValueError, match="already holds checkpoints.*--resume latest"):
+        train(tiny(tmp_path, train={"steps": 3}))
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        train(tiny(tmp_path, train={"steps": 3}), resume=str(tmp_path / "nowhere"))
+
+
+def test_crash_while_writing_a_checkpoint_leaves_the_previous_whole(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    config = tiny(tmp_path, train={"steps": 6, "checkpoint_every": 3})
+    real_save = Accelerator.save_state
+    calls = []
+
+    def save_then_crash(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        real_save(self, output_dir, **kwargs)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        train(config)
+    monkeypatch.undo()
+    run = config.train.output_dir
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000003"]   # the half-written step 6 does not count
+    assert latest_checkpoint(run).name == "step-00000003"
+    resumed = train(config, resume="latest")
+    assert resumed.step == 6 and sorted(resumed.losses) == [4, 5, 6]
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))   # the debris is cleaned up
+
+
+def test_nan_loss_stops_before_touching_the_weights(tmp_path, monkeypatch):
+    from train.diffusion import DiffusionTask
+
+    config = tiny(tmp_path, train={"steps": 8, "checkpoint_every": 2})
+    real_loss = DiffusionTask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    monkeypatch.setattr(DiffusionTask, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"step 5: non-finite loss nan.*last good checkpoint: .*step-00000004.*train.on_nan=skip"):
+        train(config)
+    run = config.train.output_dir
+    assert latest_checkpoint(run).name == "step-00000004"   # nothing written after the NaN
+    for folder in list_checkpoints(run):
+        for name in ("model", "ema"):
+            tensors = load_file(str(folder / name / "diffusion_pytorch_model.safetensors"))
+            assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_nan_loss_skips_the_step_when_asked(tmp_path, monkeypatch):
+    from train.diffusion import DiffusionTask
+
+    config = tiny(tmp_path, train={"steps": 6, "on_nan": "skip", "max_nan_skips": 1})
+    real_loss = DiffusionTask.loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("inf") if calls["n"] in (3, 5, 6) else loss
+
+    monkeypatch.setattr(DiffusionTask, "loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row had a non-finite loss"):
+        train(config)   # steps 5 and 6 in a row exceed max_nan_skips=1
+    calls["n"] = 0
+
+    def nan_once(self, model, batch):
+        calls["n"] += 1
+        loss = real_loss(self, model, batch)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(DiffusionTask, "loss", nan_once)
+    result = train(tiny(tmp_path, "skip", train={"steps": 6, "on_nan": "skip"}))
+    assert result.step == 6 and result.nan_skips == 1 and 3 not in result.losses
+    tensors = weights(latest_checkpoint(result.run_dir))
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    assert read_state(latest_checkpoint(result.run_dir))["nan_skips"] == 1
+
+
+def test_segmentation_run_reports_dice_iou_and_pixel_error(tmp_path):
+    config = tiny(tmp_path, base=TINY_SEGMENTATION, train={"steps": 6},
+                  segmentation={"loss": "ce_dice", "weight_map": True, "class_names": ["background", "shape"]},
+                  data={"augment": {"hflip": True, "rotate90": True}})
+    result = train(config)
+    m = result.metrics
+    assert {"dice", "iou", "pixel_error", "dice_shape", "iou_background"} <= set(m)
+    assert 0 <= m["pixel_error"] <= 1 and 0 <= m["dice"] <= 1
+    assert (result.run_dir / "overlays.png").is_file() and (result.run_dir / "model.safetensors").is_file()
+    # The saved pipeline (what `unet-diffusion segment` opens) normalises pixels the way training did.
+    from pipelines import load_segmentation_pipeline
+
+    pipe = load_segmentation_pipeline(result.run_dir / "pipeline")
+    assert (pipe.config.image_mean, pipe.config.image_std) == (0.5, 0.5)
+    assert pipe(torch.rand(1, 1, 16, 16)).masks.shape == (1, 16, 16)
+    log = [r for r in read_log(result.run_dir) if "eval" in r]
+    assert log and log[-1]["eval"]["dice"] == m["dice"]
+
+
+def test_cli_train_and_demo_in_process(tmp_path, capsys):
+    from train.cli import main
+
+    path = write_config(tmp_path / "c.yaml", merged(TINY_DIFFUSION, train={"steps": 2, "output_dir": str(tmp_path / "cli")}))
+    assert main(["train", "--config", str(path), "train.steps=3"]) == 0
+    assert read_state(latest_checkpoint(tmp_path / "cli"))["step"] == 3
+    assert main(["train", "--config", str(path), "optim.lrr=1"]) == 1
+    assert "unknown key optim.lrr in optim. Did you mean optim.lr?" in capsys.readouterr().err
+    # The demo with the quick-start config, cut down to a few steps of a tiny model.
+    overrides = ["train.steps=2", "data.image_size=8", "diffusion.num_samples=4", "diffusion.sample_steps=2",
+                 "model.args={channels: [8, 16], blocks_per_level: 1, attention_levels: [], mid_attention: false, "
+                 "norm_groups: 4, attention_head_channels: 4, num_class_labels: 3}"]
+    assert main(["demo", "--output", str(tmp_path / "demo"), *overrides]) == 0
+    assert "demo finished" in capsys.readouterr().out
+    assert (tmp_path / "demo" / "samples.png").is_file() and (tmp_path / "demo" / "model.safetensors").is_file()
+    # `unet-diffusion sample` opens the saved pipeline directly (its scheduler says v-prediction, cosine betas).
+    assert main(["sample", str(tmp_path / "demo" / "pipeline"), "--out", str(tmp_path / "samples"), "--num-images", "2",
+                 "--steps", "2", "--sampler", "ddim", "--class-label", "1", "--no-progress"]) == 0
+    assert len(list((tmp_path / "samples").glob("*.png"))) >= 2
+
+
+# ---------------------------------------------------------------------------- other processes
+def _wait_for(predicate, proc, timeout=180.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early with status {proc.returncode}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("timed out waiting for the run")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    run = tmp_path / "run"
+    path = write_config(tmp_path / "c.yaml", merged(TINY_DIFFUSION, train={"steps": 100000, "checkpoint_every": 5,
+                                                                          "output_dir": str(run)}))
+    proc = start_cli(["train", "--config", str(path)], tmp_path / "out.log")
+    _wait_for(lambda: latest_checkpoint(run) is not None, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    output = (tmp_path / "out.log").read_text()
+    assert "received SIGTERM" in output and "stopped by SIGTERM" in output
+    last = read_log(run)[-1]["step"]
+    assert read_state(latest_checkpoint(run))["step"] == last   # saved at the step it stopped
+    result = train(config_from_dict(merged(TINY_DIFFUSION, train={"steps": last + 2, "output_dir": str(run)})), resume="latest")
+    assert sorted(result.losses) == [last + 1, last + 2]
+
+
+def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    run = tmp_path / "killed"
+    values = merged(TINY_DIFFUSION, train={"steps": 100000, "checkpoint_every": 3, "keep_checkpoints": 2, "output_dir": str(run)})
+    proc = start_cli(["train", "--config", str(write_config(tmp_path / "c.yaml", values))], tmp_path / "out.log")
+    _wait_for(lambda: latest_checkpoint(run) is not None, proc)
+    time.sleep(1.0)   # let it run on: the kill may land mid-step or mid-checkpoint
+    proc.kill()   # SIGKILL: no handler runs; whatever was being written is left half done
+    proc.wait(timeout=30)
+    latest = latest_checkpoint(run)
+    step = read_state(latest)["step"]
+    assert step >= 3 and step % 3 == 0
+    assert load_weights_ok(latest)
+    resumed = train(config_from_dict(merged(values, train={**values["train"], "steps": step + 3})), resume="latest")
+    assert resumed.step == step + 3
+    reference = train(config_from_dict(merged(values, train={**values["train"], "steps": step + 3,
+                                                              "output_dir": str(tmp_path / "reference")})))
+    for s in range(step + 1, step + 4):
+        assert resumed.losses[s] == reference.losses[s]
+
+
+def load_weights_ok(checkpoint) -> bool:
+    from unet_diffusion import UNet
+
+    model = UNet.from_pretrained(checkpoint / "model")   # strict: every tensor present, right shapes
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
+    values = merged(TINY_DIFFUSION, train={"steps": 4, "batch_size": 8, "checkpoint_every": 0,
+                                           "output_dir": str(tmp_path / "two")})
+    path = write_config(tmp_path / "c.yaml", values)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train.cli", "train", "--config", str(path)]
+    proc = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = train(config_from_dict(merged(values, train={**values["train"], "output_dir": str(tmp_path / "one")})))
+    two_losses = {r["step"]: r["loss"] for r in read_log(tmp_path / "two") if "loss" in r}
+    assert sorted(two_losses) == [1, 2, 3, 4]
+    for s in two_losses:
+        assert two_losses[s] == pytest.approx(one.losses[s], rel=1e-5)
+    a, b = weights(latest_checkpoint(tmp_path / "one")), weights(latest_checkpoint(tmp_path / "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    # The comparison can fail: half the global batch on one process gives other weights.
+    half = train(config_from_dict(merged(values, train={**values["train"], "batch_size": 4, "output_dir": str(tmp_path / "half")})))
+    c = weights(latest_checkpoint(half.run_dir))
+    assert any(not torch.allclose(a[k], c[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    big = train(tiny(tmp_path, "big", train={"steps": 3, "batch_size": 8, "grad_accum": 1}))
+    accumulated = train(tiny(tmp_path, "acc", train={"steps": 3, "batch_size": 4, "grad_accum": 2}))
+    for s in (1, 2, 3):
+        assert accumulated.losses[s] == pytest.approx(big.losses[s], rel=1e-5)
+    a, b = weights(latest_checkpoint(big.run_dir)), weights(latest_checkpoint(accumulated.run_dir))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert read_state(latest_checkpoint(accumulated.run_dir))["micro_batches"] == 6

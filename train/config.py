@@ -1,0 +1,356 @@
+"""The training configuration: one typed object holding every default.
+
+YAML files in ``configs/`` and ``key.sub=value`` command-line overrides only change fields of
+``Config``; an unknown key is an error that names the closest valid key. The resolved config is
+saved with every run (``config.yaml`` in the output folder), so a run can always be repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override does not fit ``Config``."""
+
+
+# ---------------------------------------------------------------------------- sections
+@dataclass
+class ModelConfig:
+    """The network: a preset from ``unet_diffusion.PRESETS`` and UNet fields that override it."""
+
+    preset: str | None = "tiny"                   # Named architecture to start from; None = the UNet defaults.
+    args: dict = field(default_factory=dict)      # UNet constructor fields overriding the preset, e.g. {channels: [32, 64]}.
+    gradient_checkpointing: bool = False          # Recompute activations in the backward pass to save memory.
+
+
+@dataclass
+class AugmentConfig:
+    """Random augmentations; for segmentation the image and its mask move together."""
+
+    hflip: bool = False                           # Random horizontal flips.
+    vflip: bool = False                           # Random vertical flips.
+    rotate90: bool = False                        # Random rotations by multiples of 90 degrees (lossless).
+    rotation: float = 0.0                         # Random rotation by up to this many degrees (corners are ignored by the loss).
+    elastic_std: float = 0.0                      # Elastic deformation: std in pixels of random displacements on a coarse grid (0 = off; the paper: 10).
+    elastic_grid: int = 3                         # Elastic deformation: control points per side, interpolated bicubically (the paper: 3).
+    brightness: float = 0.0                       # Segmentation: random gray-value scaling by up to +-this fraction.
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are shaped."""
+
+    source: str = "synthetic"                     # "synthetic" (built-in shapes), "datasets" (Hugging Face), or "pairs" (image/mask folders).
+    path: str | None = None                       # datasets: hub name or builder ("parquet", "imagefolder", ...).
+    data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded.
+    data_dir: str | None = None                   # datasets: folder for a builder such as "imagefolder".
+    split: str = "train"                          # datasets: the split to read.
+    image_column: str = "image"                   # datasets: column of images.
+    label_column: str | None = None               # datasets: column of class labels (class-conditional diffusion).
+    mask_column: str | None = None                # datasets: column of segmentation masks.
+    context_column: str | None = None             # Column of cross-attention context, (L, context_dim) numbers per example.
+    image_dir: str | None = None                  # pairs: folder of images.
+    mask_dir: str | None = None                   # pairs: folder of masks, matched to images by file stem.
+    mask_values: list | None = None               # Mask pixel value of each class, in class order; None = the pixel value is the class.
+    image_size: int = 32                          # Diffusion: images are resized and center-cropped to this. Segmentation: output crop side.
+    channels: int = 3                             # Image channels: 1 (grayscale) or 3 (RGB).
+    val_size: float = 0.0                         # Held out for validation: a fraction (< 1) or a count (>= 1).
+    limit: int | None = None                      # Use only the first N examples (quick experiments).
+    num_workers: int = 0                          # DataLoader worker processes per training process.
+    check_images: bool = True                     # Decode every image once before training, so a bad file is named at the start.
+    on_bad_image: str = "error"                   # A bad image: "error" (stop, naming it) or "skip" (leave it out and count it).
+    synthetic_size: int = 2048                    # synthetic: number of examples.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class DiffusionConfig:
+    """The denoising task: noise schedule, prediction target, loss weighting, conditioning, samples."""
+
+    num_train_timesteps: int = 1000               # T, the number of noise levels.
+    noise_schedule: str = "linear"                # "linear", "cosine", "sigmoid" or "scaled_linear" betas.
+    beta_start: float = 1e-4                      # First beta (linear, sigmoid and scaled_linear schedules).
+    beta_end: float = 0.02                        # Last beta.
+    zero_terminal_snr: bool = False               # Rescale the betas so the last step is pure noise (Lin et al. 2023).
+    prediction: str = "epsilon"                   # What the network predicts: "epsilon", "v" or "sample".
+    min_snr_gamma: float | None = None            # Min-SNR-gamma loss weighting (5 is usual); None = plain MSE.
+    condition_dropout: float = 0.1                # Probability of training with the null label / empty context (classifier-free guidance).
+    sample_every: int = 1000                      # Write a grid of samples (EMA weights) every this many steps; 0 = only at the end.
+    num_samples: int = 16                         # Images in each sample grid.
+    sample_steps: int = 50                        # DDIM steps for the sample grids.
+    guidance_scale: float = 1.0                   # Classifier-free guidance scale for conditional sample grids (1 = none).
+
+
+@dataclass
+class SegmentationConfig:
+    """The segmentation task: loss, class weights, the boundary weight map, overlays."""
+
+    loss: str = "ce"                              # "ce" (cross-entropy), "dice", or "ce_dice" (their sum).
+    class_weights: list | None = None             # Cross-entropy weight of each class; None = all 1.
+    dice_weight: float = 1.0                      # ce_dice: weight of the Dice term.
+    weight_map: bool = False                      # Weight pixels by the U-Net paper's boundary map (touching objects).
+    object_class: int = 1                         # Weight map: the class whose connected regions are the objects (cells).
+    w0: float = 10.0                              # Weight map: border weight w0.
+    sigma: float = 5.0                            # Weight map: border width sigma, in pixels.
+    balance_classes: bool = True                  # Weight map: w_c(x) balances class frequencies of each mask.
+    class_names: list | None = None               # Names for the metrics of each class; None = class0, class1, ...
+    overlay_every: int = 500                      # Write prediction overlays every this many steps; 0 = only at the end.
+    num_overlays: int = 4                         # Validation images in each overlay.
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient clipping."""
+
+    optimizer: str = "adamw"                      # "adam", "adamw" or "sgd".
+    lr: float = 1e-4                              # Peak learning rate.
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam(W) betas.
+    momentum: float = 0.9                         # SGD momentum.
+    weight_decay: float = 0.0                     # Weight decay.
+    eps: float = 1e-8                             # Adam(W) epsilon.
+    lr_schedule: str = "constant_with_warmup"     # Any diffusers get_scheduler name: constant, linear, cosine, ...
+    warmup_steps: int = 0                         # Linear warm-up of the learning rate from 0.
+    grad_clip: float | None = 1.0                 # Clip the global gradient norm to this; None = no clipping.
+
+
+@dataclass
+class EMAConfig:
+    """Exponential moving average of the weights (diffusers EMAModel)."""
+
+    enabled: bool = True                          # Keep an EMA copy; samples and the final weights use it.
+    decay: float = 0.9999                         # Largest decay.
+    warmup: bool = True                           # Decay grows as 1 - (1 + step / inv_gamma)^-power up to decay.
+    inv_gamma: float = 1.0                        # EMA warm-up: inverse multiplicative factor.
+    power: float = 0.75                           # EMA warm-up: exponent (2/3 for runs of ~1M steps, 3/4 for shorter).
+    update_after_step: int = 0                    # Start averaging after this many steps.
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch, precision, evaluation, checkpoints, logging."""
+
+    steps: int = 1000                             # Optimizer steps to train for.
+    batch_size: int = 32                          # Global batch per micro-step, split evenly over the processes.
+    grad_accum: int = 1                           # Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
+    mixed_precision: str = "no"                   # "no", "fp16" or "bf16".
+    seed: int = 0                                 # Seeds the model init, the data order and every random draw.
+    output_dir: str = "runs/run"                  # Where config, logs, checkpoints, samples and final weights go.
+    log_every: int = 10                           # Log loss and learning rate every this many steps.
+    eval_every: int = 500                         # Validate every this many steps (when there is validation data); 0 = only at the end.
+    eval_batch_size: int = 4                      # Validation batch per process.
+    checkpoint_every: int = 500                   # Save a checkpoint every this many steps; 0 = only at the end and on interrupt.
+    keep_checkpoints: int = 3                     # Keep the last N checkpoints.
+    on_nan: str = "stop"                          # A NaN/inf loss or gradient: "stop" the run, or "skip" the step.
+    max_nan_skips: int = 10                       # on_nan=skip: stop after this many skipped steps in a row.
+    progress_bar: bool = True                     # Show a progress bar on the main process.
+
+
+@dataclass
+class Config:
+    """Everything a training run needs; see each section for its fields."""
+
+    task: str = "diffusion"                       # "diffusion" (a denoiser) or "segmentation".
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """A plain dict (YAML-ready) of every field."""
+        return asdict(self)
+
+    def validate(self) -> "Config":
+        """Check the choices and ranges; raise ConfigError saying what is allowed."""
+        choices = {
+            "task": (self.task, ("diffusion", "segmentation")),
+            "data.source": (self.data.source, ("synthetic", "datasets", "pairs")),
+            "data.on_bad_image": (self.data.on_bad_image, ("error", "skip")),
+            "diffusion.noise_schedule": (self.diffusion.noise_schedule, tuple(NOISE_SCHEDULES)),
+            "diffusion.prediction": (self.diffusion.prediction, tuple(PREDICTIONS)),
+            "segmentation.loss": (self.segmentation.loss, ("ce", "dice", "ce_dice")),
+            "optim.optimizer": (self.optim.optimizer, ("adam", "adamw", "sgd")),
+            "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
+            "train.on_nan": (self.train.on_nan, ("stop", "skip")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+        positive = {
+            "train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
+            "train.grad_accum": self.train.grad_accum, "train.keep_checkpoints": self.train.keep_checkpoints,
+            "train.eval_batch_size": self.train.eval_batch_size, "data.image_size": self.data.image_size,
+            "diffusion.num_train_timesteps": self.diffusion.num_train_timesteps, "optim.lr": self.optim.lr,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{key} must be positive; got {value!r}.")
+        for key in ("log_every", "eval_every", "checkpoint_every", "warmup_steps"):
+            section = self.optim if key == "warmup_steps" else self.train
+            if getattr(section, key) < 0:
+                raise ConfigError(f"{'optim' if key == 'warmup_steps' else 'train'}.{key} must be >= 0.")
+        if self.data.augment.elastic_std < 0 or self.data.augment.elastic_grid < 2:
+            raise ConfigError("data.augment.elastic_std must be >= 0 and data.augment.elastic_grid at least 2 (control points per side).")
+        if self.data.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB); got {self.data.channels}.")
+        if not 0 <= self.diffusion.condition_dropout < 1:
+            raise ConfigError(f"diffusion.condition_dropout must be in [0, 1); got {self.diffusion.condition_dropout}.")
+        if self.data.val_size < 0:
+            raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a count >= 1; got {self.data.val_size}.")
+        return self
+
+
+# The names users write, and what diffusers' DDPMScheduler calls them.
+NOISE_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid", "scaled_linear": "scaled_linear"}
+PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+
+
+# ---------------------------------------------------------------------------- dict -> dataclass
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(value, hint, key: str):
+    """Convert a YAML value to the field type ``hint``, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if hint is typing.Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is list or origin is list:
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, dict):
+            return _build(hint, value, f"{key}.")
+    raise ConfigError(f"{key} must be {_type_name(hint)}; got {value!r} ({type(value).__name__}).")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), names, n=1)
+        where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
+        hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+        raise ConfigError(f"unknown key {prefix}{key} {where}.{hint} Valid keys: {', '.join(names)}.")
+    # A section given in part keeps the defaults of the keys it leaves out (_coerce builds it from cls()).
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
+    return dataclasses.replace(cls(), **kwargs)
+
+
+def config_from_dict(values: dict, source: str = "the configuration") -> Config:
+    """Build a validated ``Config`` from a nested dict (as read from YAML)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (task, model, data, ...); got {type(values).__name__}.")
+    try:
+        return _build(Config, values).validate()
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+# ---------------------------------------------------------------------------- overrides
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings to a nested dict; values are read as YAML (``[32, 64]``, ``null``, ``true``)."""
+    values = dict(values or {})
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value, e.g. optim.lr=1e-4.")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part.")
+        node = values
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (``None`` = all defaults), apply overrides, and validate."""
+    values: dict = {}
+    source = "the configuration"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no config file at {path}; the shipped ones are in configs/ (e.g. configs/quickstart.yaml).")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        source = str(path)
+    if overrides:
+        values = apply_overrides(values, list(overrides))
+        source += " with overrides " + " ".join(overrides)
+    return config_from_dict(values, source)
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (it loads back with ``load_config``)."""
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------- paths
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def expand_path(text: str | None) -> str | None:
+    """Expand ``${UNET_DATA_DIR}`` (default: ``../shared/data`` beside the project), ``~`` and other variables."""
+    if text is None:
+        return None
+    data_dir = os.environ.get("UNET_DATA_DIR") or str((PROJECT_ROOT / ".." / "shared" / "data").resolve())
+    text = text.replace("${UNET_DATA_DIR}", data_dir).replace("$UNET_DATA_DIR", data_dir)
+    return os.path.expanduser(os.path.expandvars(text))

@@ -1,0 +1,210 @@
+"""The denoising task: DDPM training of the U-Net with diffusers' noise schedules.
+
+Each example draws its noise, timestep and condition dropout in ``prepare`` (seeded per example,
+see ``train.data``), so the loss only runs the network. Targets: epsilon, v or the clean sample;
+optional min-SNR-gamma weighting; class labels or a cross-attention context from the data, dropped
+to the null label / a zero context with probability ``condition_dropout`` for classifier-free
+guidance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import save_image
+
+from pipelines import DenoisePipeline
+from unet_diffusion import UNet, save_weights
+
+from .checkpoint import ema_weights
+from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
+from .losses import min_snr_weights
+from .transforms import diffusion_transform
+
+
+def build_unet(config: Config, **fixed) -> UNet:
+    """The UNet of ``config.model`` (preset + args), with ``fixed`` fields the data decides."""
+    args = dict(config.model.args)
+    for key, value in fixed.items():
+        args.setdefault(key, value)
+    try:
+        if config.model.preset:
+            return UNet.from_preset(config.model.preset, **args)
+        return UNet(**args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model (preset {config.model.preset!r}, args {args}): {err}") from None
+
+
+def noise_scheduler(config: Config) -> DDPMScheduler:
+    """diffusers' DDPMScheduler for ``config.diffusion``."""
+    d = config.diffusion
+    return DDPMScheduler(
+        num_train_timesteps=d.num_train_timesteps, beta_schedule=NOISE_SCHEDULES[d.noise_schedule],
+        beta_start=d.beta_start, beta_end=d.beta_end, prediction_type=PREDICTIONS[d.prediction],
+        rescale_betas_zero_snr=d.zero_terminal_snr, clip_sample=True,
+        timestep_spacing="trailing" if d.zero_terminal_snr else "leading",
+    )
+
+
+class DiffusionTask:
+    """Train a denoiser: the data, loss, sample grids and the saved pipeline."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        d = config.diffusion
+        if d.zero_terminal_snr and d.prediction == "epsilon":
+            raise ConfigError("diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample': at the last step the "
+                              "image is pure noise and cannot be recovered from an epsilon prediction.")
+        self.scheduler = noise_scheduler(config)
+        self.snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)  # (T,)
+        self.transform = diffusion_transform(config.data.image_size, config.data.augment)
+        with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
+            self.unet_config = build_unet(config, **self._fixed_fields()).config
+        self.trainer = None
+
+    def _fixed_fields(self) -> dict:
+        return {"sample_size": self.config.data.image_size, "in_channels": self.config.data.channels}
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+
+    # ------------------------------------------------------------------------ model and data
+    def build_model(self) -> UNet:
+        model = build_unet(self.config, **self._fixed_fields())
+        c = model.config
+        if c.head != "denoise":
+            raise ConfigError("the diffusion task needs a denoising model (head='denoise'); this one has head='segment'.")
+        if c.learned_variance:
+            raise ConfigError("learned_variance needs a variational-bound loss this trainer does not have; set model.args.learned_variance=false.")
+        if c.in_channels != self.config.data.channels:
+            raise ConfigError(f"the model takes {c.in_channels}-channel images but data.channels={self.config.data.channels}.")
+        if c.num_class_labels is not None and self.config.diffusion.condition_dropout > 0 and not c.null_class_label:
+            raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
+        return model
+
+    def check_examples(self, examples) -> None:
+        """Read one example to check that the data carries what the model needs."""
+        self.prepare(examples.source.load(examples.indices[0]), examples.indices[0])
+
+    def prepare(self, raw, index: int) -> dict:
+        c, d = self.unet_config, self.config.diffusion
+        x0 = self.transform(TF.pil_to_tensor(raw.image))                     # (C, S, S) in [-1, 1]
+        example = {"x0": x0, "noise": torch.randn_like(x0), "t": torch.randint(d.num_train_timesteps, ())}
+        drop = bool(torch.rand(()) < d.condition_dropout)
+        if c.num_class_labels is not None:
+            if raw.label is None:
+                raise ValueError(f"the model is class-conditional (num_class_labels={c.num_class_labels}) but example "
+                                 f"{index} has no label; set data.label_column.")
+            if not 0 <= raw.label < c.num_class_labels:
+                raise ValueError(f"example {index} has label {raw.label}, outside [0, {c.num_class_labels}) (model.args.num_class_labels).")
+            example["label"] = torch.tensor(c.num_class_labels if drop else raw.label)
+        if c.context_dim is not None:
+            if raw.context is None:
+                raise ValueError(f"the model cross-attends (context_dim={c.context_dim}) but example {index} has no context; "
+                                 "set data.context_column.")
+            context = torch.as_tensor(raw.context, dtype=torch.float32)
+            if context.ndim != 2 or context.shape[1] != c.context_dim:
+                raise ValueError(f"example {index}: the context must be (L, {c.context_dim}); got {tuple(context.shape)}.")
+            example["context"] = torch.zeros_like(context) if drop else context
+        return example
+
+    def prepare_eval(self, raw, index: int) -> dict:
+        return self.prepare(raw, index)
+
+    # ------------------------------------------------------------------------ loss
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        x0, noise, t = batch["x0"], batch["noise"], batch["t"]
+        noisy = self.scheduler.add_noise(x0, noise, t)
+        pred = model(noisy, t, class_labels=batch.get("label"), encoder_hidden_states=batch.get("context")).sample.float()
+        prediction = self.config.diffusion.prediction
+        if prediction == "epsilon":
+            target = noise
+        elif prediction == "v":
+            target = self.scheduler.get_velocity(x0, noise, t)
+        else:
+            target = x0
+        per_example = (pred - target.float()).pow(2).mean(dim=(1, 2, 3))       # (B,)
+        gamma = self.config.diffusion.min_snr_gamma
+        if gamma:
+            per_example = per_example * min_snr_weights(self.snr.to(t.device)[t], gamma, prediction)
+        return per_example.mean()
+
+    # ------------------------------------------------------------------------ evaluation and pictures
+    def evaluate(self) -> dict:
+        """Validation loss (fixed noise per example), averaged over the validation set and all processes."""
+        trainer = self.trainer
+        acc, examples = trainer.accelerator, trainer.val_examples
+        total = torch.zeros(2, device=acc.device)
+        batch_size = self.config.train.eval_batch_size
+        model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of batches
+        mine = list(range(acc.process_index, len(examples), acc.num_processes))
+        for start in range(0, len(mine), batch_size):
+            items = [examples[i] for i in mine[start:start + batch_size]]
+            batch = {k: torch.stack([item[k] for item in items]).to(acc.device) for k in items[0]}
+            total += torch.stack([self.loss(model, batch).float() * len(items), torch.tensor(float(len(items)), device=acc.device)])
+        if acc.num_processes > 1:
+            total = acc.reduce(total, "sum")
+        return {"val_loss": (total[0] / total[1].clamp_min(1)).item()}
+
+    def picture_every(self) -> int:
+        return self.config.diffusion.sample_every
+
+    def _conditions(self, num: int, device):
+        c = self.unet_config
+        labels = context = None
+        if c.num_class_labels is not None:
+            labels = (torch.arange(num) % c.num_class_labels).to(device)
+        if c.context_dim is not None:
+            examples = self.trainer.val_examples or self.trainer.train_examples
+            raws = [examples.source.load(examples.indices[i % len(examples)]) for i in range(num)]
+            context = torch.stack([torch.as_tensor(r.context, dtype=torch.float32) for r in raws]).to(device)
+        return labels, context
+
+    def sample_grid(self, num: int | None = None) -> torch.Tensor:
+        """Samples of the EMA weights (``(num, C, H, W)`` in [0, 1]) with a fixed seed, so grids compare across steps."""
+        trainer = self.trainer
+        d = self.config.diffusion
+        num = num or d.num_samples
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        labels, context = self._conditions(num, trainer.accelerator.device)
+        generator = torch.Generator().manual_seed(self.config.train.seed)
+        conditional = labels is not None or context is not None
+        pipe = DenoisePipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+        pipe.set_progress_bar_config(disable=True)
+        with ema_weights(unet, trainer.ema):
+            return pipe(num, num_inference_steps=d.sample_steps, generator=generator, class_labels=labels,
+                        encoder_hidden_states=context, output_type="pt",
+                        guidance_scale=d.guidance_scale if conditional and d.guidance_scale != 1.0 else None).images.cpu()
+
+    def pictures(self, step: int) -> Path:
+        path = self.trainer.run_dir / "samples" / f"step-{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(self.sample_grid(), path)
+        return path
+
+    def finish(self, step: int) -> None:
+        """Write the final sample grid, the weights (EMA when kept) and the pipeline folder."""
+        trainer = self.trainer
+        run_dir = trainer.run_dir
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        save_grid(self.sample_grid(), run_dir / "samples.png")
+        with ema_weights(unet, trainer.ema):
+            save_weights(unet, run_dir / "model.safetensors")
+            save_pipeline(unet, self.scheduler, run_dir / "pipeline")
+        trainer.log(f"wrote {run_dir / 'samples.png'}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
+
+
+def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path) -> None:
+    """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/) that ``unet-diffusion sample`` opens."""
+    DenoisePipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder), safe_serialization=True)
+
+
+def save_grid(images: torch.Tensor, path: Path, min_side: int = 64) -> None:
+    """Save ``(N, C, H, W)`` images in [0, 1] as a square-ish grid, small images enlarged (nearest) to ``min_side``."""
+    scale = max(1, min_side // max(images.shape[-2:]))
+    if scale > 1:
+        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
+    save_image(images, path, nrow=max(1, int(round(len(images) ** 0.5))), padding=2 * scale)

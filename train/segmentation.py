@@ -1,0 +1,251 @@
+"""The segmentation task: a U-Net with a segmentation head trained on image/mask pairs.
+
+Training examples are crops cut after the joint augmentations: the label crop is ``data.image_size``
+and the image crop is the network input that produces it (larger with valid padding, mirror-padded
+at the image border as in the paper). Validation runs on whole images, padded so that the output
+covers them, and reports Dice, IoU and pixel error per class and on average.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
+from torchvision.utils import save_image
+
+from pipelines import SegmentationPipeline
+from unet_diffusion import UNet, save_weights
+
+from .checkpoint import ema_weights
+from .config import Config, ConfigError
+from .diffusion import build_unet
+from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
+from .transforms import JointTransform
+
+# Overlay colours of the classes (RGB in [0, 1]); class 0 is left uncoloured.
+PALETTE = torch.tensor([[0, 0, 0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.3], [0.2, 0.4, 1.0], [1.0, 0.85, 0.2], [0.8, 0.3, 0.9]])
+
+
+def input_size_for(model: UNet, output: int) -> int:
+    """The input side whose output side is ``output`` (equal with same padding); ValueError if none."""
+    if model.config.padding == "same":
+        model.output_size(output)  # raises, naming valid sizes, if the side does not fit
+        return output
+    probe = model.valid_input_sizes(2 * output + 256, count=1)[0]
+    shrink = probe - model.output_size(probe)  # valid convolutions take the same margin at any valid size
+    candidates = model.valid_input_sizes(output + shrink, count=8)
+    for n in candidates:
+        if model.output_size(n) == output:
+            return n
+    outputs = sorted({model.output_size(n) for n in candidates})
+    raise ConfigError(f"no input size of this valid-padding model gives a {output}-pixel output; "
+                      f"valid output sides near it: {outputs}. Set data.image_size to one of them.")
+
+
+def predict_logits(model, image: torch.Tensor) -> torch.Tensor:
+    """Logits ``(B, K, H, W)`` for whole images ``(B, C, H, W)``, padding the input so the output covers them.
+
+    The input is mirror-padded: by the valid-padding shrink on the top/left (so output pixel (0, 0)
+    sits on image pixel (0, 0)) and up to the next valid input size on the bottom/right.
+    """
+    net = model.module if hasattr(model, "module") else model
+    height, width = image.shape[-2:]
+    pads = []
+    for side in (height, width):
+        if net.config.padding == "same":
+            n = -(-side // net.downsampling_factor) * net.downsampling_factor
+            before = 0
+        else:
+            probe = net.valid_input_sizes(side + 200, count=1)[0]
+            shrink = probe - net.output_size(probe)
+            n = next(n for n in net.valid_input_sizes(side + shrink, count=16) if n - shrink >= side)
+            before = shrink // 2
+        pads.append((before, n - side - before))
+    (top, bottom), (left, right) = pads
+    mode = "reflect" if max(top, bottom) < height and max(left, right) < width else "replicate"
+    padded = F.pad(image, (left, right, top, bottom), mode=mode)
+    return model(padded).sample[..., :height, :width]
+
+
+def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class counts ``(K, 3)``: intersection, predicted pixels, true pixels (hard argmax)."""
+    pred = logits.argmax(dim=1)
+    rows = []
+    for k in range(num_classes):
+        p, t = pred == k, target == k
+        rows.append(torch.stack([(p & t).sum(), p.sum(), t.sum()]))
+    return torch.stack(rows).double()
+
+
+def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
+    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums."""
+    inter, pred, true = stats[:, 0], stats[:, 1], stats[:, 2]
+    present = (pred + true) > 0
+    dice = torch.where(present, 2 * inter / (pred + true).clamp_min(1), torch.ones_like(inter))
+    iou = torch.where(present, inter / (pred + true - inter).clamp_min(1), torch.ones_like(inter))
+    out = {
+        "dice": dice[present].mean().item(),
+        "iou": iou[present].mean().item(),
+        "pixel_error": 1 - (inter.sum() / true.sum().clamp_min(1)).item(),
+    }
+    for k, name in enumerate(names):
+        out[f"dice_{name}"] = dice[k].item()
+        out[f"iou_{name}"] = iou[k].item()
+    return out
+
+
+def overlay(image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """An RGB picture ``(3, H, W)`` of a [-1, 1] image with the classes tinted over it."""
+    gray = ((image[:1] if image.shape[0] == 1 else image.mean(0, keepdim=True)) + 1) / 2
+    rgb = gray.expand(3, -1, -1).clone()
+    colors = PALETTE[classes.clamp(max=len(PALETTE) - 1)].permute(2, 0, 1)    # (3, H, W)
+    tinted = classes > 0
+    rgb[:, tinted] = 0.5 * rgb[:, tinted] + 0.5 * colors[:, tinted]
+    return rgb
+
+
+class SegmentationTask:
+    """Train a segmenter: crops, losses, validation metrics, overlays and the saved weights."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        with torch.device("meta"):  # the config and the sizes, without allocating weights
+            probe = build_unet(config, in_channels=config.data.channels)
+        c = probe.config
+        if c.head != "segment":
+            raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
+                              "or use a preset such as seg-small or ronneberger2015.")
+        if c.time_embedding is not None or c.num_class_labels is not None or c.context_dim is not None:
+            raise ConfigError("a segmentation model here takes only the image: set time_embedding=null, num_class_labels=null "
+                              "and no cross-attention in model.args.")
+        self.num_classes = c.out_channels
+        s = config.segmentation
+        if s.class_weights is not None and len(s.class_weights) != self.num_classes:
+            raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {self.num_classes} classes.")
+        if s.weight_map and not 0 <= s.object_class < self.num_classes:
+            raise ConfigError(f"segmentation.object_class={s.object_class} is not a class (0..{self.num_classes - 1}).")
+        self.names = list(s.class_names or [f"class{k}" for k in range(self.num_classes)])
+        if len(self.names) != self.num_classes:
+            raise ConfigError(f"segmentation.class_names has {len(self.names)} names for {self.num_classes} classes.")
+        self.out_size = config.data.image_size
+        self.in_size = input_size_for(probe, self.out_size)
+        self.joint = JointTransform(self.out_size, self.in_size, config.data.augment)
+        self.class_weights = torch.tensor(s.class_weights, dtype=torch.float32) if s.class_weights else None
+        self._weight_maps: dict[int, torch.Tensor] = {}
+        self.trainer = None
+
+    def attach(self, trainer) -> None:
+        self.trainer = trainer
+
+    def build_model(self) -> UNet:
+        return build_unet(self.config, in_channels=self.config.data.channels, sample_size=self.in_size)
+
+    # ------------------------------------------------------------------------ data
+    def check_examples(self, examples) -> None:
+        self.prepare(examples.source.load(examples.indices[0]), examples.indices[0])
+
+    def _tensors(self, raw, index: int):
+        if raw.mask is None:
+            raise ValueError(f"example {index} has no mask; a segmentation run needs masks (data.mask_column or data.mask_dir).")
+        image = TF.pil_to_tensor(raw.image).float() / 255                        # (C, H, W) in [0, 1]
+        mask = torch.from_numpy(np.asarray(raw.mask, dtype=np.int64))              # (H, W)
+        if int(mask.max()) >= self.num_classes:
+            raise ValueError(f"the mask of example {index} holds class {int(mask.max())} but the model has {self.num_classes} "
+                             "classes (model.args.out_channels); map pixel values with data.mask_values.")
+        return image, mask
+
+    def weight_map(self, mask: np.ndarray, index: int) -> torch.Tensor:
+        """The boundary weight map of one mask (computed once per example and kept)."""
+        if index not in self._weight_maps:
+            s = self.config.segmentation
+            self._weight_maps[index] = torch.from_numpy(boundary_weight_map(
+                mask, s.object_class, s.w0, s.sigma, self.num_classes, s.balance_classes))
+        return self._weight_maps[index]
+
+    def prepare(self, raw, index: int) -> dict:
+        image, mask = self._tensors(raw, index)
+        weights = self.weight_map(raw.mask, index) if self.config.segmentation.weight_map else None
+        image, mask, weights = self.joint(image, mask, weights)
+        return {"image": image * 2 - 1, "mask": mask.long(), "weights": weights}
+
+    def prepare_eval(self, raw, index: int) -> dict:
+        image, mask = self._tensors(raw, index)
+        return {"image": image * 2 - 1, "mask": mask}
+
+    # ------------------------------------------------------------------------ loss
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        logits = model(batch["image"]).sample.float()                            # (B, K, out, out)
+        s = self.config.segmentation
+        target, weights = batch["mask"], batch["weights"]
+        class_weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        if s.loss == "ce":
+            return cross_entropy(logits, target, class_weights, weights)
+        if s.loss == "dice":
+            return dice_loss(logits, target, weights)
+        return ce_dice_loss(logits, target, class_weights, weights, s.dice_weight)
+
+    # ------------------------------------------------------------------------ evaluation and pictures
+    def evaluate(self) -> dict:
+        """Dice / IoU / pixel error over the whole validation images, summed over all processes."""
+        trainer = self.trainer
+        acc, examples = trainer.accelerator, trainer.val_examples
+        model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of images
+        stats = torch.zeros(self.num_classes, 3, dtype=torch.float64, device=acc.device)
+        for i in range(acc.process_index, len(examples), acc.num_processes):
+            item = examples[i]
+            logits = predict_logits(model, item["image"][None].to(acc.device))
+            stats += class_stats(logits.float(), item["mask"][None].to(acc.device), self.num_classes)
+        if acc.num_processes > 1:
+            stats = acc.reduce(stats, "sum")
+        stats = stats.cpu()
+        predicted = stats[:, 1]
+        if (predicted > 0).sum() == 1:
+            only = self.names[int(predicted.argmax())]
+            trainer.log(f"hint: every validation pixel is predicted as {only!r}. Early in training that is normal; if it "
+                        "persists, the classes are unbalanced (try segmentation.weight_map=true or class_weights) or "
+                        "optim.lr is off.")
+        return metrics_from_stats(stats, self.names)
+
+    def picture_every(self) -> int:
+        return self.config.segmentation.overlay_every
+
+    def overlays(self) -> torch.Tensor | None:
+        """Rows of (image, truth, prediction) for the first validation (or training) images, EMA weights."""
+        trainer = self.trainer
+        examples = trainer.val_examples or trainer.train_examples
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        pictures = []
+        with ema_weights(unet, trainer.ema):
+            for i in range(min(self.config.segmentation.num_overlays, len(examples))):
+                item = self.prepare_eval(examples.source.load(examples.indices[i]), examples.indices[i])
+                image = item["image"]
+                pred = predict_logits(unet, image[None].to(trainer.accelerator.device)).argmax(1)[0].cpu()
+                gray = ((image if image.shape[0] == 3 else image.expand(3, -1, -1)) + 1) / 2
+                pictures += [gray, overlay(image, item["mask"]), overlay(image, pred)]
+        return torch.stack(pictures) if pictures else None
+
+    def pictures(self, step: int) -> Path | None:
+        grid = self.overlays()
+        if grid is None:
+            return None
+        path = self.trainer.run_dir / "overlays" / f"step-{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image(grid, path, nrow=3, padding=4, pad_value=1.0)
+        return path
+
+    def finish(self, step: int) -> None:
+        """Write the final overlays and the weights (EMA when kept) as safetensors."""
+        trainer = self.trainer
+        run_dir = trainer.run_dir
+        grid = self.overlays()
+        if grid is not None:
+            save_image(grid, run_dir / "overlays.png", nrow=3, padding=4, pad_value=1.0)
+        unet = trainer.accelerator.unwrap_model(trainer.model)
+        with ema_weights(unet, trainer.ema):
+            save_weights(unet, run_dir / "model.safetensors")
+            # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
+            SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(run_dir / "pipeline"), safe_serialization=True)
+        trainer.log(f"wrote {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'} (for unet-diffusion segment)")

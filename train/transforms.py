@@ -1,0 +1,125 @@
+"""Image transforms, built on torchvision.transforms.v2.
+
+For segmentation the image, its mask, the weight map and a "valid" map go through one v2 call, so
+every random flip, rotation and elastic deformation moves them together (masks are resampled with
+nearest neighbour). The valid map starts at 1 and is filled with 0 where a transform invents
+pixels (rotation corners), so the loss leaves those pixels out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from .config import AugmentConfig
+
+
+def diffusion_transform(image_size: int, augment: AugmentConfig) -> v2.Compose:
+    """uint8 image tensor ``(C, H, W)`` -> float ``(C, S, S)`` in [-1, 1], resized and center-cropped."""
+    steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])]
+    return v2.Compose(steps)
+
+
+class RandomRotate90(v2.Transform):
+    """Rotate every input by the same random multiple of 90 degrees (no interpolation, no corners)."""
+
+    def make_params(self, flat_inputs):
+        return {"k": int(torch.randint(4, ()).item())}
+
+    def transform(self, inpt, params):
+        if params["k"] == 0 or not isinstance(inpt, torch.Tensor):
+            return inpt
+        rotated = torch.rot90(inpt.as_subclass(torch.Tensor), params["k"], dims=(-2, -1))
+        return tv_tensors.wrap(rotated, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else rotated
+
+
+class GridElastic(v2.ElasticTransform):
+    """Elastic deformation as in the U-Net paper: random displacements (Gaussian, ``std`` pixels) on a
+    coarse ``grid`` x ``grid`` lattice, interpolated bicubically to every pixel.
+
+    Only the displacement field is drawn here; torchvision's ``ElasticTransform`` applies it to every
+    input (images bilinear, masks nearest). Its own field, Gaussian-blurred noise, needs a blur
+    kernel of 8 sigma pixels, which is very slow for the smooth, large-scale warps the paper uses.
+    """
+
+    def __init__(self, std: float, grid: int = 3, fill=0):
+        super().__init__(alpha=0.0, fill=fill)
+        self.std, self.grid = float(std), int(grid)
+
+    def make_params(self, flat_inputs):
+        height, width = v2.functional.get_size(flat_inputs[0])
+        coarse = torch.randn(1, 2, self.grid, self.grid) * self.std                        # (1, 2, g, g) pixels
+        dense = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)  # (1, 2, H, W)
+        to_unit = torch.tensor([2.0 / width, 2.0 / height]).view(1, 2, 1, 1)   # torchvision uses [-1, 1] coordinates
+        return {"displacement": (dense * to_unit).permute(0, 2, 3, 1)}                     # (1, H, W, 2): dx, dy
+
+
+class JointTransform:
+    """Augment an image and its masks together, then cut a training crop.
+
+    Args:
+        out_size: side of the label crop (the network's output size).
+        in_size: side of the image crop (the network's input size). With a valid-padding network it
+            is larger than ``out_size``; the image is mirror-padded by the difference, as in the U-Net
+            paper's overlap-tile strategy, so border pixels still get context.
+        augment: which augmentations to draw.
+    """
+
+    def __init__(self, out_size: int, in_size: int, augment: AugmentConfig):
+        if in_size < out_size or (in_size - out_size) % 2:
+            raise ValueError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
+        self.out_size, self.in_size, self.margin = out_size, in_size, (in_size - out_size) // 2
+        self.brightness = augment.brightness
+        steps: list = []
+        if augment.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+        if augment.vflip:
+            steps.append(v2.RandomVerticalFlip())
+        if augment.rotate90:
+            steps.append(RandomRotate90())
+        if augment.rotation:
+            steps.append(v2.RandomRotation(augment.rotation, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0}))
+        if augment.elastic_std:
+            steps.append(GridElastic(augment.elastic_std, augment.elastic_grid, fill={tv_tensors.Image: 0.0, tv_tensors.Mask: 0}))
+        self.augment = v2.Compose(steps) if steps else None
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None):
+        """``image`` float ``(C, H, W)`` in [0, 1], ``mask`` int ``(H, W)``, ``weights`` float ``(H, W)`` or None.
+
+        Returns ``(image (C, in, in), mask (out, out), pixel_weights (out, out))``; pixel weights are
+        the weight map (or 1) times the valid map.
+        """
+        weights = torch.ones(mask.shape) if weights is None else weights
+        valid = torch.ones(mask.shape)
+        if self.augment is not None:
+            image, mask, weights, valid = self.augment(
+                tv_tensors.Image(image), tv_tensors.Mask(mask), tv_tensors.Mask(weights), tv_tensors.Mask(valid)
+            )
+        image, mask, weights, valid = (torch.as_tensor(t) for t in (image, mask, weights, valid))
+        if self.brightness:
+            image = (image * (1 + (2 * torch.rand(()) - 1) * self.brightness)).clamp(0, 1)
+
+        height, width = mask.shape
+        if height < self.out_size or width < self.out_size:
+            raise ValueError(f"a {height}x{width} example is smaller than the {self.out_size}-pixel training crop; lower data.image_size.")
+        top = int(torch.randint(height - self.out_size + 1, ()).item())
+        left = int(torch.randint(width - self.out_size + 1, ()).item())
+        out = (slice(top, top + self.out_size), slice(left, left + self.out_size))
+        image = mirror_pad(image, self.margin)[:, top:top + self.in_size, left:left + self.in_size]
+        return image, mask[out], (weights * valid)[out]
+
+
+def mirror_pad(image: torch.Tensor, margin: int) -> torch.Tensor:
+    """Mirror ``(C, H, W)`` by ``margin`` pixels on each side (repeatedly if the margin exceeds the image)."""
+    while margin > 0:
+        step = min(margin, image.shape[-1] - 1, image.shape[-2] - 1)
+        image = F.pad(image.unsqueeze(0), (step,) * 4, mode="reflect").squeeze(0)
+        margin -= step
+    return image
