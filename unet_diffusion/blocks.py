@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionGate, SelfAttention, SpatialTransformer
+from .fused import norm_act_conv
 
 
 # ---------------------------------------------------------------------------- size helpers
@@ -66,17 +67,17 @@ class ResidualBlock(nn.Module):
         return n - self.shrink
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        # norm -> SiLU -> conv runs fused: it saves only its input for backward (see fused.py).
+        h = norm_act_conv(x, self.norm1, self.conv1)
+        scale = shift = None
         if self.emb_proj is not None:
-            e = self.emb_proj(emb)[:, :, None, None]  # (B, C or 2C, 1, 1)
+            e = self.emb_proj(emb)  # (B, C or 2C)
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
-                h = self.norm2(h) * (1 + scale) + shift
             else:
-                h = self.norm2(h + e)
-        else:
-            h = self.norm2(h)
-        h = self.conv2(self.dropout(F.silu(h)))
+                h = h + e[:, :, None, None]
+        p = self.dropout.p if self.training else 0.0
+        h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p)
         skip = x if self.shortcut is None else self.shortcut(x)
         if self.shrink:
             skip = center_crop(skip, h.shape[2], h.shape[3])

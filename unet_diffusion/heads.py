@@ -7,8 +7,9 @@ channel per image channel); the segmentation head predicts per-pixel class logit
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .fused import norm_act_conv
 
 
 class Head(nn.Module):
@@ -27,5 +28,5 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
-            x = F.silu(self.norm(x))
+            return norm_act_conv(x, self.norm, self.conv)
         return self.conv(x)

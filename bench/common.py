@@ -1,0 +1,223 @@
+"""Helpers shared by the benchmarks: devices, timing with interleaved repeats, memory, FLOPs,
+tables and JSON.
+
+Every benchmark compares two (or more) contenders in the same process, on the same device, with
+the same inputs. Timings on a shared machine drift, so contenders are timed in turns
+(A, B, A, B, ...) and summarised by the median with the spread (min..max) beside it; the ratio
+of medians is what the README reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+import weakref
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------- environment
+def data_dir() -> Path:
+    """Where the datasets live: ``$UNET_DATA_DIR``, else ``../shared/data`` beside the project root."""
+    return Path(os.environ.get("UNET_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: ``--quick``, ``--device``, ``--threads``, ``--out``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small run that finishes in under a minute on 2 CPU cores")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="time by wall clock, or by process CPU time (CPU only; use with --threads 1 on a busy machine)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: bench/results/<name>.json)")
+    return parser
+
+
+def setup_device(name: str | None, threads: int | None) -> torch.device:
+    """Resolve ``--device`` (auto: CUDA when present) and pin the CPU thread count explicitly."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # what a user training in float32 on Ampere+ gets
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def machine_info(device: torch.device) -> dict:
+    """Processor (or GPU), cores, threads and library versions, for the table caption and JSON."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, device=str(device))
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def describe(info: dict) -> str:
+    """One line naming the machine, e.g. for the README."""
+    where = info.get("gpu") or f"{info['cpu']}, {info['threads']} of {info['cores']} cores"
+    return f"{where}; torch {info['torch']}, diffusers {info.get('diffusers', '-')}"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------- timing
+def summarize(samples: Sequence[float]) -> dict:
+    """Median and spread (min, max) of a list of timings in seconds."""
+    return dict(median=statistics.median(samples), min=min(samples), max=max(samples), n=len(samples), samples=list(samples))
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int = 1, clock: str = "wall"
+) -> dict[str, dict]:
+    """Time each callable ``repeats`` times, taking turns, after ``warmup`` untimed calls of each.
+
+    Turns (A, B, A, B, ...) spread the machine's drift over every contender evenly; the order
+    inside a turn alternates too, so no contender always runs right after the same other one.
+    ``clock="cpu"`` measures the process's CPU time instead of wall time: on a CPU shared with
+    other jobs, with one thread, it leaves out the time the process waited for a core.
+    """
+    if clock not in ("wall", "cpu") or (clock == "cpu" and device.type != "cpu"):
+        raise ValueError(f"clock must be 'wall', or 'cpu' on a CPU device; got {clock!r} on {device}.")
+    now = time.perf_counter if clock == "wall" else time.process_time
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else reversed(names):
+            synchronize(device)
+            start = now()
+            fns[name]()
+            synchronize(device)
+            times[name].append(now() - start)
+    return {name: summarize(t) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------- memory
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage created while the mode is active and still alive.
+
+    A device-independent measure of activation memory (the CPU counterpart of
+    ``torch.cuda.max_memory_allocated`` minus the memory held before): every storage an operator
+    returns is counted once, until it is freed. Memory held inside a library (oneDNN scratch
+    buffers, allocator caches) is not seen; ``bench/memory.py`` checks this measure against the
+    process's resident set.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key in self._seen or storage.nbytes() == 0:
+                    continue  # a view, or an in-place op returning its input
+                self._seen.add(key)
+                self.live += storage.nbytes()
+                self.peak = max(self.peak, self.live)
+                weakref.finalize(storage, self._free, key, storage.nbytes())
+        return out
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before it.
+
+    CUDA: ``torch.cuda.max_memory_allocated``. CPU: ``LiveTensorBytes``.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with LiveTensorBytes() as mode:
+        fn()
+    return mode.peak
+
+
+# ---------------------------------------------------------------------------- FLOPs
+def count_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of ``fn`` (matmuls and convolutions, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5) -> float:
+    """The best FLOP/s of a square matmul in ``dtype`` on ``device``: the peak that MFU divides by."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+# ---------------------------------------------------------------------------- output
+def format_table(rows: list[dict], columns: Sequence[str]) -> str:
+    """A Markdown table of ``rows`` (dicts) with the given columns; missing cells print as ``-``."""
+    cells = [[str(row.get(c, "-")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def write_json(name: str, payload: dict, path: Path | None = None) -> Path:
+    """Write ``payload`` to ``path`` (default ``bench/results/<name>.json``) and return the path."""
+    path = path or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def fmt_spread(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
+    """``median (min-max)`` of a timing summary, each multiplied by ``scale``."""
+    return f"{summary['median'] * scale:.{digits}f} ({summary['min'] * scale:.{digits}f}-{summary['max'] * scale:.{digits}f})"

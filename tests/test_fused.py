@@ -1,0 +1,73 @@
+"""The fused GroupNorm -> [scale, shift] -> SiLU -> [dropout] -> conv equals its plain composition."""
+
+import pytest
+import torch
+from torch import nn
+
+from unet_diffusion.fused import norm_act_conv, norm_act_conv_reference
+
+
+def layers(c_in=4, c_out=6, kernel=3, padding=1, stride=1, dtype=torch.float64):
+    norm = nn.GroupNorm(2, c_in, eps=1e-6).to(dtype)
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=padding, stride=stride).to(dtype)
+    with torch.no_grad():  # non-trivial affine parameters
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return norm, conv
+
+
+@pytest.mark.parametrize(
+    "modulated, kernel, padding, stride", [(False, 3, 1, 1), (True, 3, 1, 1), (False, 1, 0, 1), (True, 3, 0, 2)]
+)
+def test_gradcheck_against_autograd(modulated, kernel, padding, stride):
+    norm, conv = layers(kernel=kernel, padding=padding, stride=stride)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    extra = ()
+    if modulated:
+        extra = (torch.randn(2, 4, dtype=torch.float64, requires_grad=True), torch.randn(2, 4, dtype=torch.float64, requires_grad=True))
+    params = (norm.weight, norm.bias, conv.weight, conv.bias)
+
+    def fused(x, *rest):
+        return norm_act_conv(x, norm, conv, *rest)
+
+    assert torch.autograd.gradcheck(fused, (x, *extra))
+    # Parameter gradients equal those of the plain composition.
+    out = fused(x, *extra)
+    ref = norm_act_conv_reference(x, norm, conv, *extra)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, *extra, *params), g)
+    want = torch.autograd.grad(ref, (x, *extra, *params), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_draws_the_mask_of_f_dropout_and_reuses_it_in_backward():
+    norm, conv = layers()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(3)
+    out = norm_act_conv(x, norm, conv, dropout=0.5)
+    torch.manual_seed(3)
+    ref = norm_act_conv_reference(x, norm, conv, dropout=0.5)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (x, conv.weight), g), torch.autograd.grad(ref, (x, conv.weight), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_bf16_autocast_and_channels_last_match_the_reference():
+    norm, conv = layers(dtype=torch.float32)
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.detach().to(memory_format=fmt).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = norm_act_conv(xf, norm, conv)
+            ref = norm_act_conv_reference(xf, norm, conv)
+        assert out.dtype == ref.dtype == torch.bfloat16
+        torch.testing.assert_close(out, ref)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, (xf, conv.weight, norm.weight), g)
+        want = torch.autograd.grad(ref, (xf, conv.weight, norm.weight), g)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
