@@ -75,14 +75,15 @@ class ResidualBlock(nn.Module):
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
             else:
-                h = h + e[:, :, None, None]
+                h = h.add_(e[:, :, None, None])  # h is a fresh conv output that nothing saved
         p = self.dropout.p if self.training else 0.0
         h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p)
         skip = x if self.shortcut is None else self.shortcut(x)
         if self.shrink:
             skip = center_crop(skip, h.shape[2], h.shape[3])
-        out = skip + h
-        return out / self.output_scale if self.output_scale != 1.0 else out
+        # Sum in place into the fresh conv output, unless autocast made it narrower than the skip.
+        out = h.add_(skip) if h.dtype == skip.dtype else skip + h
+        return out.div_(self.output_scale) if self.output_scale != 1.0 else out
 
 
 class ClassicBlock(nn.Module):

@@ -36,21 +36,26 @@ def norm_act_conv_reference(
     h = norm(x)
     if scale is not None:
         h = h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
-    h = F.silu(h)
+    # Without autograd nothing needs the SiLU input: overwrite it (inference, sampling).
+    h = F.silu(h, inplace=not torch.is_grad_enabled())
     if dropout:
         h = F.dropout(h, dropout, training=True)
     return conv(h)
 
 
 # ---------------------------------------------------------------------------- fused autograd function
-def _activation(x, norm_weight, norm_bias, groups, eps, scale, shift):
-    """The normalised map, the modulated map (the SiLU input), the activation, the group statistics."""
+def _activation(x, norm_weight, norm_bias, groups, eps, scale, shift, keep_input: bool = True):
+    """The normalised map, the modulated map (the SiLU input), the activation, the group statistics.
+
+    With ``keep_input=False`` the SiLU overwrites the modulated map (one allocation fewer), and
+    only the activation is meaningful.
+    """
     n, c = x.shape[:2]
     normed, mean, rstd = aten.native_group_norm(x, norm_weight, norm_bias, n, c, x.numel() // (n * c), groups, eps)
     modulated = normed
     if scale is not None:
         modulated = torch.addcmul(shift[:, :, None, None], normed, 1 + scale[:, :, None, None])
-    return normed, modulated, F.silu(modulated), mean, rstd
+    return normed, modulated, F.silu(modulated, inplace=not keep_input), mean, rstd
 
 
 def _drop(t: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tensor:
@@ -61,7 +66,7 @@ def _drop(t: torch.Tensor, keep: torch.Tensor | None, p: float) -> torch.Tensor:
 class _NormActConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, norm_weight, norm_bias, conv_weight, conv_bias, scale, shift, p, groups, eps, stride, padding, conv_dtype):
-        act = _activation(x, norm_weight, norm_bias, groups, eps, scale, shift)[2]
+        act = _activation(x, norm_weight, norm_bias, groups, eps, scale, shift, keep_input=False)[2]
         keep = None
         if p:
             # The same draw as F.dropout; the boolean keep-mask (1 byte per entry) is all backward needs.
