@@ -91,15 +91,15 @@ def main(argv=None) -> int:
                 "images/s (spread)": f"{per_second[name]:.2f} ({args.batch / timings[name]['max']:.2f}-{args.batch / timings[name]['min']:.2f})",
                 "s/call": fmt_spread(timings[name], digits=2),
                 "ratio": f"{ratio:.2f}x" if name == "ours" else "",
-                "max |diff|": f"{difference:.1e}" if name == "ours" else "",
+                "max diff": f"{difference:.1e}" if name == "ours" else "",
             })
         results.append(dict(model=preset, batch=args.batch, steps=args.steps, timings=timings, images_per_second=per_second,
                             ratio=ratio, max_abs_image_difference=difference))
 
-    columns = ["model", "pipeline", "batch", "steps", "images/s (spread)", "s/call", "ratio", "max |diff|"]
+    columns = ["model", "pipeline", "batch", "steps", "images/s (spread)", "s/call", "ratio", "max diff"]
     path = write_json("sampling_quick" if args.quick else "sampling", dict(machine=info, quick=args.quick, repeats=repeats, results=results), args.out)
     print(f"DDIM sampling, {args.steps} steps, eta 0: {describe(info)}; median of {repeats} interleaved calls, "
-          f"ratio = ours / diffusers images/s (target >= 1.3x); max |diff| = largest pixel difference (0..1) of the two "
+          f"ratio = ours / diffusers images/s (target >= 1.3x); max diff = largest pixel difference (0..1) of the two "
           f"pipelines' images from the same noise (float64, one image). JSON: {path}")
     if device.type == "cpu":
         print("CPU only here: no GPU in this run (on CUDA, use --device cuda and a larger --batch).")
