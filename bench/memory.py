@@ -1,7 +1,7 @@
 """Peak memory of one training step, with and without gradient checkpointing, our U-Net against
 diffusers' ``UNet2DModel`` on the same architecture.
 
-    python -m bench.memory --quick          # ddpm-cifar10, batch 4
+    python -m bench.memory --quick          # ddpm-cifar10, batch 2 (a smoke test: at this batch Adam, not activations, sets the peak)
     python -m bench.memory                  # ddpm-cifar10 batch 16, ddpm-64 batch 8
     python -m bench.memory --device cuda --batch 128
 
@@ -108,7 +108,7 @@ COLUMNS = ["config", "batch", "checkpointing", "ours MB", "diffusers MB", "ratio
 def main(argv=None):
     parser = base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
-    parser.add_argument("--batch", type=int, default=None, help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 4 with --quick)")
+    parser.add_argument("--batch", type=int, default=None, help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 2 with --quick)")
     parser.add_argument("--child", nargs=4, metavar=("CONFIG", "MODEL", "CKPT", "BATCH"), help=argparse_hidden())
     args = parser.parse_args(argv)
     device = setup_device(args.device, args.threads)
@@ -124,7 +124,7 @@ def main(argv=None):
     common = ["--device", str(device)] + (["--threads", str(args.threads)] if args.threads else [])
     rows = []
     for name in configs:
-        batch = args.batch or (4 if args.quick else default_batch.get(name, 128))
+        batch = args.batch or (2 if args.quick else default_batch.get(name, 128))
         for ckpt in (False, True):
             res = {kind: run_child([name, kind, str(int(ckpt)), str(batch), *common]) for kind in ("ours", "diffusers")}
             row = {"config": name, "batch": batch, "checkpointing": "on" if ckpt else "off"}

@@ -103,7 +103,7 @@ def make_step(model, mode: str, variant: dict, x, t, noise, device):
     return step
 
 
-def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str) -> tuple[list, dict]:
+def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str, warmup: int = 1) -> tuple[list, dict]:
     config = CONFIGS[name]
     ours, theirs, diff = build_pair(config, device)
     print(f"{name}: {sum(p.numel() for p in ours.parameters()):,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
@@ -131,7 +131,7 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
             for s in steps.values():
                 s()  # first call: compilation, oneDNN primitive creation, Adam state
             warm_s = time.perf_counter() - start
-            times = time_interleaved(steps, device, repeats=repeats, warmup=1, clock=clock)
+            times = time_interleaved(steps, device, repeats=repeats, warmup=warmup, clock=clock)
             mem = {}
             if mode == "train" and not (variant["compile"] and device.type == "cpu"):
                 mem = {k: peak_memory(s, device) for k, s in steps.items()}  # the CPU tracker cannot see inside compiled code
@@ -164,7 +164,7 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 8 on CPU, 128 on CUDA; 2 with --quick)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 7, 3 with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 7, 2 with --quick)")
     args = parser.parse_args(argv)
     device = setup_device(args.device, args.threads)
     quick = args.quick
@@ -173,7 +173,7 @@ def main(argv=None):
     for v in variants:
         parse_variant(v)
     batch = args.batch or (2 if quick else 8 if device.type == "cpu" else 128)
-    repeats = args.repeats or (3 if quick else 7)
+    repeats = args.repeats or (2 if quick else 7)
     info = machine_info(device)
     print(f"machine: {describe(info)}", flush=True)
 
@@ -181,7 +181,7 @@ def main(argv=None):
     print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     rows, checks = [], {}
     for name in configs:
-        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock)
+        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock, warmup=0 if quick else 1)
         rows += r
         payload = dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
         path = write_json("speed", payload, args.out)  # after each config, so a cut-short run keeps what it measured
