@@ -152,6 +152,7 @@ class TrainConfig:
     on_nan: str = "stop"                          # A NaN/inf loss or gradient: "stop" the run, or "skip" the step.
     max_nan_skips: int = 10                       # on_nan=skip: stop after this many skipped steps in a row.
     progress_bar: bool = True                     # Show a progress bar on the main process.
+    cpu_threads: int | None = None                # torch CPU threads per process (None = PyTorch's default, one per core).
 
 
 @dataclass

@@ -155,6 +155,15 @@ class Trainer:
     # ------------------------------------------------------------------------ run
     def run(self, resume: str | None = None) -> RunResult:
         """Train to ``config.train.steps``, saving checkpoints; returns what happened."""
+        threads = torch.get_num_threads()
+        if self.config.train.cpu_threads:
+            torch.set_num_threads(self.config.train.cpu_threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, resume: str | None) -> RunResult:
         c = self.config.train
         checkpoint = resolve_resume(resume, self.run_dir)
         if resume is None and list_checkpoints(self.run_dir):
@@ -319,7 +328,13 @@ class Trainer:
 def read_log(run_dir: str | Path) -> list[dict]:
     """The records of a run's ``log.jsonl``."""
     path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed run
+            continue
+    return records
 
 
 __all__ = ["NonFiniteLossError", "RunResult", "Trainer", "build_task", "read_log", "train", "read_state"]
