@@ -7,6 +7,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: its models are tiny, and a second thread only adds OpenMP
+    contention (measured up to 25x slower on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(**overrides) -> dict:
     """A very small denoiser config (16-pixel inputs, 2 levels) for option tests."""
     config = dict(

@@ -14,13 +14,7 @@ from unet_diffusion.convert import UnsupportedConversionError, config_from_diffu
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models on a shared 2-core machine: one thread avoids OpenMP oversubscription (25x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(model):

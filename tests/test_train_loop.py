@@ -18,13 +18,7 @@ from train.loop import NonFiniteLossError, read_log, train
 from unet_diffusion import load_weights
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The models here are tiny: a second thread only adds contention with the other processes of a test.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, name="run", base=TINY_DIFFUSION, **sections):
