@@ -22,6 +22,7 @@ def tiny_config(**overrides) -> dict:
     config = dict(
         sample_size=16, in_channels=3, channels=(16, 32), blocks_per_level=1, norm_groups=4,
         attention_levels=(1,), mid_attention=True, attention_heads=2,
+        weight_init="torch",  # random everywhere, so every option shows in the output (the default starts at zero)
     )
     config.update(overrides)
     return config

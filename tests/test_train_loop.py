@@ -64,6 +64,15 @@ def test_resume_continues_with_identical_losses(tmp_path):
         assert all(torch.equal(ta[k], tb[k]) for k in ta), name
 
 
+def test_max_minutes_stops_early_and_finishes_the_run(tmp_path, monkeypatch):
+    clock = iter(range(0, 10_000, 30))  # every call to time.time() moves the clock 30 s on
+    monkeypatch.setattr("train.loop.time.time", lambda: float(next(clock)))
+    result = train(tiny(tmp_path, train={"steps": 50, "max_minutes": 1.5, "checkpoint_every": 0}))
+    assert 1 < result.step < 50 and result.interrupted is None
+    assert (result.run_dir / "pipeline/model_index.json").is_file()  # finished like a full run
+    assert [p.name for p in list_checkpoints(result.run_dir)] == [f"step-{result.step:08d}"]
+
+
 def test_a_run_folder_is_never_overwritten(tmp_path):
     train(tiny(tmp_path, train={"steps": 3}))
     with pytest.raises(ValueError, match="already holds checkpoints.*--resume latest"):

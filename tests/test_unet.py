@@ -5,6 +5,7 @@ import torch
 from conftest import tiny_config
 
 from unet_diffusion import UNet
+from unet_diffusion.blocks import ResidualBlock
 from unet_diffusion.embeddings import sinusoidal_embedding
 
 
@@ -225,3 +226,33 @@ def test_torch_compile_inductor_matches():
     x = torch.randn(2, 3, 16, 16)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x, 3).sample, model(x, 3).sample, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- initialisation
+def test_residual_models_start_as_identity_blocks_with_a_zero_output():
+    model = UNet(**tiny_config(weight_init="auto", num_class_labels=3, cross_attention_levels=(0,), context_dim=8))
+    for block in model.modules():
+        if isinstance(block, ResidualBlock):
+            assert not block.conv2.weight.any() and not block.conv2.bias.any()
+    assert not model.out.conv.weight.any()
+    x, ctx = torch.randn(2, 3, 16, 16), torch.randn(2, 4, 8)
+    out = model(x, 5, class_labels=torch.tensor([0, 1]), encoder_hidden_states=ctx).sample
+    assert not out.any()
+    # Two optimizer steps later every layer has a gradient: zero starts do not block learning.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x, 5, class_labels=torch.tensor([0, 1]), encoder_hidden_states=ctx).sample.sub(x).pow(2).mean().backward()
+        optimizer.step()
+    assert model.stem.weight.grad.abs().max() > 0 and model.encoder["level0_block0"].conv.conv1.weight.grad.abs().max() > 0
+
+
+def test_classic_models_start_with_he_normal_weights():
+    torch.manual_seed(0)
+    model = UNet.from_preset("ronneberger2015")
+    conv = model.encoder["level3_block0"].conv.layers[0]       # 3x3, 256 -> 512: N = 9 * 256
+    assert abs(conv.weight.std().item() - (2 / (9 * 256)) ** 0.5) < 0.002 and not conv.bias.any()
+    up = model.decoder["level4_up"].conv                       # 2x2 stride 2, 1024 -> 512: N = 1024
+    assert abs(up.weight.std().item() - (2 / 1024) ** 0.5) < 0.002
+    torch_default = UNet.from_preset("ronneberger2015", weight_init="torch").encoder["level3_block0"].conv.layers[0]
+    assert torch_default.weight.std().item() < 0.6 * conv.weight.std().item()  # uniform, fan-in scaled: smaller

@@ -139,6 +139,7 @@ class TrainConfig:
     """The loop: length, batch, precision, evaluation, checkpoints, logging."""
 
     steps: int = 1000                             # Optimizer steps to train for.
+    max_minutes: float | None = None              # Also stop (and finish normally) after this many minutes of training in this invocation; None = no limit.
     batch_size: int = 32                          # Global batch per micro-step, split evenly over the processes.
     grad_accum: int = 1                           # Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
     mixed_precision: str = "no"                   # "no", "fp16" or "bf16".
@@ -201,6 +202,8 @@ class Config:
             section = self.optim if key == "warmup_steps" else self.train
             if getattr(section, key) < 0:
                 raise ConfigError(f"{'optim' if key == 'warmup_steps' else 'train'}.{key} must be >= 0.")
+        if self.train.max_minutes is not None and not self.train.max_minutes > 0:
+            raise ConfigError(f"train.max_minutes must be positive (or null for no limit); got {self.train.max_minutes!r}.")
         if self.data.augment.elastic_std < 0 or self.data.augment.elastic_grid < 2:
             raise ConfigError("data.augment.elastic_std must be >= 0 and data.augment.elastic_grid at least 2 (control points per side).")
         if self.data.channels not in (1, 3):

@@ -214,9 +214,11 @@ class Trainer:
                     acc.backward(loss / c.grad_accum)
                 losses.append(loss.detach().float())
             loss = torch.stack(losses).mean()
-            # One collective per step: is the loss finite everywhere, did a signal arrive anywhere, the mean loss.
+            # One collective per step: is the loss finite everywhere, did a signal arrive anywhere, the mean loss,
+            # is the time budget spent (the main process's clock decides, so every process stops at the same step).
+            out_of_time = self.is_main and c.max_minutes is not None and time.time() - started >= 60 * c.max_minutes
             flags = torch.stack([(~torch.isfinite(loss)).float(), torch.tensor(float(self.stop_signal is not None), device=loss.device),
-                                 torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)])
+                                 torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0), torch.tensor(float(out_of_time), device=loss.device)])
             if acc.num_processes > 1:
                 flags = acc.reduce(flags, "sum")
             grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
@@ -258,6 +260,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
             if flags[1].item() > 0:
                 result.interrupted = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+                break
+            if flags[3].item() > 0:
+                self.log(f"train.max_minutes={c.max_minutes} reached at step {self.step} of {c.steps}; finishing the run")
                 break
             if c.eval_every and self.step % c.eval_every == 0 and self.val_examples is not None:
                 result.metrics = self._evaluate()

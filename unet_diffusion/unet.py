@@ -23,6 +23,7 @@ from torch import nn
 from .blocks import Downsample, UNetBlock, Upsample, conv_padding
 from .embeddings import FourierFeatures, SinusoidalFeatures, TimeEmbedding
 from .heads import Head
+from .initialization import INIT_SCHEMES, initialize
 from .weights import (
     check_config_keys,
     model_shapes,
@@ -52,6 +53,19 @@ def _per_level(name: str, value, levels: int) -> tuple[int, ...]:
     if len(value) != levels:
         raise ValueError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
     return value
+
+
+def _own_aligned_storage(model: nn.Module) -> None:
+    """Copy tensors that point into a file's memory map into fresh, aligned storage.
+
+    safetensors places tensors at arbitrary byte offsets; CPU kernels take other code paths on
+    unaligned data and round differently (3.6e-7 seen), so a loaded model would not reproduce the
+    saved one bit for bit. A fresh allocation is 64-byte aligned.
+    """
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
 
 
 class UNet(ModelMixin, ConfigMixin):
@@ -115,6 +129,7 @@ class UNet(ModelMixin, ConfigMixin):
         transformer_depth: int | tuple[int, ...] = 1,  # Transformer layers per cross-attention block, or one count per level.
         mid_block_scale: float = 1.0,             # The middle block's residual sums are divided by this.
         pad_input: bool = False,                  # Same padding: pad inputs to a multiple of 2^(levels-1), crop the output back.
+        weight_init: str = "auto",                # "auto": residual branches, attention outputs and the head start at zero (classic: He normal); "torch": PyTorch defaults.
     ):
         super().__init__()
         levels = len(channels)
@@ -129,6 +144,7 @@ class UNet(ModelMixin, ConfigMixin):
             ("upsample", upsample, ("nearest", "bilinear", "conv_transpose")),
             ("time_embedding", time_embedding, ("sinusoidal", "fourier", None)),
             ("time_injection", time_injection, ("add", "scale_shift")),
+            ("weight_init", weight_init, INIT_SCHEMES),
         ):
             _choice(name, value, allowed)
         blocks = _per_level("blocks_per_level", blocks_per_level, levels)
@@ -261,6 +277,7 @@ class UNet(ModelMixin, ConfigMixin):
         if learned_variance:
             head_out *= 2
         self.out = Head(head, c, head_out, normalize=block == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
+        initialize(self, block, self.out.conv, weight_init)
         self.gradient_checkpointing = False
         self._size_cache: dict[int, int | str] = {}
 
@@ -517,6 +534,7 @@ class UNet(ModelMixin, ConfigMixin):
         model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
         mismatched = [(name, tuple(model_shape), tuple(ckpt_shape)) for name, ckpt_shape, model_shape in info["mismatched_keys"]]
         raise_if_mismatched(info["missing_keys"], info["unexpected_keys"], mismatched, source=str(folder))
+        _own_aligned_storage(model)
         return (model, info) if want_info else model
 
     @classmethod

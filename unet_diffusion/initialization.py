@@ -1,0 +1,64 @@
+"""Weight initialisation: each family of U-Net starts the way its papers start it.
+
+- Residual cores (DDPM, improved/guided diffusion, EDM, LDM): the last convolution of every residual
+  branch, every attention output projection and the output convolution start at zero, so each block
+  starts as the identity and the untrained network outputs zeros. Gradients still reach every
+  layer after the first step, and the first steps do not have to undo a random function.
+- Classic cores (Ronneberger et al. 2015): Gaussian weights with standard deviation sqrt(2 / N), N
+  the number of inputs of one output unit (He et al. 2015), biases zero, so that the ReLU stack
+  neither explodes nor vanishes at the start.
+
+``init="torch"`` keeps PyTorch's own defaults (uniform, fan-in scaled), as versions before 0.2 did.
+Loaded weights replace all of this: a converted or saved model is unaffected.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from .attention import SelfAttention, SpatialTransformer
+from .blocks import ResidualBlock
+
+INIT_SCHEMES = ("auto", "torch")
+
+
+def zero_(layer: nn.Module) -> None:
+    """Set a layer's weight and bias to zero."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def he_normal_(layer: nn.Conv2d | nn.ConvTranspose2d) -> None:
+    """Gaussian weights with std sqrt(2 / N), N = inputs of one output unit; bias zero."""
+    weight = layer.weight
+    kernel = math.prod(weight.shape[2:])
+    if isinstance(layer, nn.ConvTranspose2d):
+        # (in, out, kH, kW): each output pixel sees in_channels * (kernel / stride) inputs.
+        fan_in = weight.shape[0] * kernel // math.prod(layer.stride)
+    else:
+        fan_in = weight.shape[1] * kernel
+    nn.init.normal_(weight, std=math.sqrt(2.0 / fan_in))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def initialize(model: nn.Module, block: str, output: nn.Conv2d, scheme: str = "auto") -> None:
+    """Initialise ``model`` (a U-Net of ``block`` kind, ending in ``output``) as its family does."""
+    if scheme == "torch":
+        return
+    if block == "classic":
+        for layer in model.modules():
+            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+                he_normal_(layer)
+        return
+    for layer in model.modules():
+        if isinstance(layer, ResidualBlock):
+            zero_(layer.conv2)
+        elif isinstance(layer, SelfAttention):
+            zero_(layer.proj)
+        elif isinstance(layer, SpatialTransformer):
+            zero_(layer.proj_out)
+    zero_(output)
