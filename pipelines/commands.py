@@ -56,6 +56,8 @@ def register(subparsers) -> None:
         description=(
             "Segment an image or every image of a folder and write the masks as PNG (class k as the gray value "
             "round(k * 255 / (K - 1)), so two classes are black and white; --mask-values index writes k itself). "
+            "--probabilities also writes the class probabilities: NAME_prob.png, p(class 1) as a 16-bit grayscale PNG "
+            "(0..65535 = 0..1), for two-class models; NAME_prob.npy, a float32 (K, H, W) array, for K > 2 classes. "
             "Valid-padding models are overlap-tiled, same-padding ones run on the whole image. A bare U-Net is fed "
             "pixels in [0, 1]."
         ),
@@ -64,6 +66,12 @@ def register(subparsers) -> None:
     segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images")
     segment.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     segment.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: the image with the classes tinted")
+    segment.add_argument("--probabilities", action="store_true",
+                         help="also write the probabilities: NAME_prob.png, p(class 1) as 16-bit grayscale (0..65535 = 0..1), "
+                              "for two-class models; NAME_prob.npy, float32 (K, H, W), for K > 2 classes")
+    segment.add_argument("--threshold", type=float, default=None, metavar="T",
+                         help="two-class models: class 1 where p(class 1) >= T, with 0 < T < 1, instead of the most probable "
+                              "class (0.5 = the argmax; higher marks fewer class-1 pixels)")
     segment.add_argument("--mask-values", choices=["spread", "index"], default="spread", help="gray values of the mask PNGs (default spread)")
     segment.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation: 4 flips or all 8 flips and rotations")
     segment.add_argument("--tile-size", type=int, default=None, metavar="N",
@@ -127,8 +135,15 @@ def run_sample(args) -> int:
 
 
 def run_segment(args) -> int:
-    """``unet-diffusion segment``: write a mask PNG (and optionally an overlay) per input image."""
-    from .images import image_files, load_image, mask_to_pil, overlay
+    """``unet-diffusion segment``: write a mask PNG per input image, optionally an overlay and the probabilities.
+
+    Probabilities: ``NAME_prob.png`` (p(class 1), 16-bit grayscale, 0..65535 = 0..1) for a two-class
+    model, ``NAME_prob.npy`` (float32 ``(K, H, W)``) for more classes. ``--threshold`` goes to the
+    pipeline, which refuses it for more than two classes or outside (0, 1).
+    """
+    import numpy as np
+
+    from .images import image_files, load_image, mask_to_pil, overlay, probability_to_pil
     from .loading import load_segmentation_pipeline
 
     files = image_files(args.input)
@@ -139,7 +154,8 @@ def run_segment(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for file in pipe.progress_bar(files) if len(files) > 1 else files:
         image = load_image(file)
-        mask = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False).masks[0]
+        result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False, threshold=args.threshold)
+        mask, probabilities = result.masks[0], result.probabilities[0]  # (H, W), (K, H, W)
         mask_to_pil(mask, num_classes, spread=args.mask_values == "spread").save(out / f"{file.stem}.png")
         if mask.min() == mask.max():
             # The "all black mask" report: say so, and name the usual cause.
@@ -150,5 +166,9 @@ def run_segment(args) -> int:
             )
         if args.overlay:
             overlay(image, mask).save(out / f"{file.stem}_overlay.png")
+        if args.probabilities and len(probabilities) == 2:
+            probability_to_pil(probabilities[1]).save(out / f"{file.stem}_prob.png")
+        elif args.probabilities:
+            np.save(out / f"{file.stem}_prob.npy", probabilities.astype(np.float32))
     print(f"wrote {len(files)} mask{'s' if len(files) > 1 else ''} to {out}")
     return 0

@@ -172,6 +172,16 @@ def mask_to_pil(mask: np.ndarray, num_classes: int, spread: bool = True) -> PIL.
     return PIL.Image.fromarray(values.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
+def probability_to_pil(probability: np.ndarray) -> PIL.Image.Image:
+    """An ``(H, W)`` probability map as a 16-bit grayscale PNG-ready image: 0..65535 for 0..1.
+
+    Rounding costs at most 1/131070; ``load_image`` and the pipelines read such a file back as
+    floats in [0, 1].
+    """
+    values = np.round(np.clip(np.asarray(probability, dtype=np.float64), 0, 1) * 65535)
+    return PIL.Image.fromarray(values.astype(np.uint16))  # 2-D uint16: mode "I;16"
+
+
 def overlay(image: PIL.Image.Image, mask: np.ndarray, alpha: float = 0.5) -> PIL.Image.Image:
     """``image`` (RGB) with classes 1, 2, ... of ``mask`` tinted in the palette colours."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)

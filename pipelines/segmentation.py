@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,9 @@ TTA_CHOICES = (None, False, True, "flip", "d4")
 class SegmentationOutput(BaseOutput):
     """What ``SegmentationPipeline`` returns.
 
-    ``masks``: ``(B, H, W)`` int64 class indices; ``probabilities``: ``(B, K, H, W)`` per-class
-    probabilities (softmax; a one-logit model gives ``[1 - p, p]``). numpy arrays or tensors, as
+    ``masks``: ``(B, H, W)`` int64 class indices (the most probable class, or with ``threshold`` class 1
+    where its probability reaches it); ``probabilities``: ``(B, K, H, W)`` per-class probabilities
+    (softmax; a one-logit model gives ``[1 - p, p]``). numpy arrays or tensors, as
     ``output_type`` asks; lists of per-image arrays when the input images differ in size.
     """
 
@@ -97,6 +99,7 @@ class SegmentationPipeline(DiffusionPipeline):
         tile_size: int | tuple[int, int] | None = None,
         overlap: int | None = None,
         tta=False,
+        threshold: float | None = None,
         tiles_per_batch: int = 4,
         output_type: str = "np",
         return_dict: bool = True,
@@ -114,6 +117,9 @@ class SegmentationPipeline(DiffusionPipeline):
             overlap: sliding window only: the overlap of neighbouring tiles (default a quarter tile).
             tta: test-time augmentation, averaged over probabilities: ``"flip"`` (4 flips), ``"d4"`` or
                 ``True`` (8 flips and 90-degree rotations), ``False`` (none).
+            threshold: two-class models only: the mask is class 1 where its probability is at least
+                ``threshold`` (strictly between 0 and 1), instead of the most probable class. 0.5 gives
+                the argmax up to exact ties; higher values mark fewer class-1 pixels.
             tiles_per_batch: tiles per network call (memory against speed).
             output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
             return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
@@ -121,6 +127,7 @@ class SegmentationPipeline(DiffusionPipeline):
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt'; got {output_type!r}.")
         transforms = _dihedral(tta)
+        self._check_threshold(threshold)
         if not isinstance(tiles_per_batch, int) or tiles_per_batch < 1:
             raise ValueError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
         channels = self.unet.config.in_channels
@@ -133,7 +140,7 @@ class SegmentationPipeline(DiffusionPipeline):
             for batch in batches:
                 probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
                 probabilities.append(probs)
-                masks.append(probs.argmax(dim=1))
+                masks.append(probs.argmax(dim=1) if threshold is None else (probs[:, 1] >= threshold).long())
         if output_type == "np":
             masks = [m.cpu().numpy() for m in masks]
             probabilities = [p.float().cpu().numpy() for p in probabilities]
@@ -148,6 +155,16 @@ class SegmentationPipeline(DiffusionPipeline):
         return SegmentationOutput(masks=masks, probabilities=probabilities)
 
     # ------------------------------------------------------------------------ steps
+    def _check_threshold(self, threshold) -> None:
+        if threshold is None:
+            return
+        classes = max(self.unet.config.out_channels, 2)  # one logit: two classes through a sigmoid
+        if classes != 2:
+            raise ValueError(f"threshold works on two-class models (class 1 where p(class 1) >= threshold); this one has "
+                             f"{classes} classes. Leave it out to take the most probable class.")
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
+            raise ValueError(f"threshold must be a number strictly between 0 and 1; got {threshold!r}.")
+
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         std = torch.tensor(self.config.image_std, dtype=torch.float32).reshape(1, -1, 1, 1)

@@ -121,3 +121,49 @@ def test_segment_says_so_when_a_mask_is_one_class(tmp_path, photos, capsys):
     assert main(["segment", str(tmp_path / "unet"), str(photos / "b.jpg"), "--out", str(tmp_path / "out")]) == 0
     assert "every pixel of b.jpg is class 1" in capsys.readouterr().err
     assert set(np.unique(pixels(tmp_path / "out" / "b.png"))) == {255}
+
+
+@pytest.fixture(scope="module")
+def two_class_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("two-class")
+    unet = UNet.from_preset("seg-small", channels=(8, 16), norm_groups=4, weight_init="torch")  # random head: varied probabilities
+    SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(folder)
+    return folder
+
+
+def test_segment_writes_probabilities_that_round_trip(two_class_folder, photos, tmp_path):
+    assert main(["segment", str(two_class_folder), str(photos), "--out", str(tmp_path), "--probabilities", "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "a_prob.png", "b.png", "b_prob.png"]
+    pipe = SegmentationPipeline.from_pretrained(two_class_folder)
+    for name, file in (("a", photos / "a.png"), ("b", photos / "b.jpg")):
+        written = PIL.Image.open(tmp_path / f"{name}_prob.png")
+        assert written.mode.startswith("I")  # 16-bit grayscale
+        expected = pipe(PIL.Image.open(file)).probabilities[0, 1]
+        np.testing.assert_allclose(np.asarray(written) / 65535, expected, atol=1 / 65535, rtol=0)
+        assert np.ptp(expected) > 0.01  # a real map, not a constant
+
+
+def test_segment_threshold(two_class_folder, photos, tmp_path):
+    file = str(photos / "a.png")
+    for out, extra in (("plain", []), ("half", ["--threshold", "0.5"]), ("high", ["--threshold", "0.6"])):
+        assert main(["segment", str(two_class_folder), file, "--out", str(tmp_path / out), *extra]) == 0
+    plain, half, high = (pixels(tmp_path / out / "a.png") for out in ("plain", "half", "high"))
+    np.testing.assert_array_equal(half, plain)
+    assert (high == 255).sum() < (plain == 255).sum()
+    probability = SegmentationPipeline.from_pretrained(two_class_folder)(PIL.Image.open(file)).probabilities[0, 1]
+    np.testing.assert_array_equal(high == 255, probability >= 0.6)
+
+
+def test_segment_probabilities_of_more_classes_and_threshold_errors(segmenter_folder, two_class_folder, photos, tmp_path, capsys):
+    file = photos / "a.png"
+    assert main(["segment", str(segmenter_folder), str(file), "--out", str(tmp_path / "k3"), "--probabilities"]) == 0
+    saved = np.load(tmp_path / "k3" / "a_prob.npy")
+    expected = SegmentationPipeline.from_pretrained(segmenter_folder)(PIL.Image.open(file)).probabilities[0]
+    assert saved.dtype == np.float32 and saved.shape == (3, 40, 50)
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+    assert main(["segment", str(segmenter_folder), str(file), "--out", str(tmp_path / "e"), "--threshold", "0.5"]) == 1
+    assert "threshold works on two-class models" in capsys.readouterr().err
+    assert main(["segment", str(two_class_folder), str(file), "--out", str(tmp_path / "e"), "--threshold", "1.5"]) == 1
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error" in line]  # one line (the rest is the loading bar)
+    assert line == "unet-diffusion segment: error: threshold must be a number strictly between 0 and 1; got 1.5."

@@ -186,3 +186,31 @@ def test_segmentation_errors():
         pipe(torch.rand(1, 1, 30, 30), tta="rotate")
     with pytest.raises(TypeError, match="expected a PIL image"):
         pipe("image.png")
+
+
+# ---------------------------------------------------------------------------- threshold
+def test_threshold_half_is_the_argmax_and_higher_marks_fewer_pixels():
+    pipe = SegmentationPipeline(unet=same_unet(out_channels=2))
+    image = torch.rand(2, 1, 16, 24)
+    plain = pipe(image)
+    half = pipe(image, threshold=0.5)
+    np.testing.assert_array_equal(half.masks, plain.masks)
+    np.testing.assert_array_equal(half.probabilities, plain.probabilities)  # the threshold changes masks only
+    p1 = plain.probabilities[:, 1]
+    high = np.median(p1[p1 >= 0.5])  # leaves about half of the argmax's class-1 pixels
+    strict = pipe(image, threshold=float(high)).masks
+    np.testing.assert_array_equal(strict, (p1 >= high).astype(np.int64))
+    assert 0 < strict.sum() < half.masks.sum()
+    one_logit = SegmentationPipeline(unet=same_unet(out_channels=1))  # [1 - p, p]: two classes too
+    out = one_logit(image, threshold=0.3)
+    np.testing.assert_array_equal(out.masks, (out.probabilities[:, 1] >= 0.3).astype(np.int64))
+
+
+def test_threshold_errors():
+    three = SegmentationPipeline(unet=same_unet())  # 3 classes
+    with pytest.raises(ValueError, match="two-class models.*this one has 3 classes"):
+        three(torch.rand(1, 1, 16, 16), threshold=0.5)
+    two = SegmentationPipeline(unet=same_unet(out_channels=2))
+    for bad in (0, 1, 1.5, -0.2, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            two(torch.rand(1, 1, 16, 16), threshold=bad)
