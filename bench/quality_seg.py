@@ -1,33 +1,49 @@
-"""Segmentation quality on the ISBI 2012 EM membranes: train ``configs/isbi2012.yaml`` for a fixed
-number of steps on 20 of the 25 image/label pairs, then score the 5 held-out pairs.
+"""Segmentation quality on the ISBI 2012 EM membranes at equal training wall time: our U-Net (the
+config's network) against segmentation-models-pytorch's U-Net, both trained by our loop.
 
-    UNET_DATA_DIR=/work/shared/data PYTHONPATH=. python bench/quality_seg.py --quick
-    UNET_DATA_DIR=/work/shared/data PYTHONPATH=. python bench/quality_seg.py            # 200 steps, width 16, crop 196
-    UNET_DATA_DIR=/data PYTHONPATH=. python bench/quality_seg.py --device cuda --steps 5000 --width 64 --crop 388   # as shipped
+    UNET_DATA_DIR=/work/shared/data python bench/quality_seg.py --quick --threads 1   # smoke test, 1-1.5 minutes
+    UNET_DATA_DIR=/work/shared/data python bench/quality_seg.py --threads 1          # 15 training minutes per method
+    UNET_DATA_DIR=/data python bench/quality_seg.py --device cuda --minutes 30 --set train.mixed_precision=bf16
 
-Training goes through the package (``train.train`` on the config with overrides): the paper's
-network (``ronneberger2015``: valid padding, 572 -> 388 crops), its boundary weight map and elastic
-deformation. ``--width`` scales the network's channels (64 -> 128 -> ... -> 1024 at the paper's 64;
-``--width 16`` has 1/16 of the multiply-adds), which is what makes a few minutes on a CPU teach it
-anything. The held-out images are segmented whole by ``pipelines.SegmentationPipeline`` (overlap-tile)
-and compared with their labels:
+Everything about the training comes from ``--config`` (default ``configs/isbi2012.yaml``: network,
+crop, batch, loss, weight map, augmentation, optimizer, schedule), with ``--set key=value`` overrides
+applied for every method. The benchmark itself sets only what it controls: the length and time budget,
+the output folder, the seed, the training set, and no mid-run evaluation, checkpoints or pictures.
 
-- **pixel error**: fraction of pixels whose class (membrane / cell) is wrong;
-- **Rand error** (foreground-restricted, the ISBI 2012 metric; ``bench.metrics.rand_error``):
-  cells are the 4-connected components of the cell pixels, in the label and in the prediction;
-  only pixels that are cell in the label count; predicted membrane pixels inside them are segments of
-  their own; error = 1 - F-score of the Rand pair-counting precision and recall. The challenge
-  scored the submitted membrane *probabilities* at several thresholds and kept the best; here the
-  prediction is the argmax (threshold 0.5), so the figure is if anything pessimistic;
-- **membrane Dice**: 2|A and B| / (|A| + |B|) of the membrane pixels.
+- **Split**: pairs 20-24 (the last five files by name) are held out, the first 20 train every method
+  (``data.limit=20``, ``data.val_size=0``, so the loop never sees the held-out five).
+- **Equal wall time**: each method gets ``--minutes`` of training. A short probe run (a few steps,
+  not counted) times a step; ``train.steps`` is set to the budget divided by that time, so the
+  config's learning-rate schedule ends with the budget, and ``train.max_minutes`` stops the run at the
+  budget whatever the probe said. Training runs in two halves (the second resumes the first's
+  checkpoint), and the model is scored after each: two points per method. Minutes are the training
+  loop's own clock; scoring, checkpoints and set-up are left out. The boundary weight maps (when the
+  config uses them) are computed once, before any timing, and shared.
+- **ours**: ``train.train`` on the config. **smp**: ``segmentation_models_pytorch.Unet``
+  (``--smp-encoder``, random initialisation: nothing is downloaded) through the same loop, data,
+  augmentation, loss and optimizer (``bench/smp_unet.py``). It takes sides that are multiples of 32,
+  so its crop is the config's rounded down to one (388 -> 384; the run says so).
+- **Scoring**, identical for every method: the 5 held-out 512x512 images go whole through
+  ``SegmentationPipeline`` (ours: the run's saved pipeline folder, overlap-tile for valid padding;
+  smp: the same pipeline class around the saved network), and the masks (argmax) are compared with the
+  labels: **pixel error** (fraction of wrong pixels), **Rand error** (foreground-restricted, the ISBI
+  2012 metric, ``bench.metrics.rand_error``: cells are the 4-connected components of the object class,
+  ``segmentation.object_class``), **membrane Dice** (of the other class). Means over the 5 images.
 
-Each is computed per held-out image and averaged. The paper's figures (pixel error 0.0611, Rand
-error 0.0382) are on the challenge's 30 test slices, after 5000+ steps on a GPU with 7-rotation
-averaging: a row for reference, not a like-for-like comparison.
+``--quick`` runs a smoke test: the config's network at 1/8 of its channels, crops near 100 pixels,
+smp with a resnet18 encoder, 0.1 minutes per method; its numbers say the pipeline works, not what the
+networks reach. The paper's figures (pixel error 0.0611, Rand error 0.0382) are on the challenge's 30
+test slices after long GPU training with rotation averaging: a row for reference, not a like-for-like
+comparison. Writes the JSON (``--out``, default ``bench/results/quality_seg.json``, ``quality_seg_quick``
+with ``--quick``), and beside it ``<name>_overlay_<method>.png`` (image | truth | prediction of the
+first held-out image) and ``<name>_curve.png`` (pixel and Rand error against training minutes; needs
+matplotlib). ``--device`` says where scoring runs; training runs where Accelerate puts it (a GPU when
+there is one; ``CUDA_VISIBLE_DEVICES=`` keeps it on the CPU).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -36,49 +52,272 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+import diffusers
 import numpy as np
 import torch
 from torchvision.utils import save_image
 
 from bench.common import PROJECT_ROOT, RESULTS_DIR, base_parser, data_dir, describe, format_table, machine_info, setup_device, write_json
 from bench.metrics import cell_components, dice, pixel_error, rand_error
+from bench.smp_unet import SmpTask, load_smp_pipeline, smp_available, smp_crop
 from pipelines import SegmentationPipeline
 from train import load_config, train
-from train.data import open_source, split_indices
-from train.segmentation import overlay
+from train.data import open_source
+from train.diffusion import build_unet
+from train.loop import read_log
+from train.segmentation import SegmentationTask, input_size_for, overlay
 
 CONFIG = PROJECT_ROOT / "configs" / "isbi2012.yaml"
 PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}   # Ronneberger et al. 2015, ISBI 2012 test set
-MEMBRANE, CELL = 0, 1                                    # class indices (label pixel values 0 and 255)
+METHODS = ("ours", "smp")
+PAIRS, TRAINING = 25, 20                                 # the ISBI 2012 pairs; the first 20 by name train
+QUICK = dict(minutes=0.1, channel_divisor=8, crop=100, smp_encoder="resnet18", probe_steps=3)
+PROBE_STEPS = 6
+# Keys the benchmark sets itself (run_overrides); --set may not change them.
+CONTROLLED = ("train.steps", "train.max_minutes", "train.output_dir", "train.seed", "train.eval_every",
+              "train.checkpoint_every", "train.log_every", "train.progress_bar", "train.cpu_threads",
+              "segmentation.overlay_every", "segmentation.num_overlays", "data.limit", "data.val_size")
 
 
-def overrides_for(args, run_dir: Path, device: torch.device) -> list[str]:
-    """Config overrides: the budget, the network width, and no mid-run evaluation or pictures."""
-    width = args.width
-    items = [
-        f"train.steps={args.steps}", f"train.output_dir={run_dir}", f"train.seed={args.seed}",
-        "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=5", "train.progress_bar=false",
-        "segmentation.overlay_every=0", "segmentation.num_overlays=1",
-        f"data.image_size={args.crop}",
-    ]
-    if width != 64:
-        items.append(f"model.args.channels={[width * 2**i for i in range(5)]}")
-    if device.type == "cuda":
-        items.append("train.mixed_precision=bf16")
+# ---------------------------------------------------------------------------- pure helpers
+def parse_methods(text: str) -> list[str]:
+    """``"ours,smp"`` -> ``["ours", "smp"]``, checking the names."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {text!r}.")
+    return list(dict.fromkeys(methods))
+
+
+def check_sets(sets: list[str]) -> None:
+    """Refuse ``--set`` overrides of what the benchmark controls."""
+    for item in sets:
+        key = item.split("=", 1)[0].strip()
+        if key in CONTROLLED:
+            raise ValueError(f"--set {item}: the benchmark sets {key} itself (use --minutes, --seed, --threads or --keep-run).")
+
+
+def fixed_split(count: int) -> tuple[list[int], list[int]]:
+    """Training and held-out example indices: the first 20 pairs by name, and the last 5."""
+    if count != PAIRS:
+        raise ValueError(f"expected the {PAIRS} ISBI 2012 image/label pairs; the config's data has {count}.")
+    return list(range(TRAINING)), list(range(TRAINING, PAIRS))
+
+
+def run_overrides(run_dir: Path, steps: int, max_minutes: float | None, seed: int, threads: int | None) -> list[str]:
+    """What the benchmark sets on top of the config for one training invocation (the keys of CONTROLLED)."""
+    items = [f"train.steps={steps}", f"train.output_dir={run_dir}", f"train.seed={seed}", "train.eval_every=0",
+             "train.checkpoint_every=0", "train.log_every=1", "train.progress_bar=false",
+             "segmentation.overlay_every=0", "segmentation.num_overlays=0",
+             f"data.limit={TRAINING}", "data.val_size=0"]
+    items.append(f"train.max_minutes={max_minutes}" if max_minutes is not None else "train.max_minutes=null")
+    if threads:
+        items.append(f"train.cpu_threads={threads}")
     return items
 
 
+def seconds_per_step(records: list[dict]) -> float:
+    """Mean step time of a probe run's log (one record per step), leaving out the first (warm-up) step."""
+    times = [r["seconds"] for r in records if "seconds" in r]
+    if len(times) < 2:
+        raise ValueError(f"the probe run logged {len(times)} timed steps; it needs at least 2.")
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def plan_steps(minutes: float, step_seconds: float) -> int:
+    """Steps that fill ``minutes`` at ``step_seconds`` each (at least 2: one per half)."""
+    return max(2, int(60 * minutes / step_seconds))
+
+
+def training_seconds(records: list[dict]) -> float:
+    """Seconds the training loop ran in one invocation: its last logged step's clock."""
+    times = [r["seconds"] for r in records if "seconds" in r]
+    return times[-1] if times else 0.0
+
+
+def shrunk_channels(channels, divisor: int) -> list[int]:
+    """Channels divided by ``divisor`` (at least 1 each)."""
+    return [max(int(c) // divisor, 1) for c in channels]
+
+
+def segmentation_scores(truth: np.ndarray, pred: np.ndarray, cell: int) -> dict:
+    """Pixel error, Rand error (cells: connected components of class ``cell``) and Dice of the other class."""
+    return dict(
+        pixel_error=pixel_error(truth, pred),
+        rand_error=rand_error(cell_components(truth == cell), cell_components(pred == cell)),
+        membrane_dice=dice(truth != cell, pred != cell),
+        membrane_fraction_true=float(np.mean(truth != cell)),
+        membrane_fraction_pred=float(np.mean(pred != cell)),
+    )
+
+
+# ---------------------------------------------------------------------------- config
+def meta_unet(config):
+    """The config's network without weights: its sizes and config only."""
+    with torch.device("meta"):
+        return build_unet(config, in_channels=config.data.channels)
+
+
+def nearest_crop(config, target: int) -> int:
+    """The label crop side nearest to ``target``, not above the config's, that the config's network takes."""
+    model = meta_unet(config)
+    for side in sorted(range(max(1, target - 64), target + 65), key=lambda s: (abs(s - target), s)):
+        if side > config.data.image_size:
+            continue
+        try:
+            input_size_for(model, side)
+            return side
+        except ValueError:
+            continue
+    raise ValueError(f"--quick found no crop near {target} pixels for the config's network; pass --set data.image_size=N.")
+
+
+def quick_overrides(path: Path, sets: list[str]) -> list[str]:
+    """``--quick``: the config's network at 1/8 of its channels and a crop near 100 pixels."""
+    config = load_config(path, sets)
+    channels = shrunk_channels(meta_unet(config).config.channels, QUICK["channel_divisor"])
+    # GroupNorm must still divide the narrower levels; try the network as is, then with fewer groups.
+    for extra in ([], [f"model.args.norm_groups={math.gcd(*channels)}"]):
+        items = [f"model.args.channels={channels}", *extra]
+        try:
+            shrunk = load_config(path, [*items, *sets])
+            meta_unet(shrunk)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError("--quick cannot narrow the config's network; pass --set model.args.channels=[...] yourself.")
+    return [*items, f"data.image_size={nearest_crop(shrunk, min(QUICK['crop'], shrunk.data.image_size))}"]
+
+
+# ---------------------------------------------------------------------------- runs
+class Method:
+    """One contender: how to build its task, where its trained model is, and what to call it."""
+
+    def __init__(self, name: str, config, smp_encoder: str, weight_maps: dict):
+        self.name, self.smp_encoder, self.weight_maps = name, smp_encoder, weight_maps
+        self.crop = config.data.image_size if name == "ours" else smp_crop(config.data.image_size)
+        self.note = None
+        if name == "smp" and self.crop != config.data.image_size:
+            self.note = (f"smp: the config's crop {config.data.image_size} is not a multiple of 32 (smp's U-Net needs one); "
+                         f"smp trains on {self.crop}-pixel crops")
+        self.label = "ours" if name == "ours" else f"smp Unet {smp_encoder}"
+
+    def task(self, config) -> SegmentationTask:
+        task = SegmentationTask(config) if self.name == "ours" else SmpTask(config, self.smp_encoder, self.crop)
+        task._weight_maps = self.weight_maps  # the task caches them per example index; shared, computed before timing
+        return task
+
+    def pipeline(self, run_dir: Path, device: torch.device) -> SegmentationPipeline:
+        pipe = SegmentationPipeline.from_pretrained(str(run_dir / "pipeline")) if self.name == "ours" else load_smp_pipeline(run_dir)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+
+def score(pipe: SegmentationPipeline, source, held_out: list[int], cell: int) -> tuple[dict, list[dict], np.ndarray]:
+    """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
+    per_image, first = [], None
+    for index in held_out:
+        raw = source.load(index)
+        pred = np.asarray(pipe(raw.image).masks[0])
+        per_image.append(dict(image=Path(source.name(index)).name, **segmentation_scores(raw.mask, pred, cell)))
+        first = pred if first is None else first
+    mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
+    return mean, per_image, first
+
+
+def run_method(method: Method, make_config, run_dir: Path, minutes: float, probe_steps: int, source, held_out, cell, device, say):
+    """Probe, train two halves of ``minutes`` (scoring after each) and return what happened."""
+    quiet = lambda text: None
+    with tempfile.TemporaryDirectory(prefix=f"probe-{method.name}-") as tmp:
+        config = make_config(Path(tmp), probe_steps, None)
+        train(config, task=method.task(config), log=quiet)
+        step_seconds = seconds_per_step(read_log(tmp))
+    steps = plan_steps(minutes, step_seconds)
+    say(f"{method.label}: {step_seconds:.3f} s a step in the probe -> train.steps={steps} for {minutes:g} min")
+
+    points, used, done = [], 0.0, 0
+    for point in ("half", "end"):
+        limit = minutes / 2 if point == "half" else max(minutes - used / 60, 1e-3)  # the end: what the half left
+        config = make_config(run_dir, steps, limit)
+        task = method.task(config)
+        before = len(read_log(run_dir))
+        result = train(config, resume="latest" if point == "end" else None, task=task, log=quiet)
+        if task.trainer.train_examples.indices != list(range(TRAINING)) or task.trainer.val_examples is not None:
+            raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs (a bad image skipped?).")
+        used += training_seconds(read_log(run_dir)[before:])
+        done = result.step
+        started = time.perf_counter()
+        pipe = method.pipeline(run_dir, device)
+        mean, per_image, first = score(pipe, source, held_out, cell)
+        points.append(dict(point=point, max_minutes=limit, minutes=used / 60, steps=done, mean=mean, per_image=per_image,
+                           eval_seconds=time.perf_counter() - started))
+        say(f"{method.label}, {point}: {used / 60:.2f} min, {done} steps, pixel error {mean['pixel_error']:.4f}, "
+            f"Rand error {mean['rand_error']:.4f}")
+    losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
+    return dict(method=method.name, label=method.label, parameters=sum(p.numel() for p in pipe.unet.parameters()),
+                crop=method.crop, note=method.note, probe_seconds_per_step=step_seconds, planned_steps=steps,
+                loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
+                points=points), first
+
+
+# ---------------------------------------------------------------------------- pictures
+def save_overlay(source, index: int, pred: np.ndarray, path: Path) -> None:
+    """Image | truth | prediction (classes above 0 tinted), at half size."""
+    raw = source.load(index)
+    image = torch.from_numpy(np.asarray(raw.image.convert("L"), dtype=np.float32) / 127.5 - 1)[None]  # (1, H, W) in [-1, 1]
+    pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(raw.mask)), overlay(image, torch.from_numpy(pred))]
+    grid = torch.nn.functional.interpolate(torch.stack(pictures), scale_factor=0.5, mode="area")
+    save_image(grid, path, nrow=3, padding=4, pad_value=1.0)
+
+
+def plot_curves(results: list[dict], path: Path) -> Path | None:
+    """Pixel error and Rand error against training minutes, a line per method; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, key, title in zip(axes, ("pixel_error", "rand_error"), ("pixel error", "Rand error")):
+        for result in results:
+            points = result["points"]
+            ax.plot([p["minutes"] for p in points], [p["mean"][key] for p in points], marker="o", label=result["label"])
+        ax.axhline(PAPER[key], color="gray", linestyle="--", linewidth=1, label="paper (test set)")
+        ax.set_xlabel("training minutes")
+        ax.set_title(f"{title} (5 held-out images)")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="training steps, batch 1 (default 200; --quick 10)")
-    parser.add_argument("--width", type=int, default=None, help="channels of the first level; 64 is the paper's network (default 16; --quick 8)")
-    parser.add_argument("--crop", type=int, default=None, help="training output crop side (388 is the paper's; default 196; --quick 100)")
+    parser.add_argument("--minutes", type=float, default=None, help=f"training wall time per method (default 15; --quick {QUICK['minutes']})")
+    parser.add_argument("--methods", default="ours,smp", help="comma-separated: ours, smp (default ours,smp)")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="training config (default configs/isbi2012.yaml)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every method, e.g. --set optim.lr=3e-4 (repeatable)")
+    parser.add_argument("--smp-encoder", default=None, help="smp encoder (default resnet34; --quick resnet18)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep-run", type=Path, default=None, help="train into this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--keep-run", type=Path, default=None, help="train into DIR/<method> and keep the runs (default: temporary folders)")
     args = parser.parse_args(argv)
-    args.steps = args.steps or (10 if args.quick else 200)
-    args.width = args.width or (8 if args.quick else 16)
-    args.crop = args.crop or (100 if args.quick else 196)
+    if args.clock != "wall":
+        parser.error("this benchmark budgets wall time; --clock cpu does not apply.")
+    methods = parse_methods(args.methods)
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be positive; got {args.minutes}.")
+    check_sets(args.sets)
+    minutes = args.minutes or (QUICK["minutes"] if args.quick else 15.0)
+    smp_encoder = args.smp_encoder or (QUICK["smp_encoder"] if args.quick else "resnet34")
 
     folder = data_dir() / "isbi2012-membrane"
     if not (folder / "image").is_dir() or not (folder / "label").is_dir():
@@ -86,71 +325,80 @@ def main(argv=None) -> int:
               "Set UNET_DATA_DIR to the folder that holds isbi2012-membrane/.")
         return 0
     os.environ["UNET_DATA_DIR"] = str(data_dir())  # the config reads ${UNET_DATA_DIR}
+    diffusers.utils.logging.disable_progress_bar()  # no "Loading pipeline components" bars between the lines
+    if "smp" in methods and not smp_available():
+        print("note: segmentation-models-pytorch is not installed (pip install -e '.[bench]'); skipping smp.")
+        methods.remove("smp")
+    if not methods:
+        return 0
     device = setup_device(args.device, args.threads)
     info = machine_info(device)
 
-    with tempfile.TemporaryDirectory(prefix="isbi2012-") as tmp:
-        run_dir = args.keep_run or Path(tmp) / "run"
-        config = load_config(CONFIG, overrides_for(args, run_dir, device))
-        started = time.perf_counter()
-        result = train(config, log=lambda text: None)
-        train_seconds = time.perf_counter() - started
-        pipe = SegmentationPipeline.from_pretrained(str(run_dir / "pipeline")).to(device)
-        pipe.set_progress_bar_config(disable=True)
-        losses = result.losses
+    sets = [*(quick_overrides(args.config, args.sets) if args.quick else []), *args.sets]
+    base = load_config(args.config, sets)
+    if base.task != "segmentation":
+        raise ValueError(f"{args.config} is a {base.task} config; this benchmark needs task: segmentation.")
+    source = open_source(base)
+    train_idx, held_out = fixed_split(len(source))
+    names = [Path(source.name(i)).name for i in range(len(source))]
+    probe_task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
+    if probe_task.num_classes != 2:
+        raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has {probe_task.num_classes}.")
+    cell = base.segmentation.object_class
+    if base.segmentation.weight_map:
+        for index in train_idx:
+            probe_task.weight_map(source.load(index).mask, index)
 
-        # The held-out pairs: the same split the training run made.
-        source = open_source(config)
-        _, held_out = split_indices(list(range(len(source))), config.data.val_size, config.train.seed)
-        per_image, pictures = [], []
-        started = time.perf_counter()
-        for index in held_out:
-            raw = source.load(index)
-            truth = raw.mask                                              # (H, W): 0 membrane, 1 cell
-            with torch.no_grad():
-                pred = np.asarray(pipe(raw.image).masks[0])               # whole image, overlap-tile
-            per_image.append(dict(
-                image=Path(source.name(index)).name,
-                pixel_error=pixel_error(truth, pred),
-                rand_error=rand_error(cell_components(truth == CELL), cell_components(pred == CELL)),
-                membrane_dice=dice(truth == MEMBRANE, pred == MEMBRANE),
-                membrane_fraction_true=float(np.mean(truth == MEMBRANE)),
-                membrane_fraction_pred=float(np.mean(pred == MEMBRANE)),
-            ))
-            if not pictures:
-                image = torch.from_numpy(np.asarray(raw.image, dtype=np.float32) / 127.5 - 1)[None]  # (1, H, W) in [-1, 1]
-                pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(truth)),
-                            overlay(image, torch.from_numpy(pred))]
-        eval_seconds = time.perf_counter() - started
+    def make_config(run_dir: Path, steps: int, max_minutes: float | None):
+        return load_config(args.config, [*sets, *run_overrides(run_dir, steps, max_minutes, args.seed, args.threads)])
 
-    mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
     name = "quality_seg_quick" if args.quick else "quality_seg"
-    picture = RESULTS_DIR / f"{name}_overlay.png"
-    picture.parent.mkdir(parents=True, exist_ok=True)
-    # Half size keeps the file small; left: image, middle: truth, right: prediction (cells tinted).
-    grid = torch.nn.functional.interpolate(torch.stack(pictures), scale_factor=0.5, mode="area")
-    save_image(grid, picture, nrow=3, padding=4, pad_value=1.0)
+    out_dir = args.out.parent if args.out else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clock = time.perf_counter()
+    say = lambda text: print(f"[{time.perf_counter() - clock:4.0f} s] {text}", flush=True)
+    say(f"ISBI 2012 membranes, {minutes:g} training minutes per method; {describe(info)}. Config {args.config}"
+        + (f" with {' '.join(sets)}" if sets else "") + f". Training: {names[0]}..{names[TRAINING - 1]}; "
+        f"held out: {', '.join(names[i] for i in held_out)}.")
+    results, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="isbi2012-") as tmp:
+        for method_name in methods:
+            method = Method(method_name, base, smp_encoder, probe_task._weight_maps)
+            if method.note:
+                say(f"note: {method.note}.")
+                notes.append(method.note)
+            run_dir = (args.keep_run or Path(tmp)) / method_name
+            result, first = run_method(method, make_config, run_dir, minutes,
+                                             QUICK["probe_steps"] if args.quick else PROBE_STEPS, source, held_out, cell, device, say)
+            result["overlay"] = str(out_dir / f"{name}_overlay_{method_name}.png")
+            save_overlay(source, held_out[0], first, Path(result["overlay"]))
+            results.append(result)
 
-    params = sum(p.numel() for p in pipe.unet.parameters())
-    first, last = (losses[min(losses)], losses[max(losses)]) if losses else (float("nan"), float("nan"))
-    payload = dict(machine=info, quick=args.quick, steps=args.steps, width=args.width, crop=args.crop, parameters=params,
-                   held_out=[r["image"] for r in per_image], train_seconds=train_seconds, eval_seconds=eval_seconds,
-                   loss_first=first, loss_last=last, losses=losses, per_image=per_image, mean=mean, paper=PAPER,
-                   overrides=overrides_for(args, Path("RUN"), device), overlay=str(picture))
+    curve = plot_curves(results, out_dir / f"{name}_curve.png")
+    if curve is None:
+        notes.append("matplotlib is not installed: no curve picture")
+    payload = dict(machine=info, quick=args.quick, minutes=minutes, config=str(args.config), overrides=sets,
+                   bench_overrides=run_overrides(Path("RUN"), "STEPS", "MINUTES", args.seed, args.threads), seed=args.seed,
+                   training=[names[i] for i in train_idx], held_out=[names[i] for i in held_out],
+                   results=results, paper=PAPER, curve=str(curve) if curve else None, notes=notes)
     path = write_json(name, payload, args.out)
 
-    rows = [{"run": f"ours: {args.steps} steps, width {args.width} ({params / 1e6:.2f}M params), {len(per_image)} held-out images",
-             "pixel error": f"{mean['pixel_error']:.4f}", "Rand error": f"{mean['rand_error']:.4f}",
-             "membrane Dice": f"{mean['membrane_dice']:.4f}"},
-            {"run": "paper (challenge test set, full training, 7-rotation averaging)",
-             "pixel error": f"{PAPER['pixel_error']:.4f}", "Rand error": f"{PAPER['rand_error']:.4f}", "membrane Dice": "-"}]
-    print(f"ISBI 2012 membranes: {describe(info)}. Trained {args.steps} steps (batch 1, crop {args.crop}) in {train_seconds:.0f} s, "
-          f"loss {first:.3f} -> {last:.3f}; held out {', '.join(r['image'] for r in per_image)} (scored in {eval_seconds:.0f} s).")
-    if device.type == "cpu":
-        print("CPU only, no GPU here: this budget is tiny (the shipped config trains the full-width network for 5000 steps), "
-              "so the numbers say the pipeline works end to end, not what the architecture reaches.")
-    print(f"overlay (image | truth | prediction, cells tinted): {picture}; JSON: {path}")
-    print(format_table(rows, ["run", "pixel error", "Rand error", "membrane Dice"]))
+    rows = []
+    for r in results:
+        for p in r["points"]:
+            m = p["mean"]
+            rows.append({"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M",
+                         "minutes": f"{p['minutes']:.2f}", "steps": p["steps"], "pixel error": f"{m['pixel_error']:.4f}",
+                         "Rand error": f"{m['rand_error']:.4f}", "membrane Dice": f"{m['membrane_dice']:.4f}"})
+    rows.append({"method": "paper (challenge test set, full training, rotation averaging)",
+                 "pixel error": f"{PAPER['pixel_error']:.4f}", "Rand error": f"{PAPER['rand_error']:.4f}"})
+    if args.quick:
+        print("--quick: narrowed networks and a few seconds of training; the numbers say the benchmark runs end to end.")
+    for note in notes:
+        print(f"note: {note}.")
+    print(f"JSON: {path}; overlays (image | truth | prediction): {', '.join(r['overlay'] for r in results)}"
+          + (f"; curve: {curve}" if curve else ""))
+    print(format_table(rows, ["method", "params", "minutes", "steps", "pixel error", "Rand error", "membrane Dice"]))
     return 0
 
 
