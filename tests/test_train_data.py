@@ -109,6 +109,9 @@ def test_split_is_deterministic_and_checked():
     train, val = split_indices(list(range(25)), 5, seed=0)
     assert len(val) == 5 and not set(train) & set(val) and split_indices(list(range(25)), 5, seed=0)[1] == val
     assert len(split_indices(list(range(20)), 0.25, seed=0)[1]) == 5
+    assert split_indices(list(range(10, 35)), [20, 21, 22, 23, 24], seed=0) == (list(range(10, 30)), list(range(30, 35)))
+    with pytest.raises(ValueError, match="positions must lie in 0..24"):
+        split_indices(list(range(25)), [3, 25], seed=0)
     with pytest.raises(ValueError, match="leaves 0 of 3 examples for training"):
         split_indices([0, 1, 2], 3, seed=0)
 

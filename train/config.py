@@ -63,7 +63,7 @@ class DataConfig:
     mask_values: list | None = None               # Mask pixel value of each class, in class order; None = the pixel value is the class.
     image_size: int = 32                          # Diffusion: images are resized and center-cropped to this. Segmentation: output crop side.
     channels: int = 3                             # Image channels: 1 (grayscale) or 3 (RGB).
-    val_size: float = 0.0                         # Held out for validation: a fraction (< 1) or a count (>= 1).
+    val_size: float | list = 0.0                  # Held out for validation: a fraction (< 1), a count (>= 1), or a list of example positions.
     limit: int | None = None                      # Use only the first N examples (quick experiments).
     num_workers: int = 0                          # DataLoader worker processes per training process.
     check_images: bool = True                     # Decode every image once before training, so a bad file is named at the start.
@@ -210,7 +210,7 @@ class Config:
             raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB); got {self.data.channels}.")
         if not 0 <= self.diffusion.condition_dropout < 1:
             raise ConfigError(f"diffusion.condition_dropout must be in [0, 1); got {self.diffusion.condition_dropout}.")
-        if self.data.val_size < 0:
+        if not isinstance(self.data.val_size, list) and self.data.val_size < 0:
             raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a count >= 1; got {self.data.val_size}.")
         return self
 

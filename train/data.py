@@ -256,8 +256,16 @@ def check_images(source, indices: list[int], on_bad: str, log: Callable[[str], N
     return good
 
 
-def split_indices(indices: list[int], val_size: float, seed: int) -> tuple[list[int], list[int]]:
-    """Hold out ``val_size`` (a fraction < 1, or a count) of the indices, chosen by ``seed``."""
+def split_indices(indices: list[int], val_size: float | list[int], seed: int) -> tuple[list[int], list[int]]:
+    """Hold out ``val_size`` (a fraction < 1, or a count) of the indices, chosen by ``seed``; or, when
+    ``val_size`` is a list, exactly the examples at those positions (a fixed, stated split)."""
+    if isinstance(val_size, (list, tuple)):
+        bad = [k for k in val_size if not 0 <= k < len(indices)]
+        if bad or len(set(val_size)) >= len(indices):
+            raise ValueError(f"data.val_size lists examples {list(val_size)}; positions must lie in 0..{len(indices) - 1} "
+                             "and leave some examples for training.")
+        held = set(val_size)
+        return [i for k, i in enumerate(indices) if k not in held], [indices[k] for k in sorted(held)]
     if val_size <= 0:
         return list(indices), []
     count = int(round(val_size * len(indices))) if val_size < 1 else int(val_size)
