@@ -1,50 +1,120 @@
-"""Generation quality on MNIST: train ``configs/mnist.yaml`` for a fixed number of steps, sample
-class-conditional digits with classifier-free guidance, and score them with a Fréchet distance on
-the features of a digit classifier that this benchmark trains itself.
+"""Generation quality on MNIST at equal training time: our U-Net against diffusers' ``UNet2DModel``
+and lucidrains' ``denoising-diffusion-pytorch``, each trained for the same wall-clock minutes,
+sampled with the same classifier-free guidance and DDIM steps, and scored with a digit classifier.
 
-    UNET_DATA_DIR=/work/shared/data PYTHONPATH=. python bench/quality_gen.py --quick
-    UNET_DATA_DIR=/work/shared/data PYTHONPATH=. python bench/quality_gen.py          # 2,000 samples
-    UNET_DATA_DIR=/data PYTHONPATH=. python bench/quality_gen.py --device cuda --steps 20000   # as shipped
+    UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python bench/quality_gen.py --quick --threads 1
+    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --minutes 15 --threads 2   # 500 samples: needs data.val_size >= 1000
+    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --set data.val_size=1000  # while the config holds out 200
 
-The 8,000 real digits are split once (seeded): half trains the classifier (a small CNN; its
-128-feature penultimate layer is the feature space), and the other half is two disjoint real sets
-R1 and R2 of ``--samples`` images each. Reported:
+``--quick`` trains a quarter-width network (channels 8, 16, 16) with batch 16 for 0.1 minute per
+method, trains the classifier one epoch, and scores 50 digits of 4 DDIM steps per point: it checks
+that everything runs (about 80 s on one thread), its numbers mean nothing. ``--set
+key=value`` overrides ``--config`` (``configs/mnist.yaml``) for every method: our loop reads it, and
+the lucidrains loop takes its batch size, optimizer, schedule, EMA and objective from it.
 
-- the classifier's accuracy on R1 + R2 (held out from its training);
-- the **floor**: the Fréchet distance between R1 and R2 (two real sets of the same size; what a
-  perfect generator would score here, finite-sample noise included);
-- **samples vs real**: the distance between the generated images and R1;
-- the classes the classifier gives the samples (a histogram; uniform when the generator covers
-  every digit) and how often that class is the one the sample was asked for.
+**The split.** ``train.data.split_indices`` with the config's ``data.val_size`` and ``train.seed``:
+exactly the split a training run makes. No denoiser and not the classifier ever sees the held-out
+digits. The classifier (a small CNN, ``--classifier-epochs``) trains on the training split; two
+disjoint real sets R1 and R2 of ``--samples`` digits each come from the held-out ones (so
+``data.val_size`` must be at least ``2 * --samples``; the script says so when it is not).
 
-Samples are asked for labels 0..9 in turn (a uniform spread) with guidance scale 3 and 50 DDIM steps
-(the config's; ``--sample-steps`` to change). ``--width`` narrows the network for CPU budgets. Distances in this feature space are not comparable with Inception FIDs. The denoiser
-trains on all the digits (R1 included): the distance measures
-fidelity to the data set, as FID on a training set does. The budget on a CPU is tiny (the config
-trains 20,000 steps); CIFAR-10 needs a GPU and is not run here.
+**The methods**, on the same training split, batch size and 28x28 images in [-1, 1]:
+
+- ``ours``: ``train.train`` on the config (our ``UNet``, our loop, EMA weights sampled through
+  ``DenoisePipeline``).
+- ``diffusers``: diffusers' ``UNet2DModel`` with the exact translation of our config's network
+  (``unet_diffusion.convert.diffusers_config``: the same blocks, widths, attention and parameter
+  count; 11 class embeddings, the last the null label), diffusers' own initialisation, trained by our
+  loop (``bench.peers_gen.DiffusersUNetTask``) and sampled by ``DenoisePipeline``. It differs from
+  ``ours`` in implementation (speed per step) and initialisation only.
+- ``lucidrains``: its classifier-free-guidance ``Unet`` (``dim`` = our first width, ``dim_mults`` our
+  width ratios; its own block layout: 2 residual blocks and a linear attention of 4 heads x 32 per
+  level, full attention in the middle; the parameter count is printed) and ``GaussianDiffusion``
+  with *our* objective (the config's prediction, noise schedule, timesteps and min-SNR weighting:
+  v, cosine, 1,000, gamma 5; its defaults, epsilon without weighting, would compare objectives
+  rather than networks), trained with its own loss in a short loop (``bench.peers_gen.LucidrainsRun``)
+  on our recipe: the config's Adam(W), learning rate, warm-up and schedule, gradient clipping, and an
+  ``ema_pytorch.EMA`` (the EMA its ``Trainer`` keeps) with the config's decay and warm-up, every step.
+  Its ``Trainer`` defaults (Adam 1e-4 constant, EMA 0.995 every 10 steps, 100k steps) are made for
+  long runs and would lose a minutes budget by recipe rather than by network. Sampled with its own
+  DDIM (eta 0; its step spacing differs slightly from diffusers') and plain guidance
+  ``uncond + s (cond - uncond)`` (its default drops the update's part parallel to the conditional
+  output and ``sample`` rescales with phi 0.7; ours does neither).
+
+**Equal time.** Each method first trains a few throwaway probe steps; the seconds per step of steps
+2..n set ``train.steps = budget / seconds per step`` and scale the warm-up in proportion, so the
+learning-rate schedule ends with the budget. The budget itself is the hard stop (``train.max_minutes``
+for ours / diffusers, the same clock in the lucidrains loop). Time counts the training loop only
+(data loading inside it included); setup, probes, checkpoints and evaluation are left out.
+
+**Evaluation**, the same for every method, at half the budget and at its end (the EMA weights at
+the step where half the time had passed; for our loop the run stops there, is evaluated, and resumes
+from its checkpoint): ``--samples`` digits, labels ``arange(N) % 10``, guidance ``--guidance`` and
+``--sample-steps`` DDIM steps (defaults: the config's ``diffusion.guidance_scale`` and
+``diffusion.sample_steps``). Reported per point: the share the classifier reads with softmax
+p > 0.9 (confident), the share read as the label asked for (agreement), the Fréchet distance of
+classifier features to R1, and that distance divided by FD(R2, R1), the real-vs-real distance at the
+same sample count (1 = as close as real digits). The "real digits" row scores R2 itself.
+
+Output: a table, ``bench/results/quality_gen[_quick].json``, a 10x10 sample grid per method (column
+*k* asked for digit *k*) and ``quality_gen[_quick]_curve.png`` (FD ratio and agreement against
+training minutes; needs matplotlib). Caveats: distances in this classifier's feature space are not
+comparable with Inception FIDs; two points per method are a coarse curve; a busy machine changes
+seconds per step between the probe and the run (the minutes and steps columns show what each got);
+the lucidrains loop reads the training split from memory without augmentation (the config has none)
+while our loop prepares each batch from the dataset inside the timed loop; all methods train in
+float32. Sampling is the slow part on a CPU: at the defaults each point is 500 digits x 50 DDIM
+steps x 2 (guidance) network calls, about 14 minutes for our network and 32 for lucidrains' on one
+thread of the 2-core machine, so about 2 hours for the six points on top of 45 minutes of training
+(``--sample-steps 10`` cuts it five-fold).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import numpy as np
 import torch
 from torch import nn
+from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from bench.common import PROJECT_ROOT, RESULTS_DIR, base_parser, data_dir, describe, format_table, machine_info, setup_device, write_json
 from bench.metrics import frechet_distance_of
+from bench.peers_gen import (
+    DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains, scaled_warmup, seconds_per_step,
+    steps_for_budget,
+)
 from pipelines import DenoisePipeline
 from train import load_config, train
+from train.config import AugmentConfig
+from train.data import open_source, split_indices
+from train.loop import read_log
+from train.transforms import diffusion_transform
 
 CONFIG = PROJECT_ROOT / "configs" / "mnist.yaml"
+METHODS = ("ours", "diffusers", "lucidrains")
+CONFIDENT = 0.9          # a sample counts as confidently classified above this softmax probability
+QUICK = dict(minutes=0.1, samples=50, sample_steps=4, classifier_epochs=1, probe_steps=3)
+# --quick also shrinks the network to a quarter of its width and the batch to 16 (--set comes after).
+QUICK_OVERRIDES = ["train.batch_size=16", "model.args.channels=[8,16,16]", "model.args.attention_head_channels=16"]
+
+# What the benchmark fixes in every our-loop run (--set comes after and may change them).
+LOOP_OVERRIDES = [
+    "train.log_every=1",              # the per-step clock in log.jsonl gives the minutes trained
+    "train.eval_every=0", "train.eval_batch_size=64", "train.checkpoint_every=0", "train.keep_checkpoints=1",
+    "train.progress_bar=false", "diffusion.sample_every=0", "diffusion.num_samples=10",
+    "data.check_images=false",        # this script reads every image itself first
+]
 
 
 # ---------------------------------------------------------------------------- the feature network
@@ -83,131 +153,355 @@ def fit_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int, seed
 
 @torch.no_grad()
 def classify(model: DigitClassifier, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``(N, 128)`` and predicted classes ``(N,)`` of ``images``."""
+    """Features ``(N, 128)`` and class probabilities ``(N, 10)`` of ``images`` in [0, 1]."""
     features = torch.cat([model.features(b) for b in images.split(500)])
-    return features.numpy(), model.head(features).argmax(1).numpy()
+    return features.numpy(), model.head(features).softmax(1).numpy()
 
 
-def read_mnist(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits of the parquet file: images ``(N, 1, 28, 28)`` in [0, 1] and labels ``(N,)``."""
-    from datasets import load_dataset
+# ---------------------------------------------------------------------------- scoring
+def requested_labels(count: int, classes: int = 10) -> torch.Tensor:
+    """The labels samples are asked for: 0, 1, ..., classes - 1, 0, 1, ... (``count / classes`` of each)."""
+    if count <= 0 or count % classes:
+        raise ValueError(f"the number of samples must be a positive multiple of {classes} (the same count of each digit); got {count}.")
+    return torch.arange(count) % classes
 
-    table = load_dataset("parquet", data_files=str(path), split="train")
-    images = torch.from_numpy(np.stack([np.asarray(im.convert("L"), dtype=np.float32) / 255 for im in table["image"]]))
-    return images[:, None], torch.tensor(table["label"])
+
+def classifier_scores(probs: np.ndarray, asked: np.ndarray, threshold: float = CONFIDENT) -> dict:
+    """From classifier probabilities ``(N, K)`` and the labels asked for ``(N,)``: the share read with
+    probability above ``threshold`` (confident), the share read as the asked label (agreement), and
+    the histogram of the classes read."""
+    probs, asked = np.asarray(probs), np.asarray(asked)
+    if probs.ndim != 2 or len(probs) != len(asked):
+        raise ValueError(f"probs must be (N, K) with N = len(asked); got {probs.shape} and {asked.shape}.")
+    read = probs.argmax(1)
+    return dict(confident=float(np.mean(probs.max(1) > threshold)), agreement=float(np.mean(read == asked)),
+                histogram=np.bincount(read, minlength=probs.shape[1]).tolist())
+
+
+def score_samples(features: np.ndarray, probs: np.ndarray, asked: np.ndarray, r1_features: np.ndarray, real_fd: float) -> dict:
+    """``classifier_scores`` plus the Fréchet distance to R1 and its ratio to the real-vs-real distance."""
+    fd = frechet_distance_of(features, r1_features)
+    return dict(classifier_scores(probs, asked), fd=fd, fd_ratio=fd / real_fd)
+
+
+# ---------------------------------------------------------------------------- data
+def read_split(config) -> dict:
+    """The config's digits, split as a training run splits them: training and held-out images
+    ``(N, 1, S, S)`` in [-1, 1] (the denoisers' transform, no augmentation) and their labels."""
+    source = open_source(config)
+    indices = list(range(len(source)))
+    if config.data.limit:
+        indices = indices[: config.data.limit]
+    train_idx, held_idx = split_indices(indices, config.data.val_size, config.train.seed)
+    transform = diffusion_transform(config.data.image_size, AugmentConfig())
+
+    def load(idx):
+        raws = [source.load(i) for i in idx]
+        return torch.stack([transform(TF.pil_to_tensor(r.image)) for r in raws]), torch.tensor([r.label for r in raws])
+
+    (train_images, train_labels), (held_images, held_labels) = load(train_idx), load(held_idx) if held_idx else (None, None)
+    return dict(train_images=train_images, train_labels=train_labels, held_images=held_images, held_labels=held_labels)
+
+
+def check_held_out(held: int, samples: int, val_size: float) -> None:
+    """R1 and R2 need ``2 * samples`` held-out digits; say what to change when there are fewer."""
+    if held < 2 * samples:
+        raise SystemExit(
+            f"data.val_size={val_size:g} holds out {held} digits, but the real sets R1 and R2 need 2 x --samples = "
+            f"{2 * samples}. Hold out more (e.g. data.val_size: 1000 in the config, or --set data.val_size={2 * samples}) "
+            f"or ask for fewer --samples (at most {held // 2 // 10 * 10})."
+        )
+
+
+# ---------------------------------------------------------------------------- methods
+@dataclass
+class Point:
+    """One evaluation point of a method: the weights after ``minutes`` of training."""
+
+    label: str                                   # "half" or "end"
+    minutes: float                               # training time so far (the loop's clock)
+    steps: int                                   # optimizer steps so far
+    sample: Callable[[torch.Tensor], torch.Tensor]  # labels (N,) -> images (N, 1, S, S) in [0, 1]
+    scores: dict = field(default_factory=dict)
+
+
+@dataclass
+class Method:
+    """What one method did: its size, the budget plan from its probe, and its evaluation points."""
+
+    name: str
+    params: int
+    step_seconds: float
+    planned_steps: int
+    warmup_steps: int
+    batch_size: int
+    points: list[Point] = field(default_factory=list)
+    notes: str = ""
+    grid: str | None = None                      # the sample grid of the end point
+    sample_seconds: float = 0.0                  # time spent sampling both points
+
+
+def pipeline_sampler(pipe: DenoisePipeline, sample_steps: int, guidance: float, seed: int) -> Callable:
+    """Guided DDIM samples of ``pipe`` for given labels, from a fixed noise seed."""
+    pipe.set_progress_bar_config(disable=True)
+    device = pipe.device
+
+    def sample(labels: torch.Tensor) -> torch.Tensor:
+        generator = torch.Generator(device).manual_seed(seed)
+        return torch.cat([
+            pipe(class_labels=chunk.to(device), guidance_scale=guidance, sampler="ddim", num_inference_steps=sample_steps,
+                 generator=generator, output_type="pt").images.cpu()
+            for chunk in labels.split(250)
+        ])
+
+    return sample
+
+
+def loop_minutes(run_dir: Path, after_step: int = 0) -> float:
+    """Minutes the loop's clock read at the last logged step after ``after_step`` (one invocation)."""
+    seconds = [r["seconds"] for r in read_log(run_dir) if "loss" in r and r["step"] > after_step]
+    return seconds[-1] / 60 if seconds else 0.0
+
+
+def _quiet(text: str) -> None:
+    """Our loop's log, silenced: this script prints one line per method."""
+
+
+def run_our_loop(name: str, path: Path, overrides: list[str], make_task, minutes: float, probe_steps: int, workdir: Path,
+                 sample_steps: int, guidance: float, seed: int, device: torch.device) -> Method:
+    """Probe, then train ``name`` through ``train.train`` for ``minutes``, stopping at half time to keep a point."""
+    probe_dir = workdir / f"{name}-probe"
+    probe = load_config(path, [*overrides, f"train.steps={probe_steps}", f"train.output_dir={probe_dir}", "optim.warmup_steps=0",
+                               "diffusion.num_samples=1", "diffusion.sample_steps=1"])
+    train(probe, task=make_task(probe), log=_quiet)
+    step_seconds = seconds_per_step([r["seconds"] for r in read_log(probe_dir) if "loss" in r])
+
+    base = load_config(path, overrides)
+    steps = steps_for_budget(minutes, step_seconds)
+    warmup = scaled_warmup(base.optim.warmup_steps, steps, base.train.steps)
+    run_dir = workdir / name
+    common = [*overrides, f"train.steps={steps}", f"optim.warmup_steps={warmup}", f"train.output_dir={run_dir}",
+              f"diffusion.sample_steps={sample_steps}"]
+
+    def invoke(budget: float, resume: str | None):
+        config = load_config(path, [*common, f"train.max_minutes={budget}"])
+        task = make_task(config)
+        result = train(config, resume=resume, task=task, log=_quiet)
+        if isinstance(task, DiffusersUNetTask):
+            pipe = DenoisePipeline(unet=task.ema_model, scheduler=task.scheduler)
+        else:
+            pipe = DenoisePipeline.from_pretrained(str(run_dir / "pipeline")).to(device)  # the EMA weights
+        return result, pipeline_sampler(pipe, sample_steps, guidance, seed), pipe.unet
+
+    first, sampler, unet = invoke(minutes / 2, None)
+    half_minutes = loop_minutes(run_dir)
+    method = Method(name, parameter_count(unet), step_seconds, steps, warmup, base.train.batch_size)
+    method.points.append(Point("half", half_minutes, first.step, sampler))
+    if first.step < steps and minutes - half_minutes > 0:
+        second, sampler, _ = invoke(minutes - half_minutes, "latest")
+        method.points.append(Point("end", half_minutes + loop_minutes(run_dir, first.step), second.step, sampler))
+    else:
+        method.points.append(Point("end", half_minutes, first.step, sampler))
+        method.notes = "the planned steps ran out before half the time"
+    return method
+
+
+def run_lucidrains(config, data: dict, minutes: float, probe_steps: int, sample_steps: int, guidance: float, seed: int,
+                   device: torch.device) -> Method:
+    """Probe, then train lucidrains' model for ``minutes``, keeping the EMA at half time."""
+    def with_train(steps: int, warmup: int):
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps),
+                                   optim=dataclasses.replace(config.optim, warmup_steps=warmup))
+
+    images, labels = data["train_images"], data["train_labels"]
+    probe = LucidrainsRun(with_train(probe_steps, 0), images, labels, sample_steps, device)
+    step_seconds = seconds_per_step(probe.run())
+    steps = steps_for_budget(minutes, step_seconds)
+    warmup = scaled_warmup(config.optim.warmup_steps, steps, config.train.steps)
+    run = LucidrainsRun(with_train(steps, warmup), images, labels, sample_steps, device)
+    run.run(minutes=minutes, snapshot_minutes=minutes / 2)
+    method = Method("lucidrains", parameter_count(run.snapshots[-1][3].model), step_seconds, steps, warmup, config.train.batch_size)
+    for label, point_minutes, point_steps, diffusion in run.snapshots:
+        sample = lambda asked, d=diffusion: sample_lucidrains(d, asked, guidance, seed)
+        method.points.append(Point(label, point_minutes, point_steps, sample))
+    if len(run.snapshots) == 1:  # the steps ran out before half the time: one model for both points
+        method.points.insert(0, Point("half", *run.snapshots[0][1:3], method.points[0].sample))
+        method.notes = "the planned steps ran out before half the time"
+    return method
+
+
+# ---------------------------------------------------------------------------- output
+def plot_curves(methods: list[Method], real: dict, path: Path) -> Path | None:
+    """FD / real-FD and agreement against training minutes, one line per method; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no curve plot (pip install matplotlib, or the bench extra).")
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for m in methods:
+        x = [p.minutes for p in m.points]
+        left.plot(x, [p.scores["fd_ratio"] for p in m.points], marker="o", label=f"{m.name} ({m.params / 1e6:.2f} M)")
+        right.plot(x, [p.scores["agreement"] for p in m.points], marker="o", label=m.name)
+    left.axhline(1.0, color="gray", linestyle="--", label="real digits")
+    right.axhline(real["agreement"], color="gray", linestyle="--", label="real digits")
+    left.set(xlabel="training minutes", ylabel="FD / real-vs-real FD", yscale="log", title="distance to real digits (lower is better)")
+    right.set(xlabel="training minutes", ylabel="share read as the digit asked for", ylim=(0, 1.02), title="label agreement")
+    for ax in (left, right):
+        ax.set_xlim(left=0)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def table_rows(methods: list[Method], real: dict, samples: int) -> list[dict]:
+    rows = []
+    for m in methods:
+        for p in m.points:
+            s = p.scores
+            rows.append({"method": m.name, "at": p.label, "params": f"{m.params / 1e6:.2f} M", "minutes": f"{p.minutes:.2f}",
+                         "steps": p.steps, "images seen": p.steps * m.batch_size, "confident": f"{s['confident']:.3f}",
+                         "agreement": f"{s['agreement']:.3f}", "FD": f"{s['fd']:.2f}", "FD / real": f"{s['fd_ratio']:.2f}"})
+    rows.append({"method": f"real digits (R2, {samples})", "confident": f"{real['confident']:.3f}",
+                 "agreement": f"{real['agreement']:.3f}", "FD": f"{real['fd']:.2f}", "FD / real": "1.00"})
+    return rows
 
 
 # ---------------------------------------------------------------------------- the benchmark
+def quiet_progress_bars() -> None:
+    """No progress bars from datasets (reading the parquet) or diffusers (loading pipelines)."""
+    import datasets
+    from diffusers.utils import logging as diffusers_logging
+
+    datasets.disable_progress_bars()
+    diffusers_logging.disable_progress_bar()
+
+
 def main(argv=None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=None, help="denoiser training steps (default 400; --quick 20)")
-    parser.add_argument("--batch", type=int, default=None, help="denoiser batch (default 64; --quick 16)")
-    parser.add_argument("--samples", type=int, default=None, help="images to generate (default 2000; --quick 100)")
-    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default 50; --quick 5)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--minutes", type=float, default=None, help="training wall time per method (default 15; --quick 0.1)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the training config (default configs/mnist.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every method, e.g. --set data.val_size=1000 (repeatable)")
+    parser.add_argument("--samples", type=int, default=None, help="digits per evaluation point and per real set (default 500; --quick 50)")
+    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the config's diffusion.sample_steps; --quick 4)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's diffusion.guidance_scale)")
     parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
-    parser.add_argument("--width", type=int, default=None,
-                        help="channels of the first level, the config's network has 32 (default 32; --quick 8)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep-run", type=Path, default=None, help="train into this folder and keep it (default: a temporary folder)")
+    parser.add_argument("--probe-steps", type=int, default=None, help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the R1/R2 draw and the sampling noise "
+                        "(the split and the training follow the config's train.seed)")
     args = parser.parse_args(argv)
     quick = args.quick
-    args.steps = args.steps or (20 if quick else 400)
-    args.batch = args.batch or (16 if quick else 64)
-    args.samples = args.samples or (100 if quick else 2000)
-    args.sample_steps = args.sample_steps or (5 if quick else 50)
-    args.classifier_epochs = args.classifier_epochs or (1 if quick else 3)
-    args.width = args.width or (8 if quick else 32)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods takes names from {', '.join(METHODS)}; got {args.methods!r}.")
+    device = setup_device(args.device, args.threads)
+    if device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # our loop's Accelerator would otherwise take a GPU
+    minutes = args.minutes or (QUICK["minutes"] if quick else 15.0)
+    samples = args.samples or (QUICK["samples"] if quick else 500)
+    epochs = args.classifier_epochs or (QUICK["classifier_epochs"] if quick else 3)
+    probe_steps = args.probe_steps or (QUICK["probe_steps"] if quick else 30 if device.type == "cuda" else 6)
 
     parquet = data_dir() / "mnist" / "train.parquet"
-    if not parquet.is_file():
+    if args.config == CONFIG and not parquet.is_file():
         print(f"skipped: no MNIST at {parquet} (a Hugging Face parquet file with columns image, label). "
               "Set UNET_DATA_DIR to the folder that holds mnist/train.parquet.")
         return 0
     os.environ["UNET_DATA_DIR"] = str(data_dir())  # the config reads ${UNET_DATA_DIR}
-    device = setup_device(args.device, args.threads)
+    quiet_progress_bars()
+    overrides = [*LOOP_OVERRIDES, *(QUICK_OVERRIDES if quick else []), *args.overrides]
+    config = load_config(args.config, overrides)
+    sample_steps = args.sample_steps or (QUICK["sample_steps"] if quick else config.diffusion.sample_steps)
+    guidance = args.guidance if args.guidance is not None else config.diffusion.guidance_scale
     info = machine_info(device)
-
-    # The real digits: classifier training half, then R1 and R2.
-    images, labels = read_mnist(parquet)
-    order = torch.from_numpy(np.random.default_rng(args.seed).permutation(len(images)))
-    half = len(images) // 2
-    if 2 * args.samples > len(images) - half:
-        raise SystemExit(f"--samples {args.samples} is too many: the {len(images) - half} held-out real digits make two sets of at most "
-                         f"{(len(images) - half) // 2}.")
-    fit_idx, r1_idx, r2_idx = order[:half], order[half:half + args.samples], order[half + args.samples:half + 2 * args.samples]
     started = time.perf_counter()
-    classifier = fit_classifier(images[fit_idx], labels[fit_idx], args.classifier_epochs, args.seed)
-    held_idx = torch.cat([r1_idx, r2_idx])
-    held_features, held_pred = classify(classifier, images[held_idx])
-    accuracy = float(np.mean(held_pred == labels[held_idx].numpy()))
-    r1_features, r2_features = held_features[: args.samples], held_features[args.samples:]
-    floor = frechet_distance_of(r1_features, r2_features)
-    classifier_seconds = time.perf_counter() - started
 
-    with tempfile.TemporaryDirectory(prefix="mnist-") as tmp:
-        run_dir = args.keep_run or Path(tmp) / "run"
-        overrides = [f"train.steps={args.steps}", f"train.batch_size={args.batch}", f"train.output_dir={run_dir}",
-                     f"train.seed={args.seed}", "train.eval_every=0", "train.checkpoint_every=0", "train.log_every=10",
-                     "train.progress_bar=false", "diffusion.sample_every=0", "diffusion.num_samples=10",
-                     f"diffusion.sample_steps={args.sample_steps}", f"optim.warmup_steps={min(500, args.steps // 10)}",
-                     "data.val_size=0"]  # the denoiser's validation loss is not what this benchmark measures
-        if args.width != 32:  # the config's channels are (32, 64, 64), one attention head of 32 at the lowest level
-            w = args.width
-            overrides += [f"model.args.channels={[w, 2 * w, 2 * w]}", f"model.args.attention_head_channels={2 * w}"]
-        if device.type == "cuda":
-            overrides.append("train.mixed_precision=bf16")
-        started = time.perf_counter()
-        result = train(load_config(CONFIG, overrides), log=lambda text: None)
-        train_seconds = time.perf_counter() - started
-        pipe = DenoisePipeline.from_pretrained(str(run_dir / "pipeline")).to(device)  # the EMA weights
-        pipe.set_progress_bar_config(disable=True)
+    # The split, the classifier and the real reference sets.
+    data = read_split(config)
+    held = 0 if data["held_images"] is None else len(data["held_images"])
+    check_held_out(held, samples, config.data.val_size)
+    asked = requested_labels(samples)
+    classifier = fit_classifier((data["train_images"] + 1) / 2, data["train_labels"], epochs, args.seed)
+    order = torch.from_numpy(np.random.default_rng(args.seed).permutation(held))
+    r1, r2 = order[:samples], order[samples:2 * samples]
+    held01 = (data["held_images"] + 1) / 2
+    r1_features, r1_probs = classify(classifier, held01[r1])
+    r2_features, r2_probs = classify(classifier, held01[r2])
+    held_labels = data["held_labels"].numpy()
+    accuracy = float(np.mean(np.concatenate([r1_probs, r2_probs]).argmax(1) == held_labels[torch.cat([r1, r2]).numpy()]))
+    real_fd = frechet_distance_of(r2_features, r1_features)
+    real = dict(classifier_scores(r2_probs, held_labels[r2.numpy()]), fd=real_fd)
+    print(f"MNIST generation at equal time: {describe(info)}. {time.perf_counter() - started:.0f} s to read the digits and fit the classifier. Split: {len(data['train_images'])} training digits, {held} held out "
+          f"(data.val_size {config.data.val_size:g}, train.seed {config.train.seed}); classifier {epochs} epoch(s), accuracy "
+          f"{accuracy:.3f} on R1 + R2; FD(R2, R1) = {real_fd:.2f} at {samples} vs {samples}.")
+    print(f"Budget {minutes:g} min per method, batch {config.train.batch_size}; {samples} samples per point, guidance {guidance:g}, "
+          f"{sample_steps} DDIM steps.")
 
-        requested = torch.arange(args.samples) % 10
-        generator = torch.Generator(device).manual_seed(args.seed)
-        started = time.perf_counter()
-        samples = torch.cat([
-            pipe(class_labels=chunk.to(device), guidance_scale=args.guidance, sampler="ddim",
-                 num_inference_steps=args.sample_steps, generator=generator, output_type="pt").images.cpu()
-            for chunk in requested.split(250)
-        ])                                                                     # (N, 1, 28, 28) in [0, 1]
-        sample_seconds = time.perf_counter() - started
-
-    sample_features, sample_pred = classify(classifier, samples)
-    distance = frechet_distance_of(sample_features, r1_features)
-    histogram = np.bincount(sample_pred, minlength=10).tolist()
-    agreement = float(np.mean(sample_pred == requested.numpy()))
-    losses = result.losses
-    first, last = (losses[min(losses)], losses[max(losses)]) if losses else (float("nan"), float("nan"))
+    done: list[Method] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="quality-gen-") as tmp:
+        for name in methods:
+            missing = missing_package(name)
+            if missing:
+                skipped[name] = f"{missing} is not installed (pip install -e '.[bench]')"
+                print(f"{name}: skipped, {skipped[name]}.")
+                continue
+            t_method = time.perf_counter()
+            try:
+                if name == "lucidrains":
+                    method = run_lucidrains(config, data, minutes, probe_steps, sample_steps, guidance, args.seed, device)
+                else:
+                    make_task = DiffusersUNetTask if name == "diffusers" else (lambda c: None)
+                    method = run_our_loop(name, args.config, overrides, make_task, minutes, probe_steps, Path(tmp),
+                                          sample_steps, guidance, args.seed, device)
+            except ValueError as err:  # a config this peer cannot express
+                skipped[name] = str(err)
+                print(f"{name}: skipped, {err}")
+                continue
+            t0 = time.perf_counter()
+            for point in method.points:
+                images = point.sample(asked)                                           # (N, 1, 28, 28) in [0, 1]
+                features, probs = classify(classifier, images)
+                point.scores = score_samples(features, probs, asked.numpy(), r1_features, real_fd)
+            grid = RESULTS_DIR / f"{'quality_gen_quick' if quick else 'quality_gen'}_{name}.png"
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            save_image(images[:100], grid, nrow=10, padding=2, pad_value=1.0)  # the end point; column k: digit k
+            method.grid, method.sample_seconds = str(grid), time.perf_counter() - t0
+            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> {method.planned_steps} "
+                  f"steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
+                  f"{method.points[-1].steps} steps; {time.perf_counter() - t_method:.0f} s in all, {method.sample_seconds:.0f} s of it sampling."
+                  + (f" Note: {method.notes}." if method.notes else ""))
+            done.append(method)
 
     name = "quality_gen_quick" if quick else "quality_gen"
-    grid_path = RESULTS_DIR / f"{name}_samples.png"
-    grid_path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(samples[:100], grid_path, nrow=10, padding=2, pad_value=1.0)  # column k: digit k asked for
-    payload = dict(machine=info, quick=quick, width=args.width, steps=args.steps, batch=args.batch, samples=args.samples, sample_steps=args.sample_steps,
-                   guidance=args.guidance, classifier_epochs=args.classifier_epochs, classifier_accuracy=accuracy,
-                   frechet_real_vs_real=floor, frechet_samples_vs_real=distance, sample_class_histogram=histogram,
-                   label_agreement=agreement, loss_first=first, loss_last=last, losses=losses, train_seconds=train_seconds,
-                   sample_seconds=sample_seconds, classifier_seconds=classifier_seconds, overrides=overrides, grid=str(grid_path))
+    curve = plot_curves(done, real, RESULTS_DIR / f"{name}_curve.png") if done else None
+    payload = dict(
+        machine=info, quick=quick, config=str(args.config), overrides=args.overrides, config_overrides=overrides,
+        minutes=minutes, samples=samples,
+        sample_steps=sample_steps, guidance=guidance, seed=args.seed, train_seed=config.train.seed, batch_size=config.train.batch_size,
+        split=dict(train=len(data["train_images"]), held_out=held, val_size=config.data.val_size),
+        classifier=dict(epochs=epochs, accuracy_r1_r2=accuracy), real_digits=real, skipped=skipped, curve=str(curve) if curve else None,
+        methods={m.name: dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps,
+                              warmup_steps=m.warmup_steps, notes=m.notes, grid=m.grid,
+                              points=[dict(at=p.label, minutes=p.minutes, steps=p.steps, images_seen=p.steps * m.batch_size, **p.scores)
+                                      for p in m.points])
+                 for m in done},
+        seconds_total=time.perf_counter() - started,
+    )
     path = write_json(name, payload, args.out)
-
-    print(f"MNIST generation: {describe(info)}. Denoiser: width {args.width}, {args.steps} steps of batch {args.batch} in {train_seconds:.0f} s "
-          f"(loss {first:.3f} -> {last:.3f}); {args.samples} samples, guidance {args.guidance}, {args.sample_steps} DDIM steps, "
-          f"in {sample_seconds:.0f} s. Classifier: {args.classifier_epochs} epoch(s) on {half} real digits.")
-    if device.type == "cpu":
-        print("CPU only, no GPU here: the budget is tiny (the config trains 20,000 steps of batch 128), and the CIFAR-10 "
-              "run of the issue needs a GPU: not run.")
-    print(f"sample class histogram (digits 0..9, as the classifier reads them): {histogram}")
-    print(f"sample grid (column k asked for digit k): {grid_path}; JSON: {path}")
-    rows = [
-        {"measure": "classifier accuracy on held-out real digits", "value": f"{accuracy:.4f}"},
-        {"measure": f"Fréchet distance, real vs real ({args.samples} vs {args.samples}; the floor)", "value": f"{floor:.2f}"},
-        {"measure": f"Fréchet distance, samples vs real ({args.samples} vs {args.samples})", "value": f"{distance:.2f}"},
-        {"measure": "samples classified as the digit asked for", "value": f"{agreement:.4f}"},
-        {"measure": "sample classes, fewest / most (uniform: each 1/10)",
-         "value": f"{min(histogram) / args.samples:.3f} / {max(histogram) / args.samples:.3f}"},
-    ]
-    print(format_table(rows, ["measure", "value"]))
+    print(format_table(table_rows(done, real, samples),
+                       ["method", "at", "params", "minutes", "steps", "images seen", "confident", "agreement", "FD", "FD / real"]))
+    print(f"JSON: {path}; sample grids: {RESULTS_DIR}/{name}_<method>.png" + (f"; curve: {curve}" if curve else "")
+          + f". {time.perf_counter() - started:.0f} s in all.")
     return 0
 
 
