@@ -77,7 +77,7 @@ def main(argv=None) -> int:
 
     for preset in configs:
         mine, reference = build_pipelines(preset, device, torch.float64)
-        difference = float(abs(sample(mine, 1, sampler="ddim") - sample(reference, 1)).max())
+        difference = float(abs(sample(mine, 1, sampler="ddim") - sample(reference, 1, use_clipped_model_output=True)).max())
         mine, reference = build_pipelines(preset, device)
         ours = lambda: sample(mine, args.batch, sampler="ddim")
         diffusers = lambda: sample(reference, args.batch)
