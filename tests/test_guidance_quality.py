@@ -55,9 +55,9 @@ def test_guidance_raises_agreement_with_the_asked_class(tmp_path):
                  "image_size": SIZE, "channels": 1},
         "diffusion": {"noise_schedule": "cosine", "prediction": "v", "condition_dropout": 0.2, "sample_every": 0,
                       "num_samples": 4, "sample_steps": 5},
-        "optim": {"lr": 3e-3, "warmup_steps": 10},
-        "ema": {"decay": 0.95},
-        "train": {"steps": 60, "batch_size": 32, "output_dir": str(tmp_path / "run"), "log_every": 0, "eval_every": 0,
+        "optim": {"lr": 3e-3, "warmup_steps": 5},
+        "ema": {"decay": 0.9},
+        "train": {"steps": 80, "batch_size": 32, "output_dir": str(tmp_path / "run"), "log_every": 0, "eval_every": 0,
                   "checkpoint_every": 0, "progress_bar": False},
     })
     train(config, log=lambda text: None)
