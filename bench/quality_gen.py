@@ -257,6 +257,18 @@ def pipeline_sampler(pipe: DenoisePipeline, sample_steps: int, guidance: float, 
     return sample
 
 
+def open_pipeline(folder: Path) -> DenoisePipeline:
+    """A pipeline folder, or a training checkpoint (``RUN/checkpoints/step-N``: its EMA weights with the
+    noise schedule of ``RUN/config.yaml``), so a run can be scored at any saved step."""
+    if not (folder / "ema").is_dir():
+        return DenoisePipeline.from_pretrained(str(folder))
+    from train.diffusion import noise_scheduler
+    from unet_diffusion import UNet
+
+    run_config = load_config(folder.parent.parent / "config.yaml")
+    return DenoisePipeline(unet=UNet.from_pretrained(str(folder / "ema")), scheduler=noise_scheduler(run_config))
+
+
 def loop_minutes(run_dir: Path, after_step: int = 0) -> float:
     """Minutes the loop's clock read at the last logged step after ``after_step`` (one invocation)."""
     seconds = [r["seconds"] for r in read_log(run_dir) if "loss" in r and r["step"] > after_step]
@@ -395,6 +407,8 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's diffusion.guidance_scale)")
     parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
     parser.add_argument("--probe-steps", type=int, default=None, help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
+    parser.add_argument("--pipelines", nargs="+", type=Path, default=None, metavar="DIR",
+                        help="score these trained pipeline folders (runs/mnist/pipeline) or checkpoints (runs/mnist/checkpoints/step-00000600) instead of training the methods")
     parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the R1/R2 draw and the sampling noise "
                         "(the split and the training follow the config's train.seed)")
     args = parser.parse_args(argv)
@@ -448,6 +462,23 @@ def main(argv=None) -> int:
 
     done: list[Method] = []
     skipped: dict[str, str] = {}
+    if args.pipelines:
+        methods = []  # score the given folders, train nothing
+        for folder in args.pipelines:
+            pipe = open_pipeline(folder).to(device)
+            method = Method(str(folder), parameter_count(pipe.unet), 0.0, 0, 0, config.train.batch_size,
+                            [Point("trained", float("nan"), 0, pipeline_sampler(pipe, sample_steps, guidance, args.seed))])
+            t0 = time.perf_counter()
+            images = method.points[0].sample(asked)
+            features, probs = classify(classifier, images)
+            method.points[0].scores = score_samples(features, probs, asked.numpy(), r1_features, real_fd)
+            method.sample_seconds = time.perf_counter() - t0
+            grid = RESULTS_DIR / f"quality_gen_{folder.parent.name}_{folder.name}.png"
+            grid.parent.mkdir(parents=True, exist_ok=True)
+            save_image(images[:100], grid, nrow=10, padding=2, pad_value=1.0)  # column k: digit k
+            method.grid = str(grid)
+            print(f"{folder}: scored in {method.sample_seconds:.0f} s; grid {grid}")
+            done.append(method)
     with tempfile.TemporaryDirectory(prefix="quality-gen-") as tmp:
         for name in methods:
             missing = missing_package(name)
@@ -482,8 +513,8 @@ def main(argv=None) -> int:
                   + (f" Note: {method.notes}." if method.notes else ""))
             done.append(method)
 
-    name = "quality_gen_quick" if quick else "quality_gen"
-    curve = plot_curves(done, real, RESULTS_DIR / f"{name}_curve.png") if done else None
+    name = "quality_gen_quick" if quick else "quality_gen_pipelines" if args.pipelines else "quality_gen"
+    curve = plot_curves(done, real, RESULTS_DIR / f"{name}_curve.png") if done and not args.pipelines else None
     payload = dict(
         machine=info, quick=quick, config=str(args.config), overrides=args.overrides, config_overrides=overrides,
         minutes=minutes, samples=samples,

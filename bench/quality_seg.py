@@ -214,12 +214,12 @@ class Method:
         return pipe.to(device)
 
 
-def score(pipe: SegmentationPipeline, source, held_out: list[int], cell: int) -> tuple[dict, list[dict], np.ndarray]:
+def score(pipe: SegmentationPipeline, source, held_out: list[int], cell: int, tta: str | None = None) -> tuple[dict, list[dict], np.ndarray]:
     """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
     per_image, first = [], None
     for index in held_out:
         raw = source.load(index)
-        pred = np.asarray(pipe(raw.image).masks[0])
+        pred = np.asarray(pipe(raw.image, tta=tta).masks[0])
         per_image.append(dict(image=Path(source.name(index)).name, **segmentation_scores(raw.mask, pred, cell)))
         first = pred if first is None else first
     mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
@@ -259,6 +259,23 @@ def run_method(method: Method, make_config, run_dir: Path, minutes: float, probe
                 crop=method.crop, note=method.note, probe_seconds_per_step=step_seconds, planned_steps=steps,
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                 points=points), first
+
+
+def score_pipelines(folders: list[Path], source, held_out: list[int], cell: int, device, tta: str | None, info: dict, out) -> int:
+    """Score trained pipeline folders on the held-out pairs (no training): a table and JSON."""
+    rows, results = [], []
+    for folder in folders:
+        pipe = SegmentationPipeline.from_pretrained(str(folder)).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        started = time.perf_counter()
+        mean, per_image, _ = score(pipe, source, held_out, cell, tta)
+        results.append(dict(pipeline=str(folder), tta=tta, mean=mean, per_image=per_image, seconds=time.perf_counter() - started))
+        rows.append({"pipeline": f"{folder}" + (f" (TTA {tta})" if tta else ""), "pixel error": f"{mean['pixel_error']:.4f}",
+                     "Rand error": f"{mean['rand_error']:.4f}", "membrane Dice": f"{mean['membrane_dice']:.4f}"})
+    path = write_json("quality_seg_pipelines" + (f"_tta_{tta}" if tta else ""), dict(machine=info, results=results, paper=PAPER), out)
+    print(f"held out: pairs {held_out[0]}-{held_out[-1]}; JSON: {path}")
+    print(format_table(rows, ["pipeline", "pixel error", "Rand error", "membrane Dice"]))
+    return 0
 
 
 # ---------------------------------------------------------------------------- pictures
@@ -309,6 +326,9 @@ def main(argv=None) -> int:
     parser.add_argument("--smp-encoder", default=None, help="smp encoder (default resnet34; --quick resnet18)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep-run", type=Path, default=None, help="train into DIR/<method> and keep the runs (default: temporary folders)")
+    parser.add_argument("--pipelines", nargs="+", type=Path, default=None, metavar="DIR",
+                        help="score these trained pipeline folders (e.g. runs/isbi2012/pipeline) on pairs 20-24 instead of training")
+    parser.add_argument("--tta", choices=["flip", "d4"], default=None, help="with --pipelines: test-time augmentation while scoring")
     args = parser.parse_args(argv)
     if args.clock != "wall":
         parser.error("this benchmark budgets wall time; --clock cpu does not apply.")
@@ -348,6 +368,9 @@ def main(argv=None) -> int:
     if base.segmentation.weight_map:
         for index in train_idx:
             probe_task.weight_map(source.load(index).mask, index)
+
+    if args.pipelines:
+        return score_pipelines(args.pipelines, source, held_out, cell, device, args.tta, info, args.out)
 
     def make_config(run_dir: Path, steps: int, max_minutes: float | None):
         return load_config(args.config, [*sets, *run_overrides(run_dir, steps, max_minutes, args.seed, args.threads)])

@@ -81,7 +81,7 @@ def test_data_dir_variable_is_expanded(monkeypatch):
 
 def test_the_shipped_configs_are_there():
     names = {p.stem for p in CONFIGS}
-    assert {"quickstart", "ddpm_cifar10", "mnist", "isbi2012", "shapes_crossattn"} <= names
+    assert {"quickstart", "ddpm_cifar10", "mnist", "mnist_gpu", "isbi2012", "isbi2012_paper", "shapes_crossattn"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
