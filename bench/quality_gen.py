@@ -3,8 +3,8 @@ and lucidrains' ``denoising-diffusion-pytorch``, each trained for the same wall-
 sampled with the same classifier-free guidance and DDIM steps, and scored with a digit classifier.
 
     UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python bench/quality_gen.py --quick --threads 1
-    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --minutes 15 --threads 2   # 500 samples: needs data.val_size >= 1000
-    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --set data.val_size=1000  # while the config holds out 200
+    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --minutes 15 --threads 2   # 500 samples: needs data.val_size >= 1000 (the config's)
+    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --pipelines runs/mnist/pipeline   # score a trained model, no training
 
 ``--quick`` trains a quarter-width network (channels 8, 16, 16) with batch 16 for 0.1 minute per
 method, trains the classifier one epoch, and scores 50 digits of 4 DDIM steps per point: it checks

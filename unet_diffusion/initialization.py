@@ -8,7 +8,7 @@
   the number of inputs of one output unit (He et al. 2015), biases zero, so that the ReLU stack
   neither explodes nor vanishes at the start.
 
-``init="torch"`` keeps PyTorch's own defaults (uniform, fan-in scaled), as versions before 0.2 did.
+``weight_init="torch"`` keeps PyTorch's own defaults (uniform, fan-in scaled), what the package used before.
 Loaded weights replace all of this: a converted or saved model is unaffected.
 """
 
@@ -33,14 +33,13 @@ def zero_(layer: nn.Module) -> None:
 
 def he_normal_(layer: nn.Conv2d | nn.ConvTranspose2d) -> None:
     """Gaussian weights with std sqrt(2 / N), N = inputs of one output unit; bias zero."""
-    weight = layer.weight
-    kernel = math.prod(weight.shape[2:])
     if isinstance(layer, nn.ConvTranspose2d):
-        # (in, out, kH, kW): each output pixel sees in_channels * (kernel / stride) inputs.
-        fan_in = weight.shape[0] * kernel // math.prod(layer.stride)
+        # Weight (in, out, kH, kW): an output pixel of a stride-s transposed conv sees in * (kH * kW) / s^2
+        # inputs, which neither of kaiming_normal_'s fan modes computes for this layout.
+        fan_in = layer.weight.shape[0] * math.prod(layer.kernel_size) // math.prod(layer.stride)
+        nn.init.normal_(layer.weight, std=math.sqrt(2.0 / fan_in))
     else:
-        fan_in = weight.shape[1] * kernel
-    nn.init.normal_(weight, std=math.sqrt(2.0 / fan_in))
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
 
