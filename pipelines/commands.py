@@ -1,7 +1,7 @@
-"""Subcommands of the ``unet-diffusion`` command line that belong to this package.
+"""The ``sample`` and ``segment`` subcommands (entry points of the group ``unet_diffusion.commands``).
 
-``register(subparsers)`` adds each subcommand with ``set_defaults(func=handler)``; a handler takes
-the parsed arguments and returns an exit status.
+Each ``add_*(subparsers)`` adds its parser with ``set_defaults(func=handler)``; a handler takes the
+parsed arguments and returns an exit status. torch, diffusers and the pipelines load inside the handlers.
 """
 
 from __future__ import annotations
@@ -10,16 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from unet_diffusion.errors import InputError
+
+from .samplers import SAMPLER_SCHEDULERS
+
 MODEL_HELP = (
     "a pipeline folder (model_index.json, from save_pretrained), a U-Net folder (config.json + "
     "diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights"
 )
 
 
-def register(subparsers) -> None:
-    """Add this package's subcommands to the ``unet-diffusion`` parser."""
-    from .sampling import SAMPLERS
-
+def add_sample(subparsers) -> None:
+    """The ``sample`` subcommand."""
     sample = subparsers.add_parser(
         "sample",
         help="sample images from noise with a trained denoiser",
@@ -33,7 +35,7 @@ def register(subparsers) -> None:
     sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
     sample.add_argument("--num-images", type=int, default=16, metavar="N", help="images to sample (default 16)")
     sample.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: 1000 for DDPM, 50 for the others)")
-    sample.add_argument("--sampler", choices=list(SAMPLERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
+    sample.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
     sample.add_argument("--eta", type=float, default=0.0, metavar="ETA", help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default 0)")
     sample.add_argument("--seed", type=int, default=0, metavar="N", help="image i uses seed + i, whatever the batch size (default 0)")
     sample.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call (default 16)")
@@ -48,8 +50,11 @@ def register(subparsers) -> None:
     sample.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
                         help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
     _device_options(sample)
-    sample.set_defaults(func=run_sample)
+    sample.set_defaults(func=run_sample, api_flags=API_FLAGS)
 
+
+def add_segment(subparsers) -> None:
+    """The ``segment`` subcommand."""
     segment = subparsers.add_parser(
         "segment",
         help="segment images with a trained segmentation U-Net",
@@ -77,19 +82,47 @@ def register(subparsers) -> None:
     segment.add_argument("--tile-size", type=int, default=None, metavar="N",
                          help="input tile side (valid padding: default the model's sample_size; same padding: default whole images)")
     segment.add_argument("--overlap", type=int, default=None, metavar="N", help="sliding-window overlap for same-padding models (default a quarter tile)")
+    segment.add_argument("--strict", action="store_true", help="stop at the first image that cannot be read (default: skip it, exit 1 at the end)")
     _device_options(segment)
-    segment.set_defaults(func=run_segment)
+    segment.set_defaults(func=run_segment, api_flags=API_FLAGS)
 
 
 def _device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bars")
+
+
+# What the pipelines call the options whose flags differ, so their errors can name the flags.
+API_FLAGS = {
+    "num_inference_steps": "--steps", "class_labels": "--class-label", "guidance_scale": "--guidance-scale",
+    "mask_image": "--mask", "tile_size": "--tile-size", "prediction_type": "--prediction-type",
+}
 
 
 def _device(name: str | None):
     import torch
 
+    if name is not None and name.startswith("cuda") and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
+        raise InputError(f"--device {name}: torch {torch.__version__} ({build}) sees no CUDA GPU; use --device cpu, "
+                         "or run on a machine with an NVIDIA GPU and a CUDA build of torch.")
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _open_pipeline(loader, args, **kwargs):
+    """The pipeline on ``--device``, with diffusers' own progress bars off (ours is the one bar)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+    pipe = loader(args.model, **kwargs).to(_device(args.device))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _progress(total: int, unit: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, disable=quiet or total < 2, dynamic_ncols=True)
 
 
 def run_sample(args) -> int:
@@ -98,39 +131,40 @@ def run_sample(args) -> int:
 
     from .images import load_image, make_grid
     from .loading import load_denoise_pipeline
+    from .outputs import staged_output
 
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
     labels = args.class_label
     if labels is not None and len(labels) not in (1, args.num_images):
-        raise ValueError(f"--class-label takes one label or one per image ({args.num_images}); got {len(labels)}.")
+        raise InputError(f"--class-label takes one label or one per image ({args.num_images}); got {len(labels)}.")
     if (args.strength is not None or args.mask) and not args.image:
-        raise ValueError("--strength and --mask work on an init image; pass --image FILE too.")
+        raise InputError("--strength and --mask work on an init image; pass --image FILE too.")
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
 
-    pipe = load_denoise_pipeline(args.model, prediction_type=args.prediction_type).to(_device(args.device))
-    pipe.set_progress_bar_config(disable=args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    pipe = _open_pipeline(load_denoise_pipeline, args, prediction_type=args.prediction_type)
     images = []
-    for start in range(0, args.num_images, args.batch_size):
-        count = min(args.batch_size, args.num_images - start)
-        # One generator per image, so image i is the same whatever the batch size.
-        generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
-        batch_labels = None
-        if labels is not None:
-            batch_labels = labels * count if len(labels) == 1 else labels[start : start + count]
-        images += pipe(
-            count, num_inference_steps=args.steps, generator=generators, sampler=args.sampler, eta=args.eta,
-            class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-            image=image, strength=args.strength, mask_image=mask,
-        ).images
-    for i, picture in enumerate(images):
-        picture.save(out / f"{i:05d}.png")
-    make_grid(images).save(out / "grid.png")
-    print(f"wrote {len(images)} images and grid.png to {out}")
+    with _progress(args.num_images, "image", args.quiet) as bar:
+        for start in range(0, args.num_images, args.batch_size):
+            count = min(args.batch_size, args.num_images - start)
+            # One generator per image, so image i is the same whatever the batch size.
+            generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(count)]
+            batch_labels = None
+            if labels is not None:
+                batch_labels = labels * count if len(labels) == 1 else labels[start : start + count]
+            images += pipe(
+                count, num_inference_steps=args.steps, generator=generators, sampler=args.sampler, eta=args.eta,
+                class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                image=image, strength=args.strength, mask_image=mask,
+            ).images
+            bar.update(count)
+    with staged_output(args.out) as staging:
+        for i, picture in enumerate(images):
+            picture.save(staging / f"{i:05d}.png")
+        make_grid(images).save(staging / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {args.out}")
     return 0
 
 
@@ -139,36 +173,57 @@ def run_segment(args) -> int:
 
     Probabilities: ``NAME_prob.png`` (p(class 1), 16-bit grayscale, 0..65535 = 0..1) for a two-class
     model, ``NAME_prob.npy`` (float32 ``(K, H, W)``) for more classes. ``--threshold`` goes to the
-    pipeline, which refuses it for more than two classes or outside (0, 1).
+    pipeline, which refuses it for more than two classes or outside (0, 1). An image that cannot be
+    read is skipped with a warning (exit status 1 at the end), or stops the run with ``--strict``.
     """
-    import numpy as np
-
-    from .images import image_files, load_image, mask_to_pil, overlay, probability_to_pil
+    from .images import image_files, load_image
     from .loading import load_segmentation_pipeline
+    from .outputs import staged_output
 
     files = image_files(args.input)
-    pipe = load_segmentation_pipeline(args.model).to(_device(args.device))
-    pipe.set_progress_bar_config(disable=args.no_progress)
+    pipe = _open_pipeline(load_segmentation_pipeline, args)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for file in pipe.progress_bar(files) if len(files) > 1 else files:
-        image = load_image(file)
-        result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False, threshold=args.threshold)
-        mask, probabilities = result.masks[0], result.probabilities[0]  # (H, W), (K, H, W)
-        mask_to_pil(mask, num_classes, spread=args.mask_values == "spread").save(out / f"{file.stem}.png")
-        if mask.min() == mask.max():
-            # The "all black mask" report: say so, and name the usual cause.
-            print(
-                f"note: every pixel of {file.name} is class {mask.flat[0]}; if that is unexpected, check that the model "
-                "is trained and sees the pixel normalisation it was trained with (image_mean / image_std).",
-                file=sys.stderr,
-            )
-        if args.overlay:
-            overlay(image, mask).save(out / f"{file.stem}_overlay.png")
-        if args.probabilities and len(probabilities) == 2:
-            probability_to_pil(probabilities[1]).save(out / f"{file.stem}_prob.png")
-        elif args.probabilities:
-            np.save(out / f"{file.stem}_prob.npy", probabilities.astype(np.float32))
-    print(f"wrote {len(files)} mask{'s' if len(files) > 1 else ''} to {out}")
+    skipped = []
+    with staged_output(args.out) as staging, _progress(len(files), "image", args.quiet) as bar:
+        for file in files:
+            try:
+                image = load_image(file)
+            except InputError as err:
+                if args.strict:
+                    raise
+                print(f"warning: skipped {file}: {err}", file=sys.stderr)
+                skipped.append(file)
+                continue
+            result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False, threshold=args.threshold)
+            _write_segmentation(file, staging / file.stem, image, result, num_classes, args)
+            bar.update(1)
+    written = len(files) - len(skipped)
+    print(f"wrote {written} mask{'' if written == 1 else 's'} to {args.out}")
+    if skipped:
+        print(f"error: {len(skipped)} of {len(files)} images could not be read: {', '.join(f.name for f in skipped)}",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+def _write_segmentation(file: Path, stem: Path, image, result, num_classes: int, args) -> None:
+    """For the input ``file``: ``STEM.png`` (the mask), and with the flags ``STEM_overlay.png`` and ``STEM_prob.png`` / ``.npy``."""
+    import numpy as np
+
+    from .images import mask_to_pil, overlay, probability_to_pil
+
+    mask, probabilities = result.masks[0], result.probabilities[0]  # (H, W), (K, H, W)
+    mask_to_pil(mask, num_classes, spread=args.mask_values == "spread").save(f"{stem}.png")
+    if mask.min() == mask.max():
+        # The "all black mask" report: say so, and name the usual cause.
+        print(
+            f"note: every pixel of {file.name} is class {mask.flat[0]}; if that is unexpected, check that the model "
+            "is trained and sees the pixel normalisation it was trained with (image_mean / image_std).",
+            file=sys.stderr,
+        )
+    if args.overlay:
+        overlay(image, mask).save(f"{stem}_overlay.png")
+    if args.probabilities and len(probabilities) == 2:
+        probability_to_pil(probabilities[1]).save(f"{stem}_prob.png")
+    elif args.probabilities:
+        np.save(f"{stem}_prob.npy", probabilities.astype(np.float32))

@@ -17,6 +17,8 @@ import PIL.Image
 import torch
 from einops import rearrange
 
+from unet_diffusion.errors import InputError, InputTypeError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 
 
@@ -31,7 +33,7 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
             image.load()
             return image.copy()
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read {path} as an image ({err}).") from err
+        raise InputError(f"cannot read {path} as an image ({err}).") from err
 
 
 def image_files(path: str | os.PathLike) -> list[Path]:
@@ -70,27 +72,27 @@ def _one_to_tensor(image, channels: int | None, name: str) -> torch.Tensor:
         if image.ndim == 3:
             image = image[None]
         if image.ndim != 4:
-            raise ValueError(f"{name}: a numpy image must be (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}.")
+            raise InputError(f"{name}: a numpy image must be (H, W), (H, W, C) or (B, H, W, C); got shape {image.shape}.")
         if image.dtype == np.bool_:
             image = image.astype(np.float32)
         scale = 255.0 if image.dtype == np.uint8 else 1.0
         if image.dtype not in (np.uint8, np.float16, np.float32, np.float64, np.bool_):
-            raise TypeError(f"{name}: numpy images must be uint8 (0..255) or float (0..1); got dtype {image.dtype}.")
+            raise InputTypeError(f"{name}: numpy images must be uint8 (0..255) or float (0..1); got dtype {image.dtype}.")
         tensor = torch.from_numpy(np.array(image, dtype=np.float32)) / scale  # a copy: PIL arrays are read-only
         return rearrange(tensor, "b h w c -> b c h w")
     if isinstance(image, torch.Tensor):
         if image.ndim == 3:
             image = image[None]
         if image.ndim != 4:
-            raise ValueError(f"{name}: a tensor image must be (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}.")
+            raise InputError(f"{name}: a tensor image must be (C, H, W) or (B, C, H, W); got shape {tuple(image.shape)}.")
         if image.dtype == torch.uint8:
             return image.float() / 255.0
         if image.dtype == torch.bool:
             return image.float()
         if not image.is_floating_point():
-            raise TypeError(f"{name}: tensor images must be uint8 (0..255) or float (0..1); got dtype {image.dtype}.")
+            raise InputTypeError(f"{name}: tensor images must be uint8 (0..255) or float (0..1); got dtype {image.dtype}.")
         return image.float()
-    raise TypeError(f"{name}: expected a PIL image, a numpy array or a torch tensor; got {type(image).__name__}.")
+    raise InputTypeError(f"{name}: expected a PIL image, a numpy array or a torch tensor; got {type(image).__name__}.")
 
 
 def to_tensor(images, channels: int | None = None, name: str = "image") -> torch.Tensor:
@@ -104,14 +106,14 @@ def to_tensor(images, channels: int | None = None, name: str = "image") -> torch
     """
     parts = images if isinstance(images, (list, tuple)) else [images]
     if not parts:
-        raise ValueError(f"{name}: got an empty list of images.")
+        raise InputError(f"{name}: got an empty list of images.")
     tensors = [_one_to_tensor(image, channels, name) for image in parts]
     sizes = {tuple(t.shape[1:]) for t in tensors}
     if len(sizes) > 1:
-        raise ValueError(f"{name}: the images of a batch must share one (C, H, W) shape; got {sorted(sizes)}.")
+        raise InputError(f"{name}: the images of a batch must share one (C, H, W) shape; got {sorted(sizes)}.")
     batch = torch.cat(tensors)
     if channels is not None and batch.shape[1] != channels:
-        raise ValueError(f"{name}: expected {channels}-channel images; got {batch.shape[1]} channels (shape {tuple(batch.shape)}).")
+        raise InputError(f"{name}: expected {channels}-channel images; got {batch.shape[1]} channels (shape {tuple(batch.shape)}).")
     return batch
 
 
@@ -130,7 +132,7 @@ def to_image_list(images) -> list:
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
     """A float ``(B, C, H, W)`` tensor in [0, 1] with 1 or 3 channels as PIL images (``"L"`` / ``"RGB"``)."""
     if images.shape[1] not in (1, 3):
-        raise ValueError(
+        raise InputError(
             f"PIL output needs 1- or 3-channel images; these have {images.shape[1]} channels. "
             "Use output_type='np' or 'pt' (or 'latent' for the raw sample)."
         )
@@ -141,7 +143,7 @@ def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 def make_grid(images: list[PIL.Image.Image], columns: int | None = None) -> PIL.Image.Image:
     """Tile same-sized PIL images into one picture, row by row (a square-ish grid by default)."""
     if not images:
-        raise ValueError("make_grid needs at least one image.")
+        raise InputError("make_grid needs at least one image.")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     width, height = images[0].size
@@ -167,7 +169,7 @@ def mask_to_pil(mask: np.ndarray, num_classes: int, spread: bool = True) -> PIL.
     """
     mask = np.asarray(mask)
     if num_classes > 256 and not spread:
-        raise ValueError(f"{num_classes} classes do not fit 8-bit PNG values; use spread values.")
+        raise InputError(f"{num_classes} classes do not fit 8-bit PNG values; use spread values.")
     values = np.round(mask * (255 / max(num_classes - 1, 1))) if spread else mask
     return PIL.Image.fromarray(values.astype(np.uint8))  # 2-D uint8: mode "L"
 
@@ -187,7 +189,7 @@ def overlay(image: PIL.Image.Image, mask: np.ndarray, alpha: float = 0.5) -> PIL
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     mask = np.asarray(mask)
     if mask.shape != rgb.shape[:2]:
-        raise ValueError(f"the mask is {mask.shape} but the image is {rgb.shape[:2]} (H, W).")
+        raise InputError(f"the mask is {mask.shape} but the image is {rgb.shape[:2]} (H, W).")
     colours = PALETTE[(mask - 1) % len(PALETTE)]
     tinted = np.where((mask > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
     return PIL.Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8))

@@ -6,9 +6,13 @@ import json
 import os
 from pathlib import Path
 
+import diffusers
 from diffusers import DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from unet_diffusion import UNet, load_weights
+from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
+from unet_diffusion.errors import InputError
 
 from .sampling import DenoisePipeline
 from .segmentation import SegmentationPipeline
@@ -32,7 +36,7 @@ def load_unet(path: str | os.PathLike) -> UNet:
     if (path / "config.json").is_file():
         config = json.loads((path / "config.json").read_text())
         if config.get("_class_name", "UNet") != "UNet":
-            raise ValueError(
+            raise InputError(
                 f"{path} holds a {config['_class_name']}, not a unet_diffusion UNet; convert it first "
                 "(see 'Loading diffusers checkpoints' in the README)."
             )
@@ -43,6 +47,10 @@ def load_unet(path: str | os.PathLike) -> UNet:
 def _not_a_model(path: Path) -> str:
     if not path.exists():
         return f"no model at {path}."
+    if path.suffix in PICKLE_SUFFIXES:
+        return (f"{path} is a pickle, which is not read because unpickling can run code. If it holds a state dict, "
+                f"convert it once: {pickle_conversion_command(path, path.with_suffix('.safetensors'))}, then "
+                "load it with unet_diffusion.load_weights(FILE, model=UNet(...)) (the file carries no config).")
     return (
         f"{path} is not a model: expected a pipeline folder (model_index.json), a U-Net folder "
         "(config.json + diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights."
@@ -59,10 +67,10 @@ def _pipeline_folder(path: Path, task: str) -> bool:
     if name not in PIPELINE_CLASSES[task]:
         other = next((t for t, names in PIPELINE_CLASSES.items() if name in names), None)
         hint = f"; use `unet-diffusion {other}`" if other else ""
-        raise ValueError(f"{path} holds a {name}, which does not {task}{hint}.")
+        raise InputError(f"{path} holds a {name}, which does not {task}{hint}.")
     unet_entry = info.get("unet", [None, None])
     if unet_entry[1] != "UNet":
-        raise ValueError(
+        raise InputError(
             f"the U-Net of {path} is a {unet_entry[0]} {unet_entry[1]}, not a unet_diffusion UNet; convert it first "
             "(see 'Loading diffusers checkpoints' in the README)."
         )
@@ -81,7 +89,22 @@ def load_denoise_pipeline(path: str | os.PathLike, prediction_type: str | None =
         if prediction_type is not None and prediction_type != pipe.scheduler.config.prediction_type:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
         return pipe
-    return DenoisePipeline(unet=load_unet(path), scheduler=default_scheduler(prediction_type or "epsilon"))
+    return DenoisePipeline(unet=load_unet(path), scheduler=stored_scheduler(path, prediction_type))
+
+
+def stored_scheduler(path: Path, prediction_type: str | None = None) -> SchedulerMixin:
+    """The training schedule saved with a weights file (``save_weights(..., scheduler_config=)``), else ``default_scheduler()``.
+
+    ``prediction_type`` overrides what was saved.
+    """
+    stored = read_scheduler_config(path) if path.is_file() else None
+    if stored is None:
+        return default_scheduler(prediction_type or "epsilon")
+    scheduler_class = getattr(diffusers, stored.get("_class_name", "DDPMScheduler"), None)
+    if scheduler_class is None:
+        raise InputError(f"{path} was saved with the scheduler {stored['_class_name']!r}, which this diffusers lacks; upgrade diffusers.")
+    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    return scheduler_class.from_config(stored, **overrides)
 
 
 def load_segmentation_pipeline(path: str | os.PathLike) -> SegmentationPipeline:

@@ -10,39 +10,21 @@ from __future__ import annotations
 
 import inspect
 
+import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from unet_diffusion import UNet
+from unet_diffusion.errors import InputError, InputTypeError
 
 from .images import to_pil, to_tensor
 from .inference import eval_mode
+from .samplers import SAMPLER_SCHEDULERS
 
-# Shortcut names for `sampler=`; each builds the class from the pipeline scheduler's config, so the
-# training schedule (betas, number of training steps, prediction type) carries over.
-SAMPLERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-ancestral": EulerAncestralDiscreteScheduler,
-    "heun": HeunDiscreteScheduler,
-    "pndm": PNDMScheduler,
-    "unipc": UniPCMultistepScheduler,
-}
+SAMPLERS: dict[str, type[SchedulerMixin]] = {name: getattr(diffusers, cls) for name, cls in SAMPLER_SCHEDULERS.items()}
 
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -62,10 +44,10 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
     if isinstance(sampler, str):
         key = sampler.lower().replace("_", "-")
         if key not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}, or pass a diffusers scheduler.")
+            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}, or pass a diffusers scheduler.")
         sampler = SAMPLERS[key]
     if not (isinstance(sampler, type) and issubclass(sampler, SchedulerMixin)):
-        raise TypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
+        raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
     config = like.config if like is not None else DDPMScheduler().config
     return sampler.from_config(config)
 
@@ -94,7 +76,7 @@ class DenoisePipeline(DiffusionPipeline):
     def __init__(self, unet: UNet, scheduler: SchedulerMixin | str):
         super().__init__()
         if getattr(unet.config, "head", "denoise") != "denoise":
-            raise ValueError(
+            raise InputError(
                 f"DenoisePipeline needs a denoiser; this U-Net has head={unet.config.head!r}. "
                 "Segment images with SegmentationPipeline (or `unet-diffusion segment`)."
             )
@@ -158,7 +140,7 @@ class DenoisePipeline(DiffusionPipeline):
             return_dict: return an ``ImagePipelineOutput`` (``.images``) or a one-element tuple.
         """
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}.")
+            raise InputError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}.")
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
         config = self.unet.config
         device, dtype = self._execution_device, self.unet.dtype
@@ -169,9 +151,9 @@ class DenoisePipeline(DiffusionPipeline):
         init = None if image is None else self._init_image(image)
         batch_size = self._batch_size(batch_size, labels, context, init)
         if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch_size}; give one generator, or one per image.")
+            raise InputError(f"generator is a list of {len(generator)} for a batch of {batch_size}; give one generator, or one per image.")
         if init is None and (strength is not None or mask_image is not None):
-            raise ValueError("strength and mask_image work on an init image: pass image= too.")
+            raise InputError("strength and mask_image work on an init image: pass image= too.")
         labels = None if labels is None else labels.expand(batch_size).to(device)
         context = None if context is None else context.expand(batch_size, -1, -1).to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative_encoder_hidden_states, batch_size)
@@ -185,6 +167,10 @@ class DenoisePipeline(DiffusionPipeline):
         # The schedule; image-to-image and inpainting run only its last `strength` part.
         if num_inference_steps is None:
             num_inference_steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
+        training_steps = scheduler.config.num_train_timesteps
+        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= training_steps:
+            raise InputError(f"num_inference_steps must be an integer from 1 to the {training_steps} training steps; "
+                             f"got {num_inference_steps!r}.")
         scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = scheduler.timesteps
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -238,36 +224,36 @@ class DenoisePipeline(DiffusionPipeline):
         n = self.unet.config.num_class_labels
         if n is None:
             if class_labels is not None:
-                raise ValueError("this model is not class-conditional (num_class_labels=None); sample without class_labels.")
+                raise InputError("this model is not class-conditional (num_class_labels=None); sample without class_labels.")
             return None
         null = self.unet.config.null_class_label
         if class_labels is None:
             hint = f", or class_labels={n} (the null label) to sample unconditionally" if null else ""
-            raise ValueError(f"this model is class-conditional: pass class_labels, labels in [0, {n}){hint}.")
+            raise InputError(f"this model is class-conditional: pass class_labels, labels in [0, {n}){hint}.")
         labels = torch.as_tensor(class_labels)
         if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim > 1:
-            raise TypeError(f"class_labels must be an int, a sequence of ints or a (B,) integer tensor; got {class_labels!r}.")
+            raise InputTypeError(f"class_labels must be an int, a sequence of ints or a (B,) integer tensor; got {class_labels!r}.")
         labels = labels.reshape(-1).long()
         top = n + int(null)
         if len(labels) == 0 or labels.min() < 0 or labels.max() >= top:
             classes = f"{n} classes" + (" + the null label" if null else "")
-            raise ValueError(f"class_labels must lie in [0, {top}) for this model ({classes}); got {labels.tolist()}.")
+            raise InputError(f"class_labels must lie in [0, {top}) for this model ({classes}); got {labels.tolist()}.")
         return labels
 
     def _context(self, context, name: str) -> torch.Tensor | None:
         width = self.unet.config.context_dim
         if width is None:
             if context is not None:
-                raise ValueError(f"this model has no cross-attention (context_dim=None); sample without {name}.")
+                raise InputError(f"this model has no cross-attention (context_dim=None); sample without {name}.")
             return None
         if context is None:
-            raise ValueError(f"this model cross-attends: pass {name} of shape (B, L, {width}) (or (L, {width}) for one shared context).")
+            raise InputError(f"this model cross-attends: pass {name} of shape (B, L, {width}) (or (L, {width}) for one shared context).")
         if not isinstance(context, torch.Tensor) or not context.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor of shape (B, L, {width}).")
+            raise InputTypeError(f"{name} must be a floating-point tensor of shape (B, L, {width}).")
         if context.ndim == 2:
             context = context[None]
         if context.ndim != 3 or context.shape[2] != width:
-            raise ValueError(f"{name} must have shape (B, L, {width}) or (L, {width}); got {tuple(context.shape)}.")
+            raise InputError(f"{name} must have shape (B, L, {width}) or (L, {width}); got {tuple(context.shape)}.")
         return context
 
     @staticmethod
@@ -277,26 +263,26 @@ class DenoisePipeline(DiffusionPipeline):
         if batch_size is None:
             batch_size = max(given.values(), default=1)
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+            raise InputError(f"batch_size must be a positive int; got {batch_size!r}.")
         wrong = {name: n for name, n in given.items() if n != batch_size}
         if wrong:
             listing = ", ".join(f"{name} has {n}" for name, n in wrong.items())
-            raise ValueError(f"batch_size is {batch_size} but {listing}; give one entry per image, or a single shared one.")
+            raise InputError(f"batch_size is {batch_size} but {listing}; give one entry per image, or a single shared one.")
         return batch_size
 
     def _null_condition(self, guidance_scale, labels, context, negative, batch_size):
         """The unconditional labels and context for guidance, or an error when there are none."""
         if guidance_scale is None:
             if negative is not None:
-                raise ValueError("negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too.")
+                raise InputError("negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too.")
             return None, None
         config = self.unet.config
         if labels is None and context is None:
-            raise ValueError("guidance_scale needs a conditional model (class labels or a context); this model is unconditional.")
+            raise InputError("guidance_scale needs a conditional model (class labels or a context); this model is unconditional.")
         null_labels = None
         if labels is not None:
             if not config.null_class_label:
-                raise ValueError(
+                raise InputError(
                     "this model was built without a null class label (null_class_label=False), so it has no "
                     "unconditional prediction for classifier-free guidance; sample without guidance_scale."
                 )
@@ -308,11 +294,11 @@ class DenoisePipeline(DiffusionPipeline):
             else:
                 negative = self._context(negative, "negative_encoder_hidden_states")
                 if len(negative) not in (1, batch_size):
-                    raise ValueError(f"negative_encoder_hidden_states has {len(negative)} entries for a batch of {batch_size}.")
+                    raise InputError(f"negative_encoder_hidden_states has {len(negative)} entries for a batch of {batch_size}.")
                 null_context = negative.to(context).expand(batch_size, -1, -1)
                 if null_context.shape[1] != context.shape[1]:
                     # Both halves go through one batched forward, so they need one sequence length.
-                    raise ValueError(
+                    raise InputError(
                         f"negative_encoder_hidden_states has length {null_context.shape[1]} but encoder_hidden_states has "
                         f"{context.shape[1]}; pad one of them to the other's length."
                     )
@@ -322,7 +308,7 @@ class DenoisePipeline(DiffusionPipeline):
         if init is not None:
             image_size = tuple(init.shape[2:])
             if (height or image_size[0], width or image_size[1]) != image_size:
-                raise ValueError(
+                raise InputError(
                     f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
                     "leave them out or resize the image."
                 )
@@ -330,12 +316,12 @@ class DenoisePipeline(DiffusionPipeline):
         if height is None or width is None:
             size = self.unet.config.sample_size
             if size is None:
-                raise ValueError("the U-Net config has no sample_size; pass height and width.")
+                raise InputError("the U-Net config has no sample_size; pass height and width.")
             size = (size, size) if isinstance(size, int) else tuple(size)
             height, width = height or size[0], width or size[1]
         out = self.unet.output_size((int(height), int(width)))  # raises naming valid sizes nearby
         if tuple(out) != (height, width):
-            raise ValueError(
+            raise InputError(
                 f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this valid-padding U-Net; "
                 "a denoiser must keep the size (use padding='same')."
             )
@@ -346,7 +332,7 @@ class DenoisePipeline(DiffusionPipeline):
         pixels = to_tensor(image, channels=channels, name="image")
         low, high = pixels.min().item(), pixels.max().item()
         if low < -1e-3 or high > 1 + 1e-3:
-            raise ValueError(
+            raise InputError(
                 f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
                 "Images in [-1, 1] convert with (x + 1) / 2."
             )
@@ -357,12 +343,12 @@ class DenoisePipeline(DiffusionPipeline):
             mask_image = mask_image[None]
         mask = to_tensor(mask_image, channels=1, name="mask_image")
         if mask.shape[2:] != init.shape[2:]:
-            raise ValueError(
+            raise InputError(
                 f"mask_image is {mask.shape[2]} x {mask.shape[3]} (H x W) but the image is {init.shape[2]} x {init.shape[3]}; "
                 "give a mask of the image's size (white = generate, black = keep)."
             )
         if len(mask) not in (1, batch_size):
-            raise ValueError(f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image.")
+            raise InputError(f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image.")
         return (mask >= 0.5).float().expand(batch_size, -1, -1, -1)
 
     def _check_variance(self, scheduler) -> bool:
@@ -372,7 +358,7 @@ class DenoisePipeline(DiffusionPipeline):
         reads_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
         scheduler_learns = reads_variance and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
         if scheduler_learns and not self.unet.config.learned_variance:
-            raise ValueError(
+            raise InputError(
                 f"the scheduler has variance_type={scheduler.config.variance_type!r} but the U-Net predicts no variance "
                 "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."
             )
@@ -382,7 +368,7 @@ class DenoisePipeline(DiffusionPipeline):
     def _truncate(scheduler, timesteps, num_inference_steps: int, strength: float):
         """The last ``strength`` part of the schedule, for starting from a noised image."""
         if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}.")
+            raise InputError(f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}.")
         start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
         begin = start * scheduler.order
         if hasattr(scheduler, "set_begin_index"):
@@ -397,7 +383,7 @@ class DenoisePipeline(DiffusionPipeline):
         if "eta" in accepted:
             kwargs["eta"] = eta
         elif eta:
-            raise ValueError(
+            raise InputError(
                 f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'."
             )
         if "generator" in accepted:

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from unet_diffusion import UNet
+from unet_diffusion.errors import InputError
 
 from .images import to_image_list, to_tensor
 from .inference import eval_mode
@@ -36,7 +37,7 @@ class SegmentationOutput(BaseOutput):
 def _dihedral(tta) -> list[tuple[int, bool]]:
     """(quarter turns, flip) pairs of the test-time augmentation: identity, flips, or all eight."""
     if tta not in TTA_CHOICES:
-        raise ValueError(f"tta must be False, 'flip' (4 flips), 'd4' or True (8 flips and rotations); got {tta!r}.")
+        raise InputError(f"tta must be False, 'flip' (4 flips), 'd4' or True (8 flips and rotations); got {tta!r}.")
     if not tta:
         return [(0, False)]
     if tta == "flip":
@@ -72,22 +73,22 @@ class SegmentationPipeline(DiffusionPipeline):
         super().__init__()
         config = unet.config
         if config.head != "segment":
-            raise ValueError(
+            raise InputError(
                 f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. "
                 "Sample from denoisers with DenoisePipeline (or `unet-diffusion sample`)."
             )
         conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
         if conditioned:
-            raise ValueError(
+            raise InputError(
                 f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. "
                 "Call the model directly."
             )
         for name, value in (("image_mean", image_mean), ("image_std", image_std)):
             values = [value] if isinstance(value, (int, float)) else list(value)
             if len(values) not in (1, config.in_channels):
-                raise ValueError(f"{name} needs one value or {config.in_channels} (one per channel); got {value!r}.")
+                raise InputError(f"{name} needs one value or {config.in_channels} (one per channel); got {value!r}.")
             if name == "image_std" and 0 in values:
-                raise ValueError(f"image_std must not be zero; got {value!r}.")
+                raise InputError(f"image_std must not be zero; got {value!r}.")
         self.register_modules(unet=unet)
         self.register_to_config(image_mean=image_mean, image_std=image_std)
 
@@ -125,11 +126,11 @@ class SegmentationPipeline(DiffusionPipeline):
             return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
         """
         if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type must be 'np' or 'pt'; got {output_type!r}.")
+            raise InputError(f"output_type must be 'np' or 'pt'; got {output_type!r}.")
         transforms = _dihedral(tta)
         self._check_threshold(threshold)
         if not isinstance(tiles_per_batch, int) or tiles_per_batch < 1:
-            raise ValueError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
+            raise InputError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
         channels = self.unet.config.in_channels
         batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
         if len({tuple(b.shape[1:]) for b in batches}) == 1:
@@ -160,10 +161,10 @@ class SegmentationPipeline(DiffusionPipeline):
             return
         classes = max(self.unet.config.out_channels, 2)  # one logit: two classes through a sigmoid
         if classes != 2:
-            raise ValueError(f"threshold works on two-class models (class 1 where p(class 1) >= threshold); this one has "
+            raise InputError(f"threshold works on two-class models (class 1 where p(class 1) >= threshold); this one has "
                              f"{classes} classes. Leave it out to take the most probable class.")
         if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
-            raise ValueError(f"threshold must be a number strictly between 0 and 1; got {threshold!r}.")
+            raise InputError(f"threshold must be a number strictly between 0 and 1; got {threshold!r}.")
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -202,7 +203,7 @@ class SegmentationPipeline(DiffusionPipeline):
         try:
             out = self.unet.output_size(tile)
         except ValueError as err:
-            raise ValueError(f"tile_size {tile} does not fit this valid-padding model: {err}") from None
+            raise InputError(f"tile_size {tile} does not fit this valid-padding model: {err}") from None
         return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiles_per_batch, self.progress_bar)
 
     def _same_padding(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
@@ -215,10 +216,10 @@ class SegmentationPipeline(DiffusionPipeline):
         tile = self._tile(tile_size)
         bad = [t for t in tile if t % f]
         if bad:
-            raise ValueError(f"tile_size {tile} must be a multiple of {f} (the model's downsampling factor) for this same-padding model.")
+            raise InputError(f"tile_size {tile} must be a multiple of {f} (the model's downsampling factor) for this same-padding model.")
         overlap = (tile[0] // 4, tile[1] // 4) if overlap is None else (overlap, overlap)
         if not all(0 <= o < t for o, t in zip(overlap, tile)):
-            raise ValueError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
+            raise InputError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
         # Sides smaller than a tile are mirrored up to it, so every window is a full tile.
         padded = mirror_pad(image, 0, max(tile[0] - height, 0), 0, max(tile[1] - width, 0))
         return sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)[:, :, :height, :width]
@@ -227,11 +228,11 @@ class SegmentationPipeline(DiffusionPipeline):
         if tile_size is None and default is not None:
             tile_size = self.unet.config.sample_size
             if tile_size is None:
-                raise ValueError("the U-Net config has no sample_size; pass tile_size, e.g. one of model.valid_input_sizes(572).")
+                raise InputError("the U-Net config has no sample_size; pass tile_size, e.g. one of model.valid_input_sizes(572).")
         if isinstance(tile_size, int):
             return (tile_size, tile_size)
         tile = tuple(int(t) for t in tile_size)
         if len(tile) != 2 or min(tile) < 1:
-            raise ValueError(f"tile_size must be a positive int or an (h, w) pair; got {tile_size!r}.")
+            raise InputError(f"tile_size must be a positive int or an (h, w) pair; got {tile_size!r}.")
         return tile
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
+from unet_diffusion.errors import InputError
+
 Predict = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[Iterable], Iterable]  # wraps the loop over tile batches, e.g. a tqdm bar
 
@@ -62,7 +64,7 @@ def overlap_tile_grid(
     strides, canvas = [], []
     for side, t, o in zip(size, tile, out):
         if (t - o) % 2:
-            raise ValueError(f"the network crops {t} to {o}, not evenly on both sides; overlap-tiling needs a centred output.")
+            raise InputError(f"the network crops {t} to {o}, not evenly on both sides; overlap-tiling needs a centred output.")
         stride = max(o // stride_multiple, 1) * stride_multiple if o >= stride_multiple else o
         count = max(math.ceil((side - o) / stride), 0) + 1
         strides.append(stride)
@@ -128,7 +130,7 @@ def sliding_window(
     """
     height, width = image.shape[-2:]
     if height < tile[0] or width < tile[1]:
-        raise ValueError(f"sliding_window needs images at least as large as the tile {tile}; got {height} x {width}.")
+        raise InputError(f"sliding_window needs images at least as large as the tile {tile}; got {height} x {width}.")
     ys = tile_starts(height, tile[0], max(tile[0] - overlap[0], 1))
     xs = tile_starts(width, tile[1], max(tile[1] - overlap[1], 1))
     positions = [(y, x) for y in ys for x in xs]

@@ -1,6 +1,8 @@
 """diffusers U-Nets convert to our UNet and back with the same outputs (max |difference| <= 1e-5, float32)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -219,12 +221,15 @@ def test_mismatched_diffusers_folder_is_an_error(diffusers_folder):
 def test_pickled_weights_are_refused_with_a_way_out(tmp_path):
     cls, config = CASES["unet2d_fourier"]
     cls(**config).save_pretrained(tmp_path, safe_serialization=False)
-    with pytest.raises(FileNotFoundError, match="pickle.*save_pretrained"):
+    with pytest.raises(FileNotFoundError, match="pickle.*convert it once with: python -c") as info:
         UNet.from_pretrained(tmp_path)
+    command = str(info.value).split("convert it once with: python -c ")[1]
+    subprocess.run([sys.executable, "-c", command.strip('"')], check=True, timeout=120)  # the advice works
+    UNet.from_pretrained(tmp_path)
 
 
 def test_cli_converts_both_ways(diffusers_folder, tmp_path, capsys):
-    from train.cli import main
+    from unet_diffusion.cli import main
 
     folder, theirs, kwargs = diffusers_folder
     assert main(["convert", str(folder), str(tmp_path / "ours")]) == 0

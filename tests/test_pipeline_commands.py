@@ -8,7 +8,7 @@ from conftest import tiny_config
 from diffusers import DDIMScheduler
 
 from pipelines import DenoisePipeline, SegmentationPipeline
-from train.cli import main
+from unet_diffusion.cli import main
 from unet_diffusion import UNet, save_weights
 
 

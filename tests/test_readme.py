@@ -16,7 +16,7 @@ def test_readme_model_examples_run(tmp_path, monkeypatch):
 
 
 def test_cli_help_lists_commands():
-    from train.cli import build_parser
+    from unet_diffusion.cli import build_parser
 
     help_text = build_parser().format_help()
     for command in ("convert", "sample", "segment", "train", "demo"):
@@ -30,7 +30,7 @@ def test_readme_diffusers_loading_runs(tmp_path, monkeypatch, request):
     import torch
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from train.cli import main
+    from unet_diffusion.cli import main
 
     monkeypatch.chdir(tmp_path)
     request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))

@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 from readme import code_blocks
 
-from train.cli import main
+from unet_diffusion.cli import main
 
 
 def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):

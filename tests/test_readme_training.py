@@ -4,7 +4,7 @@ import shlex
 
 from readme import code_blocks, section
 
-from train.cli import build_parser
+from unet_diffusion.cli import build_parser
 from train.config import PROJECT_ROOT, load_config
 
 
@@ -21,7 +21,7 @@ def test_readme_training_commands_parse_and_their_configs_load():
             assert (PROJECT_ROOT / argv[1]).is_file(), argv[1]
             continue
         if argv[0] == "accelerate":
-            argv = argv[argv.index("train.cli") + 1:]
+            argv = argv[argv.index("unet_diffusion.cli") + 1:]
         else:
             assert argv[0] == "unet-diffusion"
             argv = argv[1:]

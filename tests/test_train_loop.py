@@ -179,7 +179,7 @@ def test_segmentation_run_reports_dice_iou_and_pixel_error(tmp_path):
 
 
 def test_cli_train_and_demo_in_process(tmp_path, capsys):
-    from train.cli import main
+    from unet_diffusion.cli import main
 
     path = write_config(tmp_path / "c.yaml", merged(TINY_DIFFUSION, train={"steps": 2, "output_dir": str(tmp_path / "cli")}))
     assert main(["train", "--config", str(path), "train.steps=3"]) == 0
@@ -261,7 +261,7 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     path = write_config(tmp_path / "c.yaml", values)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "train.cli", "train", "--config", str(path)]
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "unet_diffusion.cli", "train", "--config", str(path)]
     proc = subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = train(config_from_dict(merged(values, train={**values["train"], "output_dir": str(tmp_path / "one")})))

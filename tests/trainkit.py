@@ -50,7 +50,7 @@ def write_config(path: Path, values: dict) -> Path:
 
 
 def start_cli(args: list[str], log: Path) -> subprocess.Popen:
-    """Start ``python -m train.cli ARGS`` in the background, output to ``log``."""
+    """Start ``python -m unet_diffusion.cli ARGS`` in the background, output to ``log``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "train.cli", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "unet_diffusion.cli", *args], cwd=ROOT, env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True)

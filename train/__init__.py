@@ -7,9 +7,14 @@ The pieces, one idea per file: ``config`` (the typed config), ``data`` (sources,
 ``transforms`` (image and joint image/mask augmentation), ``losses`` (segmentation losses, the
 boundary weight map, min-SNR-gamma), ``loop`` (the shared Accelerate loop), ``diffusion`` and
 ``segmentation`` (the tasks), ``checkpoint`` (save, resume), ``commands`` (``train``, ``demo``).
+The names load on first use, so the command line's ``--help`` does not import torch.
 """
 
-from .config import Config, ConfigError, load_config
-from .loop import NonFiniteLossError, RunResult, train
+from unet_diffusion.lazy import lazy_exports
 
-__all__ = ["Config", "ConfigError", "NonFiniteLossError", "RunResult", "load_config", "train"]
+_EXPORTS = {
+    "Config": ".config", "ConfigError": ".config", "load_config": ".config",
+    "NonFiniteLossError": ".loop", "RunResult": ".loop", "train": ".loop",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,10 +1,12 @@
-"""Checkpoints: Accelerate's training state plus the model and its EMA as safetensors folders.
+"""Checkpoints: Accelerate's training state with the model and its EMA as safetensors folders.
 
 A checkpoint is ``<run>/checkpoints/step-00001234/``:
 
-- Accelerate's state (``model.safetensors``, optimizer, learning-rate schedule, random states of
-  every process; read back with ``torch.load(weights_only=True)`` by Accelerate),
-- ``model/`` and ``ema/``: ``save_pretrained`` folders (``config.json`` + safetensors),
+- ``model/`` and ``ema/``: ``save_pretrained`` folders (``config.json`` + safetensors), each tensor
+  once: Accelerate saves and loads the model through ``model/`` (``register_model_hooks``) instead of
+  writing a second copy,
+- Accelerate's optimizer, learning-rate schedule and random states of every process (read back by
+  Accelerate with ``torch.load(weights_only=True)``),
 - ``trainer.json``: the step and counters, written last.
 
 It is written to ``.tmp-step-...`` and renamed into place, so a crash mid-write leaves the previous
@@ -20,10 +22,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from unet_diffusion.errors import InputError
+from unet_diffusion.weights import WEIGHTS_NAME, load_state_dict_strict, read_safetensors
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer.json"
+MODEL_DIR, EMA_DIR = "model", "ema"
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -90,11 +94,10 @@ def save_checkpoint(accelerator, run_dir, step: int, model, ema, state: dict, ke
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(tmp / "model", safe_serialization=True)
+        unwrapped = accelerator.unwrap_model(model)  # its own weights are in model/ (register_model_hooks)
         if ema is not None:
             with ema_weights(unwrapped, ema):
-                unwrapped.save_pretrained(tmp / "ema", safe_serialization=True)
+                unwrapped.save_pretrained(tmp / EMA_DIR, safe_serialization=True)
         _write_json(tmp / STATE_FILE, {**state, "step": step, "ema_step": ema.optimization_step if ema is not None else None})
         os.replace(tmp, final)
         for old in list_checkpoints(run_dir)[:-keep]:
@@ -103,20 +106,44 @@ def save_checkpoint(accelerator, run_dir, step: int, model, ema, state: dict, ke
     return final
 
 
+def register_model_hooks(accelerator) -> None:
+    """Let Accelerate's ``save_state`` / ``load_state`` keep the model in ``model/`` (``save_pretrained``) only.
+
+    Without this, a checkpoint would hold the weights twice: Accelerate's ``model.safetensors`` and the
+    ``model/`` folder that ``UNet.from_pretrained`` opens.
+    """
+
+    def save_models(models, weights, output_dir) -> None:
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / MODEL_DIR, safe_serialization=True)
+        weights.clear()  # nothing left for Accelerate to write
+
+    def load_models(models, input_dir) -> None:
+        weights_file = Path(input_dir) / MODEL_DIR / f"{WEIGHTS_NAME}.safetensors"
+        if not weights_file.is_file():
+            raise FileNotFoundError(f"{input_dir} has no model weights ({weights_file}); it is not a checkpoint of this trainer.")
+        while models:
+            load_state_dict_strict(accelerator.unwrap_model(models.pop()), read_safetensors(weights_file), str(weights_file))
+
+    accelerator.register_save_state_pre_hook(save_models)
+    accelerator.register_load_state_pre_hook(load_models)
+
+
 def load_checkpoint(accelerator, checkpoint: Path, model, ema) -> dict:
     """Restore the training state from ``checkpoint`` (all processes); returns its ``trainer.json``."""
     state = read_state(checkpoint)
     accelerator.load_state(str(checkpoint))
     if ema is not None:
-        ema_file = Path(checkpoint) / "ema" / "diffusion_pytorch_model.safetensors"
+        ema_file = Path(checkpoint) / EMA_DIR / f"{WEIGHTS_NAME}.safetensors"
         if not ema_file.is_file():
             raise FileNotFoundError(f"{checkpoint} has no EMA weights ({ema_file}) but ema.enabled is true; "
                                     "resume with ema.enabled=false or from a checkpoint saved with EMA.")
-        tensors = load_file(str(ema_file))
+        tensors = read_safetensors(ema_file)
         names = [name for name, _ in accelerator.unwrap_model(model).named_parameters()]
         missing = [n for n in names if n not in tensors]
         if missing:
-            raise ValueError(f"the EMA weights in {ema_file} lack {len(missing)} parameters (first: {missing[0]}).")
+            raise InputError(f"the EMA weights in {ema_file} lack {len(missing)} parameters (first: {missing[0]}).")
         for shadow, name in zip(ema.shadow_params, names):
             shadow.copy_(tensors[name].to(shadow))
         ema.optimization_step = int(state.get("ema_step") or 0)

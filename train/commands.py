@@ -1,10 +1,10 @@
-"""Subcommands of the ``unet-diffusion`` command line that belong to this package.
+"""The ``train`` and ``demo`` subcommands (entry points of the group ``unet_diffusion.commands``).
 
-``register(subparsers)`` adds each subcommand with ``set_defaults(func=handler)``; a handler takes
-the parsed arguments and returns an exit status.
+Each ``add_*(subparsers)`` adds its parser with ``set_defaults(func=handler)``; a handler takes the
+parsed arguments and returns an exit status. The training stack loads inside the handlers.
 
-- ``train --config configs/X.yaml [--resume latest|PATH] [key.sub=value ...]``
-- ``demo [--output DIR] [key.sub=value ...]``: the quick start (configs/quickstart.yaml).
+- ``train --config NAME|FILE [--resume latest|PATH] [--quiet] [key.sub=value ...]``
+- ``demo [--output DIR] [--resume latest] [--quiet] [key.sub=value ...]``: the quick start.
 """
 
 from __future__ import annotations
@@ -13,30 +13,42 @@ import signal
 import sys
 import time
 
-from .config import PROJECT_ROOT, load_config
+from unet_diffusion.errors import InputError
 
-QUICKSTART = PROJECT_ROOT / "configs" / "quickstart.yaml"
+from .config import load_config, shipped_config_names
+
+QUICKSTART = "quickstart"
 
 
-def register(subparsers) -> None:
-    """Add this package's subcommands to the ``unet-diffusion`` parser."""
+def _common_options(parser) -> None:
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest checkpoint of the output folder ('latest') or a checkpoint folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+
+
+def add_train(subparsers) -> None:
+    """The ``train`` subcommand."""
     train = subparsers.add_parser(
         "train", help="train a denoiser or a segmenter from a config file",
         description="Train from a YAML config; key.sub=value arguments override it (e.g. optim.lr=1e-4 train.steps=500). "
                     "Runs on any number of processes under `accelerate launch`.",
     )
-    train.add_argument("--config", required=True, help="YAML config, e.g. configs/quickstart.yaml")
-    train.add_argument("--resume", default=None, metavar="latest|PATH",
-                       help="continue from the newest checkpoint of train.output_dir ('latest') or a checkpoint folder")
-    train.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    train.add_argument("--config", required=True, metavar="NAME|FILE",
+                       help=f"a YAML config file, or a shipped config by name: {', '.join(shipped_config_names())}")
+    _common_options(train)
     train.set_defaults(func=run_train)
 
+
+def add_demo(subparsers) -> None:
+    """The ``demo`` subcommand."""
     demo = subparsers.add_parser(
         "demo", help="train the quick-start denoiser (a few minutes on a CPU) and write a sample grid",
-        description="Train configs/quickstart.yaml on built-in shapes, then write samples.png and model.safetensors.",
+        description="Train the shipped quickstart config on built-in shapes, then write samples.png and model.safetensors. "
+                    "Ctrl-C saves a checkpoint; run the same command with --resume latest to continue.",
     )
     demo.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
-    demo.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+    _common_options(demo)
     demo.set_defaults(func=run_demo)
 
 
@@ -48,28 +60,31 @@ def _train(config, resume) -> int:
     except NonFiniteLossError as err:
         print(f"unet-diffusion train: stopped: {err}", file=sys.stderr)
         return 1
-    if result.interrupted:
+    if result.interrupted:  # the loop has saved a checkpoint and said how to continue
         return 128 + int(getattr(signal, result.interrupted, signal.SIGTERM))
     return 0
 
 
+def _load(config_name, args, *overrides):
+    quiet = ["train.progress_bar=false"] if args.quiet else []
+    return load_config(config_name, [*overrides, *quiet, *args.overrides])
+
+
 def run_train(args) -> int:
     """``unet-diffusion train``."""
-    config = load_config(args.config, args.overrides)
-    return _train(config, args.resume)
+    return _train(_load(args.config, args), args.resume)
 
 
 def run_demo(args) -> int:
-    """``unet-diffusion demo``: train the quick start from scratch and report where the results are."""
-    if not QUICKSTART.is_file():
-        raise FileNotFoundError(f"the quick-start config {QUICKSTART} is missing; run the demo from a clone of the project.")
-    config = load_config(QUICKSTART, [f"train.output_dir={args.output}", *args.overrides])
+    """``unet-diffusion demo``: train the quick start and report where the results are."""
+    config = _load(QUICKSTART, args, f"train.output_dir={args.output}")
     from .checkpoint import list_checkpoints
 
-    if list_checkpoints(config.train.output_dir):
-        raise ValueError(f"{config.train.output_dir} already holds a run; remove it or pass --output NEW_FOLDER.")
+    if args.resume is None and list_checkpoints(config.train.output_dir):
+        raise InputError(f"{config.train.output_dir} already holds a run; continue it with --resume latest, "
+                         "or pass --output NEW_FOLDER.")
     started = time.time()
-    status = _train(config, None)
+    status = _train(config, args.resume)
     if status == 0:
         out = config.train.output_dir
         print(f"demo finished in {time.time() - started:.0f} s: samples {out}/samples.png, weights {out}/model.safetensors")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import os
 import types
 import typing
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from unet_diffusion.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration file or override does not fit ``Config``."""
 
 
@@ -328,9 +331,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     values: dict = {}
     source = "the configuration"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no config file at {path}; the shipped ones are in configs/ (e.g. configs/quickstart.yaml).")
+        path = find_config(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
@@ -349,6 +350,33 @@ def save_config(config: Config, path: str | os.PathLike) -> None:
 
 # ---------------------------------------------------------------------------- paths
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def shipped_configs_dir() -> Path:
+    """The shipped configs: the package ``train.configs``, installed from the project's top-level ``configs/``."""
+    try:
+        packaged = Path(str(importlib.resources.files("train.configs")))
+    except ModuleNotFoundError:  # running from a clone that is not installed
+        packaged = None
+    return packaged if packaged is not None and packaged.is_dir() else PROJECT_ROOT / "configs"
+
+
+def shipped_config_names() -> list[str]:
+    """The names ``--config`` accepts on its own (``mnist`` for ``configs/mnist.yaml``)."""
+    return sorted(p.stem for p in shipped_configs_dir().glob("*.yaml"))
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """A config file: the path itself when it exists, else the shipped config of that name (``mnist``, ``configs/mnist.yaml``)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_configs_dir() / (path.name if path.suffix in CONFIG_SUFFIXES else f"{path.name}.yaml")
+    if shipped.is_file() and (len(path.parts) == 1 or path.parent.name == "configs"):
+        return shipped
+    names = ", ".join(shipped_config_names())
+    raise FileNotFoundError(f"no config file at {path}; give a YAML file or the name of a shipped config ({names}).")
 
 
 def expand_path(text: str | None) -> str | None:

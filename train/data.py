@@ -22,12 +22,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from unet_diffusion.errors import InputError
+
 from .config import Config, DataConfig, expand_path
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """An image or mask could not be read; the message names it."""
 
 
@@ -133,7 +135,7 @@ class DatasetsSource:
         import datasets
 
         if not data.path:
-            raise ValueError("data.source is 'datasets' but data.path is empty; give a hub name or a builder such as 'parquet'.")
+            raise InputError("data.source is 'datasets' but data.path is empty; give a hub name or a builder such as 'parquet'.")
         files = data.data_files
         if isinstance(files, str):
             files = expand_path(files)
@@ -151,7 +153,7 @@ class DatasetsSource:
         for key in ("image_column", "label_column", "mask_column", "context_column"):
             column = getattr(data, key)
             if column is not None and column not in columns:
-                raise ValueError(f"data.{key}={column!r} is not a column of {self.label}; its columns are {columns}.")
+                raise InputError(f"data.{key}={column!r} is not a column of {self.label}; its columns are {columns}.")
         for column in (data.image_column, data.mask_column):
             if column is not None and isinstance(self.ds.features[column], datasets.Image):
                 # Decode ourselves, so that a broken image is named instead of failing deep inside datasets.
@@ -192,7 +194,7 @@ class ImageMaskPairs:
 
     def __init__(self, data: DataConfig):
         if not data.image_dir or not data.mask_dir:
-            raise ValueError("data.source is 'pairs': set data.image_dir and data.mask_dir.")
+            raise InputError("data.source is 'pairs': set data.image_dir and data.mask_dir.")
         image_dir, mask_dir = Path(expand_path(data.image_dir)), Path(expand_path(data.mask_dir))
         for key, folder in (("image_dir", image_dir), ("mask_dir", mask_dir)):
             if not folder.is_dir():
@@ -201,10 +203,10 @@ class ImageMaskPairs:
         masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
         unpaired = sorted(set(images) ^ set(masks))
         if unpaired:
-            raise ValueError(f"images and masks must pair up by file name; without a partner: {unpaired[:10]} "
+            raise InputError(f"images and masks must pair up by file name; without a partner: {unpaired[:10]} "
                              f"(in {image_dir} / {mask_dir}).")
         if not images:
-            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {image_dir}.")
+            raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {image_dir}.")
         self.pairs = [(images[k], masks[k]) for k in sorted(images)]
         self.data = data
 
@@ -231,7 +233,7 @@ def open_source(config: Config):
         return SyntheticShapes(size, data.synthetic_size, data.channels, masks=config.task == "segmentation", seed=config.train.seed)
     if data.source == "datasets":
         if config.task == "segmentation" and not data.mask_column:
-            raise ValueError("a segmentation run on a datasets source needs data.mask_column.")
+            raise InputError("a segmentation run on a datasets source needs data.mask_column.")
         return DatasetsSource(data)
     return ImageMaskPairs(data)
 
@@ -252,7 +254,7 @@ def check_images(source, indices: list[int], on_bad: str, log: Callable[[str], N
     if bad:
         log(f"skipped {len(bad)} unreadable example(s) of {len(indices)}; first: {bad[0]}")
     if not good:
-        raise ValueError("no readable examples are left.")
+        raise InputError("no readable examples are left.")
     return good
 
 
@@ -262,7 +264,7 @@ def split_indices(indices: list[int], val_size: float | list[int], seed: int) ->
     if isinstance(val_size, (list, tuple)):
         bad = [k for k in val_size if not 0 <= k < len(indices)]
         if bad or len(set(val_size)) >= len(indices):
-            raise ValueError(f"data.val_size lists examples {list(val_size)}; positions must lie in 0..{len(indices) - 1} "
+            raise InputError(f"data.val_size lists examples {list(val_size)}; positions must lie in 0..{len(indices) - 1} "
                              "and leave some examples for training.")
         held = set(val_size)
         return [i for k, i in enumerate(indices) if k not in held], [indices[k] for k in sorted(held)]
@@ -270,7 +272,7 @@ def split_indices(indices: list[int], val_size: float | list[int], seed: int) ->
         return list(indices), []
     count = int(round(val_size * len(indices))) if val_size < 1 else int(val_size)
     if not 0 < count < len(indices):
-        raise ValueError(f"data.val_size={val_size} leaves {len(indices) - count} of {len(indices)} examples for training.")
+        raise InputError(f"data.val_size={val_size} leaves {len(indices) - count} of {len(indices)} examples for training.")
     order = np.random.default_rng([seed, 7]).permutation(len(indices))
     held = set(order[:count].tolist())
     train = [i for k, i in enumerate(indices) if k not in held]
@@ -315,10 +317,10 @@ class ExampleOrder(Sampler):
 
     def __init__(self, size: int, global_batch: int, rank: int, world: int, seed: int, start: int = 0):
         if global_batch % world:
-            raise ValueError(f"train.batch_size={global_batch} must divide evenly over {world} processes.")
+            raise InputError(f"train.batch_size={global_batch} must divide evenly over {world} processes.")
         self.batches_per_epoch = size // global_batch
         if self.batches_per_epoch == 0:
-            raise ValueError(f"train.batch_size={global_batch} is larger than the {size} training examples.")
+            raise InputError(f"train.batch_size={global_batch} is larger than the {size} training examples.")
         self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
         self.seed, self.start = seed, start
         self.local = global_batch // world

@@ -18,6 +18,8 @@ from torchvision.utils import save_image
 
 from pipelines import DenoisePipeline
 from unet_diffusion import UNet, save_weights
+from unet_diffusion.errors import InputError
+from unet_diffusion.weights import check_config
 
 from .checkpoint import ema_weights
 from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
@@ -30,12 +32,13 @@ def build_unet(config: Config, **fixed) -> UNet:
     args = dict(config.model.args)
     for key, value in fixed.items():
         args.setdefault(key, value)
+    check_config(UNet, args, source="model.args")
     try:
         if config.model.preset:
             return UNet.from_preset(config.model.preset, **args)
         return UNet(**args)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model (preset {config.model.preset!r}, args {args}): {err}") from None
+    except InputError as err:
+        raise ConfigError(f"model (preset {config.model.preset!r}): {err}") from None
 
 
 def noise_scheduler(config: Config) -> DDPMScheduler:
@@ -83,6 +86,13 @@ class DiffusionTask:
             raise ConfigError(f"the model takes {c.in_channels}-channel images but data.channels={self.config.data.channels}.")
         if c.num_class_labels is not None and self.config.diffusion.condition_dropout > 0 and not c.null_class_label:
             raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
+        size = self.config.data.image_size
+        try:
+            kept = model.output_size(size) == size
+        except InputError as err:
+            raise ConfigError(f"data.image_size={size}: {err}") from None
+        if not kept:
+            raise ConfigError(f"data.image_size={size}: a denoiser must keep the image size; use model.args.padding='same'.")
         return model
 
     def check_examples(self, examples) -> None:
@@ -96,18 +106,18 @@ class DiffusionTask:
         drop = bool(torch.rand(()) < d.condition_dropout)
         if c.num_class_labels is not None:
             if raw.label is None:
-                raise ValueError(f"the model is class-conditional (num_class_labels={c.num_class_labels}) but example "
+                raise InputError(f"the model is class-conditional (num_class_labels={c.num_class_labels}) but example "
                                  f"{index} has no label; set data.label_column.")
             if not 0 <= raw.label < c.num_class_labels:
-                raise ValueError(f"example {index} has label {raw.label}, outside [0, {c.num_class_labels}) (model.args.num_class_labels).")
+                raise InputError(f"example {index} has label {raw.label}, outside [0, {c.num_class_labels}) (model.args.num_class_labels).")
             example["label"] = torch.tensor(c.num_class_labels if drop else raw.label)
         if c.context_dim is not None:
             if raw.context is None:
-                raise ValueError(f"the model cross-attends (context_dim={c.context_dim}) but example {index} has no context; "
+                raise InputError(f"the model cross-attends (context_dim={c.context_dim}) but example {index} has no context; "
                                  "set data.context_column.")
             context = torch.as_tensor(raw.context, dtype=torch.float32)
             if context.ndim != 2 or context.shape[1] != c.context_dim:
-                raise ValueError(f"example {index}: the context must be (L, {c.context_dim}); got {tuple(context.shape)}.")
+                raise InputError(f"example {index}: the context must be (L, {c.context_dim}); got {tuple(context.shape)}.")
             example["context"] = torch.zeros_like(context) if drop else context
         return example
 
@@ -192,7 +202,7 @@ class DiffusionTask:
         unet = trainer.accelerator.unwrap_model(trainer.model)
         save_grid(self.sample_grid(), run_dir / "samples.png")
         with ema_weights(unet, trainer.ema):
-            save_weights(unet, run_dir / "model.safetensors")
+            save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config)
             save_pipeline(unet, self.scheduler, run_dir / "pipeline")
         trainer.log(f"wrote {run_dir / 'samples.png'}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
 

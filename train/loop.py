@@ -26,9 +26,26 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, read_state, resolve_resume, save_checkpoint
+from unet_diffusion.errors import InputError
+
+from .checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_state,
+    register_model_hooks,
+    resolve_resume,
+    save_checkpoint,
+)
 from .config import Config, save_config
-from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
+from .data import (
+    Examples,
+    check_images,
+    epoch_of,
+    open_source,
+    split_indices,
+    training_loader,
+)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,6 +88,7 @@ class Trainer:
         self.config, self.task = config, task
         c = config.train
         self.accelerator = Accelerator(mixed_precision=c.mixed_precision, step_scheduler_with_optimizer=False)
+        register_model_hooks(self.accelerator)
         self.is_main = self.accelerator.is_main_process
         self._print = log or (lambda text: print(text, flush=True))
         self.run_dir = Path(c.output_dir)
@@ -145,7 +163,7 @@ class Trainer:
             theirs = yaml.safe_load(saved.read_text()) or {}
             for key in ("task", "model"):
                 if theirs.get(key) != mine[key]:
-                    raise ValueError(f"cannot resume from {checkpoint}: its run was made with a different {key} "
+                    raise InputError(f"cannot resume from {checkpoint}: its run was made with a different {key} "
                                      f"({theirs.get(key)!r}, now {mine[key]!r}).")
             before, now = theirs.get("train", {}).get("batch_size"), mine["train"]["batch_size"]
             if before != now:
@@ -167,7 +185,7 @@ class Trainer:
         c = self.config.train
         checkpoint = resolve_resume(resume, self.run_dir)
         if resume is None and list_checkpoints(self.run_dir):
-            raise ValueError(f"{self.run_dir} already holds checkpoints of a run; continue it with --resume latest, "
+            raise InputError(f"{self.run_dir} already holds checkpoints of a run; continue it with --resume latest, "
                              "or choose another train.output_dir.")
         if resume == "latest" and checkpoint is None:
             self.log(f"no checkpoint in {self.run_dir} yet; starting from step 0")

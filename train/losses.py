@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from unet_diffusion.errors import InputError
+
 
 # ---------------------------------------------------------------------------- segmentation losses
 def cross_entropy(
@@ -130,4 +132,4 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction: str) -> torch.T
         return clipped / (snr + 1)
     if prediction == "sample":
         return clipped
-    raise ValueError(f"prediction must be 'epsilon', 'v' or 'sample'; got {prediction!r}.")
+    raise InputError(f"prediction must be 'epsilon', 'v' or 'sample'; got {prediction!r}.")

@@ -18,6 +18,7 @@ from torchvision.utils import save_image
 
 from pipelines import SegmentationPipeline
 from unet_diffusion import UNet, save_weights
+from unet_diffusion.errors import InputError
 
 from .checkpoint import ema_weights
 from .config import Config, ConfigError
@@ -149,11 +150,11 @@ class SegmentationTask:
 
     def _tensors(self, raw, index: int):
         if raw.mask is None:
-            raise ValueError(f"example {index} has no mask; a segmentation run needs masks (data.mask_column or data.mask_dir).")
+            raise InputError(f"example {index} has no mask; a segmentation run needs masks (data.mask_column or data.mask_dir).")
         image = TF.pil_to_tensor(raw.image).float() / 255                        # (C, H, W) in [0, 1]
         mask = torch.from_numpy(np.asarray(raw.mask, dtype=np.int64))              # (H, W)
         if int(mask.max()) >= self.num_classes:
-            raise ValueError(f"the mask of example {index} holds class {int(mask.max())} but the model has {self.num_classes} "
+            raise InputError(f"the mask of example {index} holds class {int(mask.max())} but the model has {self.num_classes} "
                              "classes (model.args.out_channels); map pixel values with data.mask_values.")
         return image, mask
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from unet_diffusion.errors import InputError
+
 from .config import AugmentConfig
 
 
@@ -74,7 +76,7 @@ class JointTransform:
 
     def __init__(self, out_size: int, in_size: int, augment: AugmentConfig):
         if in_size < out_size or (in_size - out_size) % 2:
-            raise ValueError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
+            raise InputError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
         self.out_size, self.in_size, self.margin = out_size, in_size, (in_size - out_size) // 2
         self.brightness = augment.brightness
         steps: list = []
@@ -108,7 +110,7 @@ class JointTransform:
 
         height, width = mask.shape
         if height < self.out_size or width < self.out_size:
-            raise ValueError(f"a {height}x{width} example is smaller than the {self.out_size}-pixel training crop; lower data.image_size.")
+            raise InputError(f"a {height}x{width} example is smaller than the {self.out_size}-pixel training crop; lower data.image_size.")
         top = int(torch.randint(height - self.out_size + 1, ()).item())
         left = int(torch.randint(width - self.out_size + 1, ()).item())
         out = (slice(top, top + self.out_size), slice(left, left + self.out_size))

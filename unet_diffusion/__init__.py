@@ -1,12 +1,16 @@
-"""unet-diffusion: one fast, configurable U-Net for diffusion models and segmentation."""
+"""unet-diffusion: one fast, configurable U-Net for diffusion models and segmentation.
 
-from .convert import UnsupportedConversionError, from_diffusers, to_diffusers
-from .presets import PRESETS
-from .unet import UNet, UNetOutput
-from .weights import CheckpointMismatchError, load_weights, save_weights
+The names load on first use (``lazy.py``), so the command line's ``--help`` does not import torch.
+"""
 
-__all__ = [
-    "PRESETS", "CheckpointMismatchError", "UNet", "UNetOutput", "UnsupportedConversionError",
-    "from_diffusers", "load_weights", "save_weights", "to_diffusers",
-]
+from .lazy import lazy_exports
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CheckpointMismatchError": ".weights", "InputError": ".errors", "InputTypeError": ".errors",
+    "PRESETS": ".presets", "UNet": ".unet", "UNetOutput": ".unet", "UnsupportedConversionError": ".convert",
+    "from_diffusers": ".convert", "load_weights": ".weights", "save_weights": ".weights", "to_diffusers": ".convert",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

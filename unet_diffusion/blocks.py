@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionGate, SelfAttention, SpatialTransformer
+from .errors import InputError
 from .fused import norm_act_conv
 
 
@@ -130,11 +131,11 @@ class Downsample(nn.Module):
         elif kind == "avgpool":
             self.op = nn.AvgPool2d(2)
         else:
-            raise ValueError(f"downsample must be 'conv', 'conv_asym', 'maxpool' or 'avgpool', got {kind!r}.")
+            raise InputError(f"downsample must be 'conv', 'conv_asym', 'maxpool' or 'avgpool', got {kind!r}.")
 
     def out_size(self, n: int) -> int:
         if n % 2:
-            raise ValueError(f"a {n}-pixel map cannot be halved")
+            raise InputError(f"a {n}-pixel map cannot be halved")
         return n // 2
 
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
@@ -158,7 +159,7 @@ class Upsample(nn.Module):
         elif kind in ("nearest", "bilinear"):
             self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         else:
-            raise ValueError(f"upsample must be 'conv_transpose', 'nearest' or 'bilinear', got {self.kind!r}.")
+            raise InputError(f"upsample must be 'conv_transpose', 'nearest' or 'bilinear', got {self.kind!r}.")
 
     def out_size(self, n: int) -> int:
         return 2 * n
@@ -232,7 +233,7 @@ class UNetBlock(nn.Module):
 
     def out_size(self, n: int, skip_n: int | None = None) -> int:
         if skip_n is not None and (skip_n < n or (skip_n - n) % 2):
-            raise ValueError(f"a {skip_n}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
+            raise InputError(f"a {skip_n}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
         return self.conv.out_size(n)
 
     def forward(

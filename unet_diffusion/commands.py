@@ -1,7 +1,7 @@
-"""Subcommands of the ``unet-diffusion`` command line that belong to this package.
+"""The ``convert`` subcommand (an entry point of the group ``unet_diffusion.commands``, see ``cli.py``).
 
-``register(subparsers)`` adds each subcommand with ``set_defaults(func=handler)``; a handler takes
-the parsed arguments and returns an exit status.
+``add_convert(subparsers)`` adds its parser with ``set_defaults(func=run_convert)``; torch and the
+network load inside the handler.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import argparse
 import json
 from pathlib import Path
 
+from .errors import InputError
+
 TO_OURS, TO_DIFFUSERS = "unet-diffusion", "diffusers"
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def register(subparsers) -> None:
-    """Add this package's subcommands to the ``unet-diffusion`` parser."""
+def add_convert(subparsers) -> None:
+    """The ``convert`` subcommand."""
     convert = subparsers.add_parser(
         "convert",
         help="convert a U-Net folder between diffusers' format and ours (same outputs)",
@@ -50,12 +52,12 @@ def run_convert(args: argparse.Namespace) -> int:
     elif class_name == UNet.__name__:
         source_format = TO_OURS
     else:
-        raise ValueError(f"{config_path} describes a {class_name!r}; expected UNet, {' or '.join(DIFFUSERS_CLASSES)}.")
+        raise InputError(f"{config_path} describes a {class_name!r}; expected UNet, {' or '.join(DIFFUSERS_CLASSES)}.")
     target = args.to or (TO_OURS if source_format == TO_DIFFUSERS else TO_DIFFUSERS)
     if target == source_format:
-        raise ValueError(f"{src} is already a {target} model ({class_name}); nothing to convert. Leave out --to.")
+        raise InputError(f"{src} is already a {target} model ({class_name}); nothing to convert. Leave out --to.")
     if dst.exists() and any(dst.iterdir()) and not args.overwrite:
-        raise ValueError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
+        raise InputError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
 
     model = UNet.from_pretrained(src, variant=args.variant)
     out = to_diffusers(model) if target == TO_DIFFUSERS else model

@@ -21,15 +21,15 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from .errors import InputError, InputTypeError
 from .unet import UNet
-from .weights import raise_if_mismatched, safetensors_files, state_dict_differences
+from .weights import raise_if_mismatched, read_safetensors, safetensors_files, state_dict_differences
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
 
-class UnsupportedConversionError(ValueError):
+class UnsupportedConversionError(InputError):
     """The model uses something the other side cannot express; the message names every such thing."""
 
 
@@ -478,7 +478,7 @@ def diffusers_names(name: str, levels: int) -> list[str]:
             return [f"{base}.attentions.{index}.{module_leaf}.{param}"]
         sub = _TRANSFORMER_LAYER.get(layer[2], [layer[2]])
         return [f"{base}.attentions.{index}.transformer_blocks.{layer[1]}.{n}.{param}" for n in sub]
-    raise ValueError(f"no diffusers name for {name!r}")
+    raise InputError(f"no diffusers name for {name!r}")
 
 
 def name_map(model: UNet) -> dict[str, list[str]]:
@@ -564,14 +564,14 @@ def load_diffusers_folder(
     ``torch_dtype`` (default float32). ``UNet.from_pretrained`` calls this for diffusers folders.
     """
     if unsupported:
-        raise TypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; it takes variant and torch_dtype.")
+        raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; it takes variant and torch_dtype.")
     if use_safetensors is False:
-        raise ValueError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
+        raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     state_dict: dict[str, torch.Tensor] = {}
     for file in safetensors_files(folder, variant):
-        state_dict.update(load_file(file))
+        state_dict.update(read_safetensors(file))
     model = from_diffusers_state_dict(config, state_dict, source=str(folder), dtype=torch_dtype or torch.float32)
     if output_loading_info:
         return model, dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])

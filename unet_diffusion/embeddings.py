@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from .errors import InputError
+
 
 # ---------------------------------------------------------------------------- sinusoidal features
 def sinusoidal_embedding(
@@ -61,7 +63,7 @@ class FourierFeatures(nn.Module):
     def __init__(self, dim: int, scale: float, flip_sin_to_cos: bool, log: bool = True):
         super().__init__()
         if dim % 2:
-            raise ValueError(f"Fourier time features need an even width, got {dim}.")
+            raise InputError(f"Fourier time features need an even width, got {dim}.")
         self.register_buffer("weight", torch.randn(dim // 2) * scale)
         self.flip_sin_to_cos = flip_sin_to_cos
         self.log = log

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import InputError
+
 PRESETS: dict[str, dict] = {
     # DDPM on CIFAR-10 (Ho et al. 2020): 35.7M parameters, the config of diffusers' ddpm-cifar10-32.
     "ddpm-cifar10": dict(
@@ -46,5 +48,5 @@ PRESETS: dict[str, dict] = {
 def preset_config(name: str, **overrides) -> dict:
     """The configuration fields of preset ``name`` with ``overrides`` applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}.")
+        raise InputError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}.")
     return {**PRESETS[name], **overrides}

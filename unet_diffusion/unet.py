@@ -22,10 +22,12 @@ from torch import nn
 
 from .blocks import Downsample, UNetBlock, Upsample, conv_padding
 from .embeddings import FourierFeatures, SinusoidalFeatures, TimeEmbedding
+from .errors import InputError, InputTypeError
 from .heads import Head
 from .initialization import INIT_SCHEMES, initialize
 from .weights import (
-    check_config_keys,
+    check_config,
+    check_local_folder,
     model_shapes,
     raise_if_mismatched,
     safetensors_files,
@@ -43,7 +45,7 @@ class UNetOutput(BaseOutput):
 
 def _choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
+        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
 
 
 def _per_level(name: str, value, levels: int) -> tuple[int, ...]:
@@ -51,7 +53,7 @@ def _per_level(name: str, value, levels: int) -> tuple[int, ...]:
         return (int(value),) * levels
     value = tuple(int(v) for v in value)
     if len(value) != levels:
-        raise ValueError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
+        raise InputError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
     return value
 
 
@@ -134,7 +136,7 @@ class UNet(ModelMixin, ConfigMixin):
         super().__init__()
         levels = len(channels)
         if levels < 1:
-            raise ValueError("channels needs at least one level, e.g. (64, 128, 256).")
+            raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
         for name, value, allowed in (
             ("head", head, ("denoise", "segment")),
             ("block", block, ("residual", "classic")),
@@ -149,47 +151,47 @@ class UNet(ModelMixin, ConfigMixin):
             _choice(name, value, allowed)
         blocks = _per_level("blocks_per_level", blocks_per_level, levels)
         if min(blocks) < 1:
-            raise ValueError(f"blocks_per_level must be at least 1 on every level; got {blocks_per_level}.")
+            raise InputError(f"blocks_per_level must be at least 1 on every level; got {blocks_per_level}.")
         depths = _per_level("transformer_depth", transformer_depth, levels)
         if min(depths) < 1:
-            raise ValueError(f"transformer_depth must be at least 1 on every level; got {transformer_depth}.")
+            raise InputError(f"transformer_depth must be at least 1 on every level; got {transformer_depth}.")
         head_counts = None if attention_heads is None else _per_level("attention_heads", attention_heads, levels)
         if head_counts is not None and min(head_counts) < 1:
-            raise ValueError(f"attention_heads must be at least 1 on every level; got {attention_heads}.")
+            raise InputError(f"attention_heads must be at least 1 on every level; got {attention_heads}.")
         if divide_by_timestep and time_embedding is None:
-            raise ValueError("divide_by_timestep needs a timestep; it does nothing with time_embedding=None.")
+            raise InputError("divide_by_timestep needs a timestep; it does nothing with time_embedding=None.")
         for name, lv in (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels)):
             bad = [l for l in lv if not 0 <= l < levels]
             if bad:
-                raise ValueError(f"{name} {list(lv)} names levels {bad} that do not exist; levels are 0..{levels - 1}.")
+                raise InputError(f"{name} {list(lv)} names levels {bad} that do not exist; levels are 0..{levels - 1}.")
         if block == "classic" and (time_embedding is not None or num_class_labels is not None):
-            raise ValueError(
+            raise InputError(
                 "classic blocks take no time or class embedding; set time_embedding=None and num_class_labels=None, "
                 "or use block='residual'."
             )
         if block == "residual" and not conv_in:
-            raise ValueError("residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features.")
+            raise InputError("residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features.")
         if padding == "valid" and pad_input:
-            raise ValueError("pad_input works with padding='same'; a valid-padding model is tiled instead (see valid_input_sizes).")
+            raise InputError("pad_input works with padding='same'; a valid-padding model is tiled instead (see valid_input_sizes).")
         if attention_heads is not None and attention_head_channels is not None:
-            raise ValueError("give attention_heads (a count) or attention_head_channels (a width), not both.")
+            raise InputError("give attention_heads (a count) or attention_head_channels (a width), not both.")
         uses_cross = bool(cross_attention_levels) or mid_cross_attention
         if uses_cross and context_dim is None:
-            raise ValueError("cross-attention needs context_dim, the width of encoder_hidden_states.")
+            raise InputError("cross-attention needs context_dim, the width of encoder_hidden_states.")
         if context_dim is not None and not uses_cross:
-            raise ValueError("context_dim is set but no level has cross-attention; set cross_attention_levels or mid_cross_attention.")
+            raise InputError("context_dim is set but no level has cross-attention; set cross_attention_levels or mid_cross_attention.")
         if block == "residual" or attention_levels or uses_cross or (mid_block and mid_attention):
             bad = sorted({c for c in channels if c % norm_groups})
             if bad:
-                raise ValueError(f"channels {bad} are not divisible by norm_groups={norm_groups}; change one or the other.")
+                raise InputError(f"channels {bad} are not divisible by norm_groups={norm_groups}; change one or the other.")
         if head == "segment" and learned_variance:
-            raise ValueError("learned_variance belongs to the denoise head, not the segmentation head.")
+            raise InputError("learned_variance belongs to the denoise head, not the segmentation head.")
 
         def heads_for(width: int, level: int) -> int:
             if attention_head_channels is None:
                 return head_counts[level] if head_counts else 1
             if width % attention_head_channels:
-                raise ValueError(f"attention_head_channels={attention_head_channels} does not divide width {width}.")
+                raise InputError(f"attention_head_channels={attention_head_channels} does not divide width {width}.")
             return width // attention_head_channels
 
         # Embedding of the noise level (and class label), shared by every residual block.
@@ -290,7 +292,7 @@ class UNet(ModelMixin, ConfigMixin):
     def _walk_size(self, n: int) -> int:
         """Output size for an ``n``-pixel side, raising ValueError with the reason if ``n`` does not fit."""
         if n < 1:
-            raise ValueError("a side must be at least 1 pixel")
+            raise InputError("a side must be at least 1 pixel")
         stack: list[int] = []
         if self.stem is not None:
             n = n - (2 if self.config.padding == "valid" else 0)
@@ -299,7 +301,7 @@ class UNet(ModelMixin, ConfigMixin):
         for block in self.encoder.values():
             n = block.out_size(n)
             if n < 1:
-                raise ValueError("the encoder shrinks it to nothing")
+                raise InputError("the encoder shrinks it to nothing")
             if block.push_skip:
                 stack.append(n)
         for block in self.middle.values():
@@ -307,7 +309,7 @@ class UNet(ModelMixin, ConfigMixin):
         for block in self.decoder.values():
             n = block.out_size(n, stack.pop()) if block.skip_channels else block.out_size(n)
             if n < 1:
-                raise ValueError("the decoder shrinks it to nothing")
+                raise InputError("the decoder shrinks it to nothing")
         return n
 
     def output_size(self, size: int | tuple[int, int]) -> int | tuple[int, int]:
@@ -328,7 +330,7 @@ class UNet(ModelMixin, ConfigMixin):
                 self._size_cache[size] = str(err)
         out = self._size_cache[size]
         if isinstance(out, str):
-            raise ValueError(
+            raise InputError(
                 f"this model does not take a {size}-pixel side ({out}); nearest valid sizes: {self.valid_input_sizes(size)}."
             )
         return out
@@ -351,13 +353,13 @@ class UNet(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------------ input checks
     def _check_sample(self, sample: torch.Tensor) -> None:
         if not isinstance(sample, torch.Tensor):
-            raise TypeError(f"sample must be a torch.Tensor of shape (B, C, H, W); got {type(sample).__name__}.")
+            raise InputTypeError(f"sample must be a torch.Tensor of shape (B, C, H, W); got {type(sample).__name__}.")
         if not sample.is_floating_point():
-            raise TypeError(f"sample must be a floating-point tensor; got dtype {sample.dtype}. Convert it, e.g. x.float() / 255.")
+            raise InputTypeError(f"sample must be a floating-point tensor; got dtype {sample.dtype}. Convert it, e.g. x.float() / 255.")
         if sample.ndim != 4:
-            raise ValueError(f"sample must have shape (B, C, H, W); got shape {tuple(sample.shape)}.")
+            raise InputError(f"sample must have shape (B, C, H, W); got shape {tuple(sample.shape)}.")
         if sample.shape[1] != self.config.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"this model takes {self.config.in_channels}-channel input; got {sample.shape[1]} channels "
                 f"(shape {tuple(sample.shape)})."
             )
@@ -368,52 +370,52 @@ class UNet(ModelMixin, ConfigMixin):
     def _timestep_tensor(self, timestep, batch: int, device: torch.device) -> torch.Tensor | None:
         if self.time_embed is None:
             if timestep is not None:
-                raise ValueError("this model has no time conditioning (time_embedding=None); call it without timestep.")
+                raise InputError("this model has no time conditioning (time_embedding=None); call it without timestep.")
             return None
         if timestep is None:
-            raise ValueError("this model is time-conditioned: pass timestep (a number, a 0-d tensor or a (B,) tensor).")
+            raise InputError("this model is time-conditioned: pass timestep (a number, a 0-d tensor or a (B,) tensor).")
         if isinstance(timestep, torch.Tensor):
             if timestep.dtype == torch.bool or timestep.is_complex():
-                raise TypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
+                raise InputTypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
             t = timestep.to(device)
         elif isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
             t = torch.tensor(timestep, device=device)
         else:
-            raise TypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
+            raise InputTypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
         if t.ndim == 0 or t.shape == (1,):
             return t.reshape(1).expand(batch)
         if t.shape != (batch,):
-            raise ValueError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
+            raise InputError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
         return t
 
     def _check_conditioning(self, class_labels, encoder_hidden_states, batch: int) -> None:
         n = self.config.num_class_labels
         if n is None and class_labels is not None:
-            raise ValueError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
+            raise InputError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
         if n is not None:
             if class_labels is None:
                 null = f" (the null label is {n})" if self.config.null_class_label else ""
-                raise ValueError(f"this model is class-conditional: pass class_labels, a (B,) integer tensor in [0, {n}){null}.")
+                raise InputError(f"this model is class-conditional: pass class_labels, a (B,) integer tensor in [0, {n}){null}.")
             if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.dtype == torch.bool:
-                raise TypeError(f"class_labels must be an integer tensor of shape ({batch},).")
+                raise InputTypeError(f"class_labels must be an integer tensor of shape ({batch},).")
             if class_labels.shape != (batch,):
-                raise ValueError(f"class_labels must have shape ({batch},); got {tuple(class_labels.shape)}.")
+                raise InputError(f"class_labels must have shape ({batch},); got {tuple(class_labels.shape)}.")
             top = n + int(self.config.null_class_label)
             # Checked eagerly on CPU only: reading GPU values would synchronise every forward, and a
             # value-dependent branch would break a torch.compile graph.
             if not torch.compiler.is_compiling() and class_labels.device.type == "cpu" and len(class_labels) and (class_labels.min() < 0 or class_labels.max() >= top):
-                raise ValueError(f"class_labels must lie in [0, {top}); got values {class_labels.min().item()}..{class_labels.max().item()}.")
+                raise InputError(f"class_labels must lie in [0, {top}); got values {class_labels.min().item()}..{class_labels.max().item()}.")
         width = self.config.context_dim
         if width is None and encoder_hidden_states is not None:
-            raise ValueError("this model has no cross-attention; call it without encoder_hidden_states.")
+            raise InputError("this model has no cross-attention; call it without encoder_hidden_states.")
         if width is not None:
             if encoder_hidden_states is None:
-                raise ValueError(f"this model cross-attends: pass encoder_hidden_states of shape (B, L, {width}).")
+                raise InputError(f"this model cross-attends: pass encoder_hidden_states of shape (B, L, {width}).")
             ctx = encoder_hidden_states
             if not isinstance(ctx, torch.Tensor) or not ctx.is_floating_point():
-                raise TypeError("encoder_hidden_states must be a floating-point tensor of shape (B, L, context_dim).")
+                raise InputTypeError("encoder_hidden_states must be a floating-point tensor of shape (B, L, context_dim).")
             if ctx.ndim != 3 or ctx.shape[0] != batch or ctx.shape[2] != width:
-                raise ValueError(f"encoder_hidden_states must have shape ({batch}, L, {width}); got {tuple(ctx.shape)}.")
+                raise InputError(f"encoder_hidden_states must have shape ({batch}, L, {width}); got {tuple(ctx.shape)}.")
 
     # ------------------------------------------------------------------------ forward
     def _run(self, block: nn.Module, x, emb, context, skip=None):
@@ -432,7 +434,8 @@ class UNet(ModelMixin, ConfigMixin):
         """Run the network on ``sample`` ``(B, C, H, W)``.
 
         Args:
-            sample: the noisy image (denoising) or the image (segmentation), floating point.
+            sample: the noisy image (denoising) or the image (segmentation), floating point; another
+                floating precision than the model's (float64, say) is cast to the model's ``dtype``.
             timestep: noise level, a number, a 0-d tensor or a ``(B,)`` tensor (integer or float).
                 Required for time-conditioned models, refused by the others.
             class_labels: ``(B,)`` integer labels for class-conditional models.
@@ -446,6 +449,10 @@ class UNet(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         t = self._timestep_tensor(timestep, batch, sample.device)
         self._check_conditioning(class_labels, encoder_hidden_states, batch)
+        # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
+        sample = sample.to(self.dtype)
+        if encoder_hidden_states is not None:
+            encoder_hidden_states = encoder_hidden_states.to(self.dtype)
 
         if self.config.center_input:
             sample = 2 * sample - 1.0
@@ -500,12 +507,12 @@ class UNet(ModelMixin, ConfigMixin):
             from .convert import DIFFUSERS_CLASSES
 
             if config.get("_class_name") in DIFFUSERS_CLASSES:
-                raise ValueError(
+                raise InputError(
                     f"this is a diffusers {config['_class_name']} config. UNet.from_pretrained converts diffusers "
                     "folders on disk: download the model first (hf download REPO --local-dir DIR) and pass DIR; "
                     "unet_diffusion.convert.config_from_diffusers(config) gives the architecture alone."
                 )
-            check_config_keys(cls, config)
+            check_config(cls, config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
@@ -520,6 +527,7 @@ class UNet(ModelMixin, ConfigMixin):
         are read from safetensors only. A checkpoint whose tensors do not match the config raises
         ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
         """
+        check_local_folder(pretrained_model_name_or_path)
         folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
         if folder.is_dir():
             from .convert import DIFFUSERS_CLASSES, load_diffusers_folder
@@ -546,11 +554,11 @@ class UNet(ModelMixin, ConfigMixin):
         config = json.loads(config_path.read_text())
         class_name = config.get("_class_name", cls.__name__)
         if class_name != cls.__name__:
-            raise ValueError(
+            raise InputError(
                 f"{config_path} describes a {class_name}, not a {cls.__name__}; {cls.__name__}.from_pretrained reads "
                 f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
             )
-        check_config_keys(cls, config, source=str(config_path))
+        check_config(cls, config, source=str(config_path))
         found: dict[str, tuple] = {}
         for file in safetensors_files(folder, variant):
             found.update(safetensors_shapes(file))

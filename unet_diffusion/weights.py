@@ -11,16 +11,21 @@ import inspect
 import json
 import os
 import tempfile
+import types
+import typing
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .errors import InputError
+
 CONFIG_METADATA_KEY = "unet_diffusion_config"
+SCHEDULER_METADATA_KEY = "unet_diffusion_scheduler"  # the noise schedule the weights were trained with
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The tensors of a checkpoint do not fit the model's configuration."""
 
 
@@ -30,8 +35,9 @@ def config_fields(cls) -> list[str]:
     return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
 
 
-def check_config_keys(cls, config: dict, source: str = "the configuration") -> None:
-    """Raise ValueError if ``config`` has keys that are not fields of ``cls`` (``_private`` keys aside)."""
+def check_config(cls, config: dict, source: str = "the configuration") -> None:
+    """Raise ``InputError`` if ``config`` has keys that are not fields of ``cls`` (``_private`` keys aside, the
+    closest field named) or values that do not fit the fields' types."""
     fields = config_fields(cls)
     unknown = [k for k in config if not k.startswith("_") and k not in fields]
     if unknown:
@@ -39,9 +45,40 @@ def check_config_keys(cls, config: dict, source: str = "the configuration") -> N
         for key in unknown:
             close = difflib.get_close_matches(key, fields, n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(
+        raise InputError(
             f"{source} has unknown {cls.__name__} fields: {', '.join(hints)}. Valid fields: {', '.join(fields)}."
         )
+    check_config_types(cls, {k: v for k, v in config.items() if not k.startswith("_")}, source)
+
+
+def _fits(value, hint) -> bool:
+    """Whether a config value (as read from JSON or YAML: lists for tuples) fits the type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, option) for option in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(item, args[0]) for item in value)
+        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
+    return isinstance(value, origin or hint)
+
+
+def check_config_types(cls, config: dict, source: str = "the configuration") -> None:
+    """Raise ``InputError`` naming the first field of ``config`` whose value does not fit ``cls.__init__``'s annotation."""
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in config.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
+            raise InputError(f"{source}: {key} must be {expected}; got {value!r} ({type(value).__name__}).")
 
 
 # ---------------------------------------------------------------------------- state-dict checks
@@ -84,10 +121,30 @@ def model_shapes(model: torch.nn.Module) -> dict[str, tuple]:
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
+def unreadable(path: str | os.PathLike, err: Exception) -> InputError:
+    """The error for a safetensors file that cannot be parsed (truncated, corrupt, not safetensors)."""
+    return InputError(f"{path} is not a readable safetensors file ({err}); it may be truncated or corrupt: "
+                      "copy or write it again.")
+
+
 def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple]:
     """Tensor name -> shape read from a safetensors header (no tensor data is read)."""
-    with safe_open(str(path), framework="pt") as f:
-        return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise unreadable(path, err) from err
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (on the CPU), or an error that names the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no weights file at {path}.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:
+        raise unreadable(path, err) from err
 
 
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
@@ -99,6 +156,25 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
 
 # ---------------------------------------------------------------------------- folders
 WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def looks_local(name: str | os.PathLike) -> bool:
+    """Whether ``name`` is meant as a local path rather than a Hub id (``org/name``: one slash, no suffix).
+
+    Local: absolute, ``./``, ``~``, backslashes, not exactly one slash, a file suffix, or a first part
+    that is a local folder (``runs/demo`` beside ``runs/``). A local path that does not exist must
+    fail at once, not after the Hub client's retries.
+    """
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    return (path.is_absolute() or text.startswith((".", "~")) or "\\" in text or text.count("/") != 1
+            or path.suffix != "" or Path(path.parts[0]).is_dir())
+
+
+def check_local_folder(name: str | os.PathLike) -> None:
+    """Raise ``FileNotFoundError`` at once for a local-looking ``name`` that is not an existing folder or file."""
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"no such file or folder: {name} (a Hub id looks like org/name).")
 
 
 def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> list[Path]:
@@ -118,15 +194,23 @@ def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> 
         return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
     hint = ""
     if (folder / f"{stem}.bin").is_file():
-        hint = (
-            f" It has {stem}.bin, a pickle, which is not read because loading a pickle can run code; rewrite it as "
-            "safetensors once with diffusers, e.g. UNet2DModel.from_pretrained(folder).save_pretrained(folder)."
-        )
+        hint = (f" It has {stem}.bin, a pickle, which is not read because unpickling can run code; convert it once with: "
+                f"{pickle_conversion_command(folder / f'{stem}.bin', single)}")
     elif not variant and sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")):
         hint = " It has variant files; pass variant=..., e.g. variant='fp16'."
     raise FileNotFoundError(
         f"{folder} has no {single.name} (or sharded {index.name}); weights are loaded from safetensors only.{hint}"
     )
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def pickle_conversion_command(pickle: Path, target: Path) -> str:
+    """A shell command that rewrites a pickled state dict as safetensors, unpickling tensors only (``weights_only=True``)."""
+    code = (f"import torch; from safetensors.torch import save_file; "
+            f"save_file(torch.load({str(pickle)!r}, map_location='cpu', weights_only=True), {str(target)!r})")
+    return f'python -c "{code}"'
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -145,35 +229,50 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
 
 
 # ---------------------------------------------------------------------------- single-file weights
-def save_weights(model, path: str | os.PathLike) -> Path:
+def save_weights(model, path: str | os.PathLike, scheduler_config: dict | None = None) -> Path:
     """Write ``model``'s weights to one ``.safetensors`` file with its config in the metadata.
 
-    The file alone rebuilds the model with ``load_weights``. Shared tensors are written once per
-    name (contiguous copies), and the write is atomic.
+    The file alone rebuilds the model with ``load_weights``. ``scheduler_config`` (a diffusers
+    scheduler's ``config``: the noise schedule and prediction type the model was trained with)
+    travels in the metadata too, so sampling the file uses the training schedule. Shared tensors
+    are written once per name (contiguous copies), and the write is atomic.
     """
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(config), "class": type(model).__name__, "format": "pt"}
+    if scheduler_config is not None:
+        metadata[SCHEDULER_METADATA_KEY] = json.dumps(dict(scheduler_config))
     atomic_save_file(tensors, path, metadata)
     return Path(path)
 
 
-def read_weights_config(path: str | os.PathLike) -> dict:
-    """The model config stored in a ``.safetensors`` file written by ``save_weights``."""
+def read_weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a ``.safetensors`` file (header only), or an error that names the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}.")
     try:
         with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise ValueError(f"{path} is not a readable safetensors file ({err}).") from err
+            return f.metadata() or {}
+    except Exception as err:
+        raise unreadable(path, err) from err
+
+
+def read_weights_config(path: str | os.PathLike) -> dict:
+    """The model config stored in a ``.safetensors`` file written by ``save_weights``."""
+    metadata = read_weights_metadata(path)
     if CONFIG_METADATA_KEY not in metadata:
-        raise ValueError(
+        raise InputError(
             f"{path} has no model config in its metadata (it was not written by save_weights). "
             "Build the model yourself and pass it: load_weights(path, model=UNet(...))."
         )
     return json.loads(metadata[CONFIG_METADATA_KEY])
+
+
+def read_scheduler_config(path: str | os.PathLike) -> dict | None:
+    """The training scheduler's config stored by ``save_weights(..., scheduler_config=...)``, or ``None``."""
+    stored = read_weights_metadata(path).get(SCHEDULER_METADATA_KEY)
+    return json.loads(stored) if stored else None
 
 
 def load_weights(path: str | os.PathLike, model=None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -192,15 +291,9 @@ def load_weights(path: str | os.PathLike, model=None, device: str | torch.device
     path = Path(path)
     if model is None:
         config = read_weights_config(path)
-        check_config_keys(UNet, config, source=f"the config stored in {path}")
+        check_config(UNet, config, source=f"the config stored in {path}")
         model = UNet(**config)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            state_dict = {name: f.get_tensor(name) for name in f.keys()}
-    except FileNotFoundError:
-        raise
-    except Exception as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err}).") from err
+    state_dict = read_safetensors(path)
     load_state_dict_strict(model, state_dict, source=str(path))
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval()
