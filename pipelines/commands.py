@@ -26,9 +26,10 @@ def add_sample(subparsers) -> None:
         "sample",
         help="sample images from noise with a trained denoiser",
         description=(
-            "Sample images from noise and write each as a PNG, plus grid.png. A bare U-Net (folder or file) is "
-            "sampled on a default DDPM schedule: 1000 training steps, linear betas 1e-4 to 0.02, epsilon "
-            "prediction (see --prediction-type); a pipeline folder brings its own scheduler."
+            "Sample images from noise and write each as a PNG, plus grid.png. A pipeline folder brings its own "
+            "scheduler, and so does a weights file written by training (the schedule it was trained with travels "
+            "in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps, "
+            "linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."
         ),
     )
     sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
@@ -131,7 +132,7 @@ def run_sample(args) -> int:
 
     from .images import load_image, make_grid
     from .loading import load_denoise_pipeline
-    from .outputs import staged_output
+    from unet_diffusion.outputs import staged_output
 
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
@@ -178,7 +179,7 @@ def run_segment(args) -> int:
     """
     from .images import image_files, load_image
     from .loading import load_segmentation_pipeline
-    from .outputs import staged_output
+    from unet_diffusion.outputs import staged_output
 
     files = image_files(args.input)
     pipe = _open_pipeline(load_segmentation_pipeline, args)

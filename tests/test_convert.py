@@ -357,3 +357,11 @@ def test_legacy_attention_names_never_overwrite_current_ones():
 def test_new_parity_fields_are_validated(overrides, message):
     with pytest.raises(ValueError, match=message):
         UNet(**tiny_config(**overrides))
+
+
+def test_a_head_width_that_does_not_divide_the_channels_is_unsupported():
+    config = UNet2DModel(sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                         attention_head_dim=3).config
+    with pytest.raises(UnsupportedConversionError, match="attention_head_dim=3 does not divide the attention width 64"):
+        config_from_diffusers({**config, "_class_name": "UNet2DModel"})

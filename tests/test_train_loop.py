@@ -47,6 +47,13 @@ def test_diffusion_run_writes_everything_and_learns(tmp_path):
     model = load_weights(run / "model.safetensors")  # the EMA weights, rebuilt from the file alone
     assert model.config.num_class_labels == 3
     assert not list((run / "checkpoints").glob(".tmp-*"))
+    # Each tensor once per checkpoint: the model in model/, its EMA in ema/, no second copy from Accelerate;
+    # every other state file is read back with weights_only=True.
+    checkpoint = list_checkpoints(run)[-1]
+    weight_files = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*.safetensors"))
+    assert weight_files == ["ema/diffusion_pytorch_model.safetensors", "model/diffusion_pytorch_model.safetensors"]
+    for state_file in checkpoint.glob("*.bin"):
+        torch.load(state_file, weights_only=True)
 
 
 def test_resume_continues_with_identical_losses(tmp_path):

@@ -256,3 +256,25 @@ def test_classic_models_start_with_he_normal_weights():
     assert abs(up.weight.std().item() - (2 / 1024) ** 0.5) < 0.002
     torch_default = UNet.from_preset("ronneberger2015", weight_init="torch").encoder["level3_block0"].conv.layers[0]
     assert torch_default.weight.std().item() < 0.6 * conv.weight.std().item()  # uniform, fan-in scaled: smaller
+
+
+def test_layerwise_casting_runs_in_the_compute_dtype():
+    """diffusers' enable_layerwise_casting stores weights in float8 and computes in another dtype (issue 12)."""
+    unet = UNet(**tiny_config()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        reference = unet(x, 10).sample
+        unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        assert unet.out.conv.weight.dtype == torch.float8_e4m3fn
+        out = unet(x, 10).sample
+    assert out.dtype == torch.float32
+    assert (out - reference).abs().max() < 0.25 * reference.abs().max()  # float8 weights: close, not equal
+
+
+def test_pickled_save_is_refused_and_xformers_says_sdpa_is_used(tmp_path):
+    unet = UNet(**tiny_config())
+    with pytest.raises(ValueError, match="safe_serialization=False would write pickled weights"):
+        unet.save_pretrained(tmp_path / "m", safe_serialization=False)
+    assert not (tmp_path / "m").exists()
+    with pytest.warns(UserWarning, match="scaled_dot_product_attention"):
+        unet.enable_xformers_memory_efficient_attention()

@@ -40,6 +40,7 @@ def run_convert(args: argparse.Namespace) -> int:
     import torch
 
     from .convert import DIFFUSERS_CLASSES, to_diffusers
+    from .outputs import staged_output
     from .unet import UNet
 
     src, dst = Path(args.src), Path(args.dst)
@@ -61,7 +62,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
     model = UNet.from_pretrained(src, variant=args.variant)
     out = to_diffusers(model) if target == TO_DIFFUSERS else model
-    out.to(getattr(torch, args.dtype)).save_pretrained(dst)
+    # nn.Module.to: ModelMixin.to warns about float32-only modules, which these models do not have.
+    with staged_output(dst) as staging:
+        torch.nn.Module.to(out, getattr(torch, args.dtype)).save_pretrained(staging)
     params = sum(p.numel() for p in out.parameters())
     print(f"{src} ({class_name}) -> {dst} ({type(out).__name__}, {params:,} parameters, {args.dtype})")
     return 0

@@ -215,6 +215,14 @@ def _unconditional_attention(c: dict) -> dict:
     if head_dim is None:
         fields["attention_heads"] = 1
     else:
+        widths = [w for w, kind in zip(c["block_out_channels"], c["down_block_types"]) if "Attn" in kind]
+        widths += [c["block_out_channels"][-1]] if fields["mid_attention"] else []
+        for width in widths:
+            if width % head_dim:
+                raise UnsupportedConversionError(
+                    f"attention_head_dim={head_dim} does not divide the attention width {width}: diffusers would "
+                    f"drop channels there, our attention needs heads that split the width exactly."
+                )
         fields["attention_head_channels"] = head_dim
     if fields["mid_attention"]:
         # diffusers' middle attention is normalised with attn_norm_num_groups, which defaults to

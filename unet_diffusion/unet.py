@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -449,10 +450,12 @@ class UNet(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         t = self._timestep_tensor(timestep, batch, sample.device)
         self._check_conditioning(class_labels, encoder_hidden_states, batch)
-        # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
-        sample = sample.to(self.dtype)
+        # The compute dtype (under layerwise casting not the storage dtype of the weights). Floating
+        # inputs of another precision (float64 from NumPy, say) are computed in it.
+        dtype = self.dtype
+        sample = sample.to(dtype)
         if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states.to(self.dtype)
+            encoder_hidden_states = encoder_hidden_states.to(dtype)
 
         if self.config.center_input:
             sample = 2 * sample - 1.0
@@ -464,7 +467,6 @@ class UNet(ModelMixin, ConfigMixin):
                 mode = "reflect" if pad_h < height and pad_w < width else "replicate"
                 sample = F.pad(sample, (0, pad_w, 0, pad_h), mode=mode)
 
-        dtype = self.out.conv.weight.dtype
         emb = None
         if self.time_embed is not None:
             emb = self.time_embed(t, dtype)
@@ -565,6 +567,20 @@ class UNet(ModelMixin, ConfigMixin):
         with torch.device("meta"):
             skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
         raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), found), source=str(folder))
+
+    def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, **kwargs):
+        """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them)."""
+        if not safe_serialization:
+            raise InputError("safe_serialization=False would write pickled weights, which UNet.from_pretrained refuses "
+                             "(unpickling can run code); leave it at True.")
+        return super().save_pretrained(save_directory, *args, safe_serialization=True, **kwargs)
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
+        """No xformers here: every attention is torch's ``scaled_dot_product_attention``, which picks a
+        memory-efficient (or flash) kernel by itself. Says so instead of silently doing nothing."""
+        if valid:
+            warnings.warn("UNet does not use xformers: its attention is torch's scaled_dot_product_attention, which "
+                          "already selects a memory-efficient or flash kernel where the device has one.", stacklevel=3)
 
     # ------------------------------------------------------------------------ presets
     @classmethod

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from unet_diffusion.errors import InputError
+from .errors import InputError
 
 
 @contextlib.contextmanager
@@ -22,7 +22,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging folder; on success its files move into ``out`` (created if missing), on failure it is removed."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file; give a folder (it is created if missing).")
+        raise InputError(f"{out} is a file; the output must be a folder (it is created if missing).")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
