@@ -222,3 +222,17 @@ def test_segment_skips_an_unreadable_image_and_says_so(tmp_path, capsys):
     code = main(["segment", str(tmp_path / "seg"), str(images), "--out", str(tmp_path / "strict"), "--strict", "--quiet"])
     assert code == 1 and "cannot read" in capsys.readouterr().err
     assert not (tmp_path / "strict").exists()
+
+
+def test_the_wheel_carries_the_shipped_configs(tmp_path):
+    """A non-editable install has no clone beside it: the configs must travel in the wheel, as train/configs."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    import zipfile
+
+    (wheel,) = tmp_path.glob("unet_diffusion-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for config in shipped_config_names():
+        assert f"train/configs/{config}.yaml" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "unet-diffusion = unet_diffusion.cli:main" in entry_points and "sample = pipelines.commands:add_sample" in entry_points

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.resources
 import os
 import types
 import typing
@@ -354,12 +353,10 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
 def shipped_configs_dir() -> Path:
-    """The shipped configs: the package ``train.configs``, installed from the project's top-level ``configs/``."""
-    try:
-        packaged = Path(str(importlib.resources.files("train.configs")))
-    except ModuleNotFoundError:  # running from a clone that is not installed
-        packaged = None
-    return packaged if packaged is not None and packaged.is_dir() else PROJECT_ROOT / "configs"
+    """The shipped configs: ``train/configs`` of an installed package (the wheel maps the project's
+    top-level ``configs/`` there), else that top-level folder of a clone or an editable install."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    return packaged if packaged.is_dir() else PROJECT_ROOT / "configs"
 
 
 def shipped_config_names() -> list[str]:
