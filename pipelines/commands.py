@@ -111,7 +111,7 @@ def _device(name: str | None):
 
 
 def _open_pipeline(loader, args, **kwargs):
-    """The pipeline on ``--device``, with diffusers' own progress bars off (ours is the one bar)."""
+    """The pipeline on ``--device``, with diffusers' loading bar and the pipeline's step bar off (the command sets its one bar)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
@@ -130,9 +130,10 @@ def run_sample(args) -> int:
     """``unet-diffusion sample``: write ``--num-images`` PNGs and ``grid.png`` to ``--out``."""
     import torch
 
+    from unet_diffusion.outputs import staged_output
+
     from .images import load_image, make_grid
     from .loading import load_denoise_pipeline
-    from unet_diffusion.outputs import staged_output
 
     for name in ("num_images", "batch_size"):
         if getattr(args, name) < 1:
@@ -146,8 +147,10 @@ def run_sample(args) -> int:
     mask = load_image(args.mask) if args.mask else None
 
     pipe = _open_pipeline(load_denoise_pipeline, args, prediction_type=args.prediction_type)
+    one_batch = args.num_images <= args.batch_size
+    pipe.set_progress_bar_config(disable=args.quiet or not one_batch)  # one batch: the bar counts denoising steps
     images = []
-    with _progress(args.num_images, "image", args.quiet) as bar:
+    with _progress(args.num_images if not one_batch else 0, "image", args.quiet) as bar:
         for start in range(0, args.num_images, args.batch_size):
             count = min(args.batch_size, args.num_images - start)
             # One generator per image, so image i is the same whatever the batch size.
@@ -177,9 +180,10 @@ def run_segment(args) -> int:
     pipeline, which refuses it for more than two classes or outside (0, 1). An image that cannot be
     read is skipped with a warning (exit status 1 at the end), or stops the run with ``--strict``.
     """
+    from unet_diffusion.outputs import staged_output
+
     from .images import image_files, load_image
     from .loading import load_segmentation_pipeline
-    from unet_diffusion.outputs import staged_output
 
     files = image_files(args.input)
     pipe = _open_pipeline(load_segmentation_pipeline, args)

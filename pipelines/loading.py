@@ -11,8 +11,8 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from unet_diffusion import UNet, load_weights
-from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
 from unet_diffusion.errors import InputError
+from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
 
 from .sampling import DenoisePipeline
 from .segmentation import SegmentationPipeline

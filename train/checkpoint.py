@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 
 import torch
+
 from unet_diffusion.errors import InputError
 from unet_diffusion.weights import WEIGHTS_NAME, load_state_dict_strict, read_safetensors
 
