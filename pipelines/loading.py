@@ -11,6 +11,7 @@ from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from unet_diffusion import UNet, load_weights
+from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
 from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
 
@@ -69,7 +70,7 @@ def _pipeline_folder(path: Path, task: str) -> bool:
         hint = f"; use `unet-diffusion {other}`" if other else ""
         raise InputError(f"{path} holds a {name}, which does not {task}{hint}.")
     unet_entry = info.get("unet", [None, None])
-    if unet_entry[1] != "UNet":
+    if unet_entry[1] != "UNet" and not (task == "sample" and unet_entry[1] in DIFFUSERS_CLASSES):
         raise InputError(
             f"the U-Net of {path} is a {unet_entry[0]} {unet_entry[1]}, not a unet_diffusion UNet; convert it first "
             "(see 'Loading diffusers checkpoints' in the README)."

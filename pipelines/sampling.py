@@ -9,6 +9,8 @@ guidance, image-to-image and inpainting.
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 
 import diffusers
 import torch
@@ -18,6 +20,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from unet_diffusion import UNet
+from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError, InputTypeError
 
 from .images import to_pil, to_tensor
@@ -83,6 +86,23 @@ class DenoisePipeline(DiffusionPipeline):
         if isinstance(scheduler, str) or isinstance(scheduler, type):
             scheduler = make_scheduler(scheduler)
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``; a diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, ...) whose
+        ``unet/`` is a ``UNet2DModel`` loads too: the U-Net is converted (same outputs), the scheduler kept."""
+        folder = Path(str(pretrained_model_name_or_path))
+        index = folder / "model_index.json"
+        unet_entry = json.loads(index.read_text()).get("unet", [None, None]) if index.is_file() else [None, None]
+        if unet_entry[1] not in DIFFUSERS_CLASSES:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        scheduler_entry = json.loads(index.read_text()).get("scheduler", [None, "DDPMScheduler"])
+        scheduler_class = getattr(diffusers, scheduler_entry[1], None)
+        if scheduler_class is None:
+            raise InputError(f"{index} names the scheduler {scheduler_entry[1]!r}, which this diffusers lacks.")
+        dtype = kwargs.get("torch_dtype")
+        unet = UNet.from_pretrained(folder / "unet", **({"torch_dtype": dtype} if dtype is not None else {}))
+        return cls(unet=unet, scheduler=scheduler_class.from_pretrained(folder / "scheduler"))
 
     # ------------------------------------------------------------------------ sampling
     @torch.no_grad()

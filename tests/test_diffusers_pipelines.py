@@ -24,3 +24,22 @@ def test_tiny_unet_in_diffusers_ddpm_pipeline_pil():
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=1, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images
     assert images[0].size == (16, 16)
+
+
+def test_a_diffusers_ddpm_pipeline_folder_loads_with_its_unet_converted(tmp_path):
+    """DenoisePipeline.from_pretrained and `unet-diffusion sample` open a diffusers DDPMPipeline folder (issue 12)."""
+    from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
+
+    from pipelines import DenoisePipeline
+    from unet_diffusion.cli import main
+
+    theirs = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 64), layers_per_block=1,
+                         norm_num_groups=8, down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                         up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet=theirs, scheduler=DDIMScheduler(num_train_timesteps=100)).save_pretrained(tmp_path / "ddpm")
+    pipe = DenoisePipeline.from_pretrained(tmp_path / "ddpm")
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and pipe.scheduler.config.num_train_timesteps == 100
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3, 70])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.unet(x, t).sample, theirs.eval()(x, t).sample, rtol=0, atol=1e-5)
+    assert main(["sample", str(tmp_path / "ddpm"), "--out", str(tmp_path / "out"), "--num-images", "1", "--steps", "2", "--quiet"]) == 0
