@@ -6,7 +6,6 @@ import json
 import os
 from pathlib import Path
 
-import diffusers
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -15,6 +14,7 @@ from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
 from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
 
+from .samplers import scheduler_class
 from .sampling import DenoisePipeline
 from .segmentation import SegmentationPipeline
 
@@ -101,11 +101,8 @@ def stored_scheduler(path: Path, prediction_type: str | None = None) -> Schedule
     stored = read_scheduler_config(path) if path.is_file() else None
     if stored is None:
         return default_scheduler(prediction_type or "epsilon")
-    scheduler_class = getattr(diffusers, stored.get("_class_name", "DDPMScheduler"), None)
-    if scheduler_class is None:
-        raise InputError(f"{path} was saved with the scheduler {stored['_class_name']!r}, which this diffusers lacks; upgrade diffusers.")
     overrides = {"prediction_type": prediction_type} if prediction_type else {}
-    return scheduler_class.from_config(stored, **overrides)
+    return scheduler_class(stored.get("_class_name", "DDPMScheduler"), str(path)).from_config(stored, **overrides)
 
 
 def load_segmentation_pipeline(path: str | os.PathLike) -> SegmentationPipeline:

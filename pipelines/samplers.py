@@ -15,3 +15,15 @@ SAMPLER_SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+
+
+def scheduler_class(name: str, source: str):
+    """The diffusers scheduler class called ``name`` (as saved in a config), or an error naming ``source``."""
+    import diffusers
+
+    from unet_diffusion.errors import InputError
+
+    found = getattr(diffusers, name, None)
+    if not (isinstance(found, type) and name.endswith("Scheduler")):
+        raise InputError(f"{source} names the scheduler {name!r}, which this diffusers ({diffusers.__version__}) lacks; upgrade diffusers.")
+    return found

@@ -12,7 +12,6 @@ import inspect
 import json
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
@@ -25,9 +24,9 @@ from unet_diffusion.errors import InputError, InputTypeError
 
 from .images import to_pil, to_tensor
 from .inference import eval_mode
-from .samplers import SAMPLER_SCHEDULERS
+from .samplers import SAMPLER_SCHEDULERS, scheduler_class
 
-SAMPLERS: dict[str, type[SchedulerMixin]] = {name: getattr(diffusers, cls) for name, cls in SAMPLER_SCHEDULERS.items()}
+SAMPLERS: dict[str, type[SchedulerMixin]] = {name: scheduler_class(cls, 'SAMPLER_SCHEDULERS') for name, cls in SAMPLER_SCHEDULERS.items()}
 
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -93,16 +92,13 @@ class DenoisePipeline(DiffusionPipeline):
         ``unet/`` is a ``UNet2DModel`` loads too: the U-Net is converted (same outputs), the scheduler kept."""
         folder = Path(str(pretrained_model_name_or_path))
         index = folder / "model_index.json"
-        unet_entry = json.loads(index.read_text()).get("unet", [None, None]) if index.is_file() else [None, None]
-        if unet_entry[1] not in DIFFUSERS_CLASSES:
+        components = json.loads(index.read_text()) if index.is_file() else {}
+        if components.get("unet", [None, None])[1] not in DIFFUSERS_CLASSES:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        scheduler_entry = json.loads(index.read_text()).get("scheduler", [None, "DDPMScheduler"])
-        scheduler_class = getattr(diffusers, scheduler_entry[1], None)
-        if scheduler_class is None:
-            raise InputError(f"{index} names the scheduler {scheduler_entry[1]!r}, which this diffusers lacks.")
+        scheduler = scheduler_class(components.get("scheduler", [None, "DDPMScheduler"])[1], str(index))
         dtype = kwargs.get("torch_dtype")
         unet = UNet.from_pretrained(folder / "unet", **({"torch_dtype": dtype} if dtype is not None else {}))
-        return cls(unet=unet, scheduler=scheduler_class.from_pretrained(folder / "scheduler"))
+        return cls(unet=unet, scheduler=scheduler.from_pretrained(folder / "scheduler"))
 
     # ------------------------------------------------------------------------ sampling
     @torch.no_grad()

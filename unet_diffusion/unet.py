@@ -135,6 +135,7 @@ class UNet(ModelMixin, ConfigMixin):
         weight_init: str = "auto",                # "auto": residual branches, attention outputs and the head start at zero (classic: He normal); "torch": PyTorch defaults.
     ):
         super().__init__()
+        self._layerwise_compute_dtype: torch.dtype | None = None  # set by enable_layerwise_casting
         levels = len(channels)
         if levels < 1:
             raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
@@ -450,9 +451,8 @@ class UNet(ModelMixin, ConfigMixin):
         batch = sample.shape[0]
         t = self._timestep_tensor(timestep, batch, sample.device)
         self._check_conditioning(class_labels, encoder_hidden_states, batch)
-        # The compute dtype (under layerwise casting not the storage dtype of the weights). Floating
-        # inputs of another precision (float64 from NumPy, say) are computed in it.
-        dtype = self.dtype
+        # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
+        dtype = self.compute_dtype
         sample = sample.to(dtype)
         if encoder_hidden_states is not None:
             encoder_hidden_states = encoder_hidden_states.to(dtype)
@@ -567,6 +567,20 @@ class UNet(ModelMixin, ConfigMixin):
         with torch.device("meta"):
             skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
         raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), found), source=str(folder))
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the network computes in: the weights' own, or under ``enable_layerwise_casting`` its
+        ``compute_dtype`` (the weights are then stored in another). Cheap, unlike ModelMixin's ``dtype``,
+        which visits every module: this is read on every forward."""
+        return self._layerwise_compute_dtype or self.out.conv.weight.dtype
+
+    def enable_layerwise_casting(self, storage_dtype: torch.dtype = torch.float8_e4m3fn, compute_dtype: torch.dtype | None = None,
+                                 *args, **kwargs) -> None:
+        """diffusers' layerwise casting (weights stored in ``storage_dtype``, cast to ``compute_dtype`` per layer)."""
+        compute_dtype = compute_dtype or self.compute_dtype
+        super().enable_layerwise_casting(storage_dtype, compute_dtype, *args, **kwargs)
+        self._layerwise_compute_dtype = compute_dtype
 
     def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, **kwargs):
         """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them)."""
