@@ -23,9 +23,10 @@ from torch import nn
 
 from .blocks import Downsample, UNetBlock, Upsample, conv_padding
 from .embeddings import FourierFeatures, SinusoidalFeatures, TimeEmbedding
-from .errors import InputError, InputTypeError
+from .errors import InputError
 from .heads import Head
 from .initialization import INIT_SCHEMES, initialize
+from .inputs import check_conditioning, check_sample, timestep_tensor
 from .weights import (
     check_config,
     check_local_folder,
@@ -352,73 +353,6 @@ class UNet(ModelMixin, ConfigMixin):
                 break
         return sorted(found[:count])
 
-    # ------------------------------------------------------------------------ input checks
-    def _check_sample(self, sample: torch.Tensor) -> None:
-        if not isinstance(sample, torch.Tensor):
-            raise InputTypeError(f"sample must be a torch.Tensor of shape (B, C, H, W); got {type(sample).__name__}.")
-        if not sample.is_floating_point():
-            raise InputTypeError(f"sample must be a floating-point tensor; got dtype {sample.dtype}. Convert it, e.g. x.float() / 255.")
-        if sample.ndim != 4:
-            raise InputError(f"sample must have shape (B, C, H, W); got shape {tuple(sample.shape)}.")
-        if sample.shape[1] != self.config.in_channels:
-            raise InputError(
-                f"this model takes {self.config.in_channels}-channel input; got {sample.shape[1]} channels "
-                f"(shape {tuple(sample.shape)})."
-            )
-        if not self.config.pad_input:
-            for side in sample.shape[2:]:
-                self.output_size(int(side))
-
-    def _timestep_tensor(self, timestep, batch: int, device: torch.device) -> torch.Tensor | None:
-        if self.time_embed is None:
-            if timestep is not None:
-                raise InputError("this model has no time conditioning (time_embedding=None); call it without timestep.")
-            return None
-        if timestep is None:
-            raise InputError("this model is time-conditioned: pass timestep (a number, a 0-d tensor or a (B,) tensor).")
-        if isinstance(timestep, torch.Tensor):
-            if timestep.dtype == torch.bool or timestep.is_complex():
-                raise InputTypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
-            t = timestep.to(device)
-        elif isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
-            t = torch.tensor(timestep, device=device)
-        else:
-            raise InputTypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
-        if t.ndim == 0 or t.shape == (1,):
-            return t.reshape(1).expand(batch)
-        if t.shape != (batch,):
-            raise InputError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
-        return t
-
-    def _check_conditioning(self, class_labels, encoder_hidden_states, batch: int) -> None:
-        n = self.config.num_class_labels
-        if n is None and class_labels is not None:
-            raise InputError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
-        if n is not None:
-            if class_labels is None:
-                null = f" (the null label is {n})" if self.config.null_class_label else ""
-                raise InputError(f"this model is class-conditional: pass class_labels, a (B,) integer tensor in [0, {n}){null}.")
-            if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.dtype == torch.bool:
-                raise InputTypeError(f"class_labels must be an integer tensor of shape ({batch},).")
-            if class_labels.shape != (batch,):
-                raise InputError(f"class_labels must have shape ({batch},); got {tuple(class_labels.shape)}.")
-            top = n + int(self.config.null_class_label)
-            # Checked eagerly on CPU only: reading GPU values would synchronise every forward, and a
-            # value-dependent branch would break a torch.compile graph.
-            if not torch.compiler.is_compiling() and class_labels.device.type == "cpu" and len(class_labels) and (class_labels.min() < 0 or class_labels.max() >= top):
-                raise InputError(f"class_labels must lie in [0, {top}); got values {class_labels.min().item()}..{class_labels.max().item()}.")
-        width = self.config.context_dim
-        if width is None and encoder_hidden_states is not None:
-            raise InputError("this model has no cross-attention; call it without encoder_hidden_states.")
-        if width is not None:
-            if encoder_hidden_states is None:
-                raise InputError(f"this model cross-attends: pass encoder_hidden_states of shape (B, L, {width}).")
-            ctx = encoder_hidden_states
-            if not isinstance(ctx, torch.Tensor) or not ctx.is_floating_point():
-                raise InputTypeError("encoder_hidden_states must be a floating-point tensor of shape (B, L, context_dim).")
-            if ctx.ndim != 3 or ctx.shape[0] != batch or ctx.shape[2] != width:
-                raise InputError(f"encoder_hidden_states must have shape ({batch}, L, {width}); got {tuple(ctx.shape)}.")
-
     # ------------------------------------------------------------------------ forward
     def _run(self, block: nn.Module, x, emb, context, skip=None):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -447,10 +381,10 @@ class UNet(ModelMixin, ConfigMixin):
         Returns:
             ``.sample``: ``(B, out_channels, H', W')`` (same size as the input unless valid padding).
         """
-        self._check_sample(sample)
+        check_sample(self, sample)
         batch = sample.shape[0]
-        t = self._timestep_tensor(timestep, batch, sample.device)
-        self._check_conditioning(class_labels, encoder_hidden_states, batch)
+        t = timestep_tensor(self.config, timestep, batch, sample.device)
+        check_conditioning(self.config, class_labels, encoder_hidden_states, batch)
         # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
         dtype = self.compute_dtype
         sample = sample.to(dtype)

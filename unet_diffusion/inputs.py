@@ -1,0 +1,94 @@
+"""What a ``UNet`` accepts as input: the one place that checks a sample, a timestep, class labels and
+cross-attention context against a model's configuration.
+
+``UNet.forward`` calls these on every call; pipelines and training call ``check_conditioning`` once
+before a loop, so that a bad label fails before any noise is drawn.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .errors import InputError, InputTypeError
+
+
+def check_sample(model, sample: torch.Tensor) -> None:
+    """``sample`` is a floating ``(B, in_channels, H, W)`` tensor of a size the model takes."""
+    if not isinstance(sample, torch.Tensor):
+        raise InputTypeError(f"sample must be a torch.Tensor of shape (B, C, H, W); got {type(sample).__name__}.")
+    if not sample.is_floating_point():
+        raise InputTypeError(f"sample must be a floating-point tensor; got dtype {sample.dtype}. Convert it, e.g. x.float() / 255.")
+    if sample.ndim != 4:
+        raise InputError(f"sample must have shape (B, C, H, W); got shape {tuple(sample.shape)}.")
+    channels = model.config.in_channels
+    if sample.shape[1] != channels:
+        raise InputError(f"this model takes {channels}-channel input; got {sample.shape[1]} channels (shape {tuple(sample.shape)}).")
+    if not model.config.pad_input:
+        for side in sample.shape[2:]:
+            model.output_size(int(side))
+
+
+def timestep_tensor(config, timestep, batch: int, device: torch.device) -> torch.Tensor | None:
+    """The timestep as a ``(B,)`` tensor on ``device`` (``None`` for a model without time conditioning)."""
+    if config.time_embedding is None:
+        if timestep is not None:
+            raise InputError("this model has no time conditioning (time_embedding=None); call it without timestep.")
+        return None
+    if timestep is None:
+        raise InputError("this model is time-conditioned: pass timestep (a number, a 0-d tensor or a (B,) tensor).")
+    if isinstance(timestep, torch.Tensor):
+        if timestep.dtype == torch.bool or timestep.is_complex():
+            raise InputTypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
+        t = timestep.to(device)
+    elif isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
+        t = torch.tensor(timestep, device=device)
+    else:
+        raise InputTypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
+    if t.ndim == 0 or t.shape == (1,):
+        return t.reshape(1).expand(batch)
+    if t.shape != (batch,):
+        raise InputError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
+    return t
+
+
+def check_conditioning(config, class_labels, encoder_hidden_states, batch: int) -> None:
+    """Class labels and cross-attention context are present exactly when the model uses them, well shaped."""
+    _check_class_labels(config, class_labels, batch)
+    _check_context(config, encoder_hidden_states, batch)
+
+
+def _check_class_labels(config, class_labels, batch: int) -> None:
+    n = config.num_class_labels
+    if n is None:
+        if class_labels is not None:
+            raise InputError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
+        return
+    if class_labels is None:
+        null = f" (the null label is {n})" if config.null_class_label else ""
+        raise InputError(f"this model is class-conditional: pass class_labels, a (B,) integer tensor in [0, {n}){null}.")
+    if not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point() or class_labels.dtype == torch.bool:
+        raise InputTypeError(f"class_labels must be an integer tensor of shape ({batch},).")
+    if class_labels.shape != (batch,):
+        raise InputError(f"class_labels must have shape ({batch},); got {tuple(class_labels.shape)}.")
+    top = n + int(config.null_class_label)
+    # Checked eagerly on CPU only: reading GPU values would synchronise every forward, and a
+    # value-dependent branch would break a torch.compile graph.
+    on_cpu = not torch.compiler.is_compiling() and class_labels.device.type == "cpu" and len(class_labels)
+    if on_cpu and (class_labels.min() < 0 or class_labels.max() >= top):
+        raise InputError(f"class_labels must lie in [0, {top}); got values {class_labels.min().item()}..{class_labels.max().item()}.")
+
+
+def _check_context(config, context, batch: int) -> None:
+    width = config.context_dim
+    if width is None:
+        if context is not None:
+            raise InputError("this model has no cross-attention; call it without encoder_hidden_states.")
+        return
+    if context is None:
+        raise InputError(f"this model cross-attends: pass encoder_hidden_states of shape (B, L, {width}).")
+    if not isinstance(context, torch.Tensor) or not context.is_floating_point():
+        raise InputTypeError("encoder_hidden_states must be a floating-point tensor of shape (B, L, context_dim).")
+    if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != width:
+        raise InputError(f"encoder_hidden_states must have shape ({batch}, L, {width}); got {tuple(context.shape)}.")
