@@ -9,10 +9,10 @@ from pathlib import Path
 from diffusers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from unet_diffusion import UNet, load_weights
 from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
-from unet_diffusion.weights import PICKLE_SUFFIXES, pickle_conversion_command, read_scheduler_config
+from unet_diffusion.loading import load_unet
+from unet_diffusion.weights import read_scheduler_config
 
 from .samplers import scheduler_class
 from .sampling import DenoisePipeline
@@ -27,35 +27,6 @@ PIPELINE_CLASSES = {
 def default_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     """The schedule a bare U-Net is sampled on: DDPM's 1000 linear steps (betas 1e-4 to 0.02)."""
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type=prediction_type)
-
-
-def load_unet(path: str | os.PathLike) -> UNet:
-    """A ``UNet`` from a ``save_pretrained`` folder (``config.json`` + safetensors) or a ``save_weights`` file."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return load_weights(path)
-    if (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text())
-        if config.get("_class_name", "UNet") != "UNet":
-            raise InputError(
-                f"{path} holds a {config['_class_name']}, not a unet_diffusion UNet; convert it first "
-                "(see 'Loading diffusers checkpoints' in the README)."
-            )
-        return UNet.from_pretrained(path)
-    raise FileNotFoundError(_not_a_model(path))
-
-
-def _not_a_model(path: Path) -> str:
-    if not path.exists():
-        return f"no model at {path}."
-    if path.suffix in PICKLE_SUFFIXES:
-        return (f"{path} is a pickle, which is not read because unpickling can run code. If it holds a state dict, "
-                f"convert it once: {pickle_conversion_command(path, path.with_suffix('.safetensors'))}, then "
-                "load it with unet_diffusion.load_weights(FILE, model=UNet(...)) (the file carries no config).")
-    return (
-        f"{path} is not a model: expected a pipeline folder (model_index.json), a U-Net folder "
-        "(config.json + diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights."
-    )
 
 
 def _pipeline_folder(path: Path, task: str) -> bool:

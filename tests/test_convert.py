@@ -10,8 +10,8 @@ from conftest import tiny_config
 from diffusers import UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 
-from unet_diffusion import CheckpointMismatchError, UNet
-from unet_diffusion.convert import UnsupportedConversionError, config_from_diffusers, from_diffusers, to_diffusers
+from unet_diffusion import CheckpointMismatchError, UNet, from_diffusers
+from unet_diffusion.convert import UnsupportedConversionError, config_from_diffusers, to_diffusers
 
 TOLERANCE = 1e-5
 

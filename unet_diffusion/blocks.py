@@ -7,6 +7,8 @@ sizes it accepts without running a forward pass.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,24 @@ def conv_padding(mode: str) -> int:
     return 1 if mode == "same" else 0
 
 
+# ---------------------------------------------------------------------------- what all blocks share
+@dataclass(frozen=True)
+class BlockConfig:
+    """The options every block of one U-Net shares (the U-Net builds one from its configuration)."""
+
+    kind: str = "residual"          # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
+    emb_dim: int | None = None      # Width of the time/class embedding; None: the blocks take none.
+    time_injection: str = "add"     # The embedding is added ("add") or scales and shifts the second norm ("scale_shift").
+    dropout: float = 0.0            # Dropout between the two convolutions (and in transformer feed-forwards).
+    norm_groups: int = 32           # GroupNorm groups.
+    norm_eps: float = 1e-5          # GroupNorm epsilon.
+    padding: str = "same"           # "same" keeps sizes; "valid" leaves 3x3 convs unpadded.
+    batch_norm: bool = False        # Classic blocks: BatchNorm after each convolution.
+    attention_gate: bool = False    # Decoder blocks gate their skip (Attention U-Net).
+    skip_conv: bool = False         # Decoder blocks squeeze skip + input back to their width with a 1x1 conv.
+    context_dim: int | None = None  # Width of the cross-attention context.
+
+
 # ---------------------------------------------------------------------------- convolutional blocks
 class ResidualBlock(nn.Module):
     """Pre-activation residual block: ``GroupNorm -> SiLU -> conv3x3``, twice, with the embedding.
@@ -38,30 +58,20 @@ class ResidualBlock(nn.Module):
     passed through SiLU (the U-Net computes that once for all blocks).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        emb_dim: int | None,
-        time_injection: str,
-        dropout: float,
-        norm_groups: int,
-        norm_eps: float,
-        padding: str,
-        output_scale: float = 1.0,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, config: BlockConfig, *, output_scale: float = 1.0):
         super().__init__()
-        self.scale_shift = time_injection == "scale_shift"
-        self.shrink = 4 if padding == "valid" else 0
+        self.scale_shift = config.time_injection == "scale_shift"
+        self.shrink = 4 if config.padding == "valid" else 0
         self.output_scale = output_scale
-        self.norm1 = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=conv_padding(padding))
+        pad = conv_padding(config.padding)
+        self.norm1 = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=pad)
         self.emb_proj = None
-        if emb_dim is not None:
-            self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if self.scale_shift else 1))
-        self.norm2 = nn.GroupNorm(norm_groups, out_channels, eps=norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=conv_padding(padding))
+        if config.emb_dim is not None:
+            self.emb_proj = nn.Linear(config.emb_dim, out_channels * (2 if self.scale_shift else 1))
+        self.norm2 = nn.GroupNorm(config.norm_groups, out_channels, eps=config.norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=pad)
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def out_size(self, n: int) -> int:
@@ -90,17 +100,17 @@ class ResidualBlock(nn.Module):
 class ClassicBlock(nn.Module):
     """The original U-Net block: ``conv3x3 -> [BatchNorm] -> ReLU``, twice. Takes no embedding."""
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool, dropout: float, padding: str):
+    def __init__(self, in_channels: int, out_channels: int, config: BlockConfig):
         super().__init__()
-        self.shrink = 4 if padding == "valid" else 0
+        self.shrink = 4 if config.padding == "valid" else 0
         layers: list[nn.Module] = []
         for i, c_in in enumerate((in_channels, out_channels)):
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=conv_padding(padding), bias=not batch_norm))
-            if batch_norm:
+            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=conv_padding(config.padding), bias=not config.batch_norm))
+            if config.batch_norm:
                 layers.append(nn.BatchNorm2d(out_channels))
             layers.append(nn.ReLU(inplace=True))
-            if i == 0 and dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            if i == 0 and config.dropout > 0:
+                layers.append(nn.Dropout(config.dropout))
         self.layers = nn.Sequential(*layers)
 
     def out_size(self, n: int) -> int:
@@ -124,14 +134,12 @@ class Downsample(nn.Module):
     def __init__(self, channels: int, kind: str):
         super().__init__()
         self.kind = kind
-        if kind in ("conv", "conv_asym"):
-            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
-        elif kind == "maxpool":
+        if kind == "maxpool":
             self.op = nn.MaxPool2d(2)
         elif kind == "avgpool":
             self.op = nn.AvgPool2d(2)
-        else:
-            raise InputError(f"downsample must be 'conv', 'conv_asym', 'maxpool' or 'avgpool', got {kind!r}.")
+        else:  # "conv" or "conv_asym"
+            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
 
     def out_size(self, n: int) -> int:
         if n % 2:
@@ -156,10 +164,8 @@ class Upsample(nn.Module):
         self.kind = kind
         if kind == "conv_transpose":
             self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
-        elif kind in ("nearest", "bilinear"):
+        else:  # "nearest" or "bilinear" interpolation, then a 3x3 conv
             self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        else:
-            raise InputError(f"upsample must be 'conv_transpose', 'nearest' or 'bilinear', got {self.kind!r}.")
 
     def out_size(self, n: int) -> int:
         return 2 * n
@@ -189,46 +195,34 @@ class UNetBlock(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
+        config: BlockConfig,
         *,
-        skip_channels: int = 0,
-        conv_block: str,
-        emb_dim: int | None,
-        time_injection: str,
-        dropout: float,
-        norm_groups: int,
-        norm_eps: float,
-        padding: str,
-        batch_norm: bool,
-        attention_heads: int | None = None,
-        attention_norm: bool = True,
-        context_dim: int | None = None,
-        transformer_heads: int | None = None,
-        transformer_depth: int = 1,
-        attention_gate: bool = False,
-        skip_conv: bool = False,
-        output_scale: float = 1.0,
+        skip_channels: int = 0,               # Width of the skip merged in (decoder blocks); 0: none.
+        attention_heads: int | None = None,   # Self-attention heads after the conv block; None: no self-attention.
+        attention_norm: bool = True,          # GroupNorm before that self-attention.
+        cross_heads: int | None = None,       # Heads of a cross-attention transformer after it; None: none.
+        transformer_depth: int = 1,           # Layers of that transformer.
+        output_scale: float = 1.0,            # Residual sums are divided by this (diffusers' mid-block scale).
     ):
         super().__init__()
         self.skip_channels = skip_channels
-        self.gate = AttentionGate(skip_channels, in_channels) if skip_channels and attention_gate else None
+        self.gate = AttentionGate(skip_channels, in_channels) if skip_channels and config.attention_gate else None
         self.skip_conv = None
         conv_in = in_channels + skip_channels
-        if skip_channels and skip_conv:
+        if skip_channels and config.skip_conv:
             self.skip_conv = nn.Conv2d(conv_in, out_channels, 1)
             conv_in = out_channels
-        if conv_block == "residual":
-            self.conv = ResidualBlock(
-                conv_in, out_channels, emb_dim, time_injection, dropout, norm_groups, norm_eps, padding, output_scale
-            )
+        if config.kind == "residual":
+            self.conv = ResidualBlock(conv_in, out_channels, config, output_scale=output_scale)
         else:
-            self.conv = ClassicBlock(conv_in, out_channels, batch_norm, dropout, padding)
+            self.conv = ClassicBlock(conv_in, out_channels, config)
         self.attn = None
         if attention_heads is not None:
-            self.attn = SelfAttention(out_channels, attention_heads, norm_groups, norm_eps, output_scale, attention_norm)
+            self.attn = SelfAttention(out_channels, attention_heads, config.norm_groups, config.norm_eps, output_scale, attention_norm)
         self.transformer = None
-        if context_dim is not None:
+        if cross_heads is not None:
             self.transformer = SpatialTransformer(
-                out_channels, transformer_heads, context_dim, transformer_depth, norm_groups, dropout
+                out_channels, cross_heads, config.context_dim, transformer_depth, config.norm_groups, config.dropout
             )
 
     def out_size(self, n: int, skip_n: int | None = None) -> int:

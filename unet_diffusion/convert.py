@@ -16,15 +16,13 @@ Example:
 from __future__ import annotations
 
 import inspect
-import json
 import re
-from pathlib import Path
 
 import torch
 
-from .errors import InputError, InputTypeError
-from .unet import UNet
-from .weights import raise_if_mismatched, read_safetensors, safetensors_files, state_dict_differences
+from .errors import InputError
+from .plan import attention_heads
+from .weights import raise_if_mismatched, state_dict_differences
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
@@ -34,7 +32,7 @@ class UnsupportedConversionError(InputError):
 
 
 # ---------------------------------------------------------------------------- diffusers config -> ours
-def _diffusers_class(name: str):
+def diffusers_class(name: str):
     import diffusers
 
     return getattr(diffusers, name)
@@ -51,7 +49,7 @@ def _with_defaults(config: dict) -> tuple[str, dict]:
         raise UnsupportedConversionError(
             f"expected a diffusers config with _class_name in {DIFFUSERS_CLASSES}; got _class_name={name!r}."
         )
-    params = inspect.signature(_diffusers_class(name).__init__).parameters
+    params = inspect.signature(diffusers_class(name).__init__).parameters
     fields = {k: p.default for k, p in params.items() if k != "self"}
     unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
     if unknown:
@@ -301,16 +299,6 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
 
 
 # ---------------------------------------------------------------------------- our config -> diffusers
-def _head_count(config: dict, width: int, level: int) -> int:
-    """Heads of an attention at ``level`` (the U-Net's own rule, see ``UNet.__init__``)."""
-    if config["attention_head_channels"] is not None:
-        return width // config["attention_head_channels"]
-    heads = config["attention_heads"]
-    if heads is None:
-        return 1
-    return heads[level] if isinstance(heads, (list, tuple)) else heads
-
-
 def diffusers_config(config: dict) -> tuple[str, dict]:
     """The diffusers class name and constructor fields that express our ``UNet`` configuration.
 
@@ -359,9 +347,9 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     if c["divide_by_timestep"] and not (fourier and not conditional):
         problems.append("divide_by_timestep without Fourier features (diffusers divides only Fourier UNet2DModels)")
 
-    sites = [(channels[l], _head_count(c, channels[l], l), l) for l in sorted(attn)]
+    sites = [(channels[l], attention_heads(c, channels[l], l), l) for l in sorted(attn)]
     if mid_attn:
-        sites.append((channels[-1], _head_count(c, channels[-1], levels - 1), levels - 1))
+        sites.append((channels[-1], attention_heads(c, channels[-1], levels - 1), levels - 1))
     head_dims = {w // h for w, h, _ in sites}
     if not conditional and len(head_dims) > 1 and any(h != 1 for _, h, _ in sites):
         problems.append(f"self-attention heads of different widths {sorted(head_dims)} (UNet2DModel has one attention_head_dim)")
@@ -406,7 +394,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     # attention_head_dim: a head count for cross-attention levels and the middle, a head width for self-attention levels.
     per_level = []
     for level, width in enumerate(channels):
-        heads = _head_count(c, width, level)
+        heads = attention_heads(c, width, level)
         per_level.append(width // heads if level in attn else heads)
     unreversed = [l for l in attn if per_level[levels - 1 - l] != per_level[l]]
     if unreversed:
@@ -414,7 +402,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
             f"this UNet cannot be written as a diffusers model: UNet2DConditionModel sizes the up-block self-attention of "
             f"levels {sorted(unreversed)} with another level's attention_head_dim entry, which differs here."
         )
-    if mid_cross and levels - 1 in attn and per_level[-1] != _head_count(c, channels[-1], levels - 1):
+    if mid_cross and levels - 1 in attn and per_level[-1] != attention_heads(c, channels[-1], levels - 1):
         raise UnsupportedConversionError(
             "this UNet cannot be written as a diffusers model: its last level has self-attention and the middle "
             "cross-attention, which UNet2DConditionModel sizes with one attention_head_dim entry."
@@ -489,7 +477,7 @@ def diffusers_names(name: str, levels: int) -> list[str]:
     raise InputError(f"no diffusers name for {name!r}")
 
 
-def name_map(model: UNet) -> dict[str, list[str]]:
+def name_map(model) -> dict[str, list[str]]:
     """Our tensor name -> the diffusers name(s) it is made of, for every tensor of ``model``."""
     levels = len(model.config.channels)
     return {name: diffusers_names(name, levels) for name in model.state_dict()}
@@ -512,7 +500,7 @@ def rename_legacy_attention(state_dict: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- building the models
-def _fill(model: torch.nn.Module, state_dict: dict, source: str, dtype: torch.dtype | None) -> None:
+def fill_model(model: torch.nn.Module, state_dict: dict, source: str, dtype: torch.dtype | None) -> None:
     """Load ``state_dict`` into a meta-device ``model`` after checking every name and shape."""
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state_dict.items()}
@@ -525,19 +513,12 @@ def _fill(model: torch.nn.Module, state_dict: dict, source: str, dtype: torch.dt
         raise RuntimeError(f"tensors left without values after conversion: {left}")
 
 
-def from_diffusers_state_dict(
-    config: dict, state_dict: dict[str, torch.Tensor], source: str = "the diffusers model", dtype: torch.dtype | None = torch.float32
-) -> UNet:
-    """Our ``UNet`` from a diffusers config (``config.json`` content) and its state dict.
+def state_dict_from_diffusers(model, state_dict: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """A diffusers state dict (today's attention names) under ``model``'s tensor names, q/k/v fused.
 
-    Raises ``UnsupportedConversionError`` for what we cannot express and ``CheckpointMismatchError``
-    listing every missing, unexpected or mis-shaped diffusers tensor.
+    Raises ``CheckpointMismatchError`` listing every missing, unexpected or mis-shaped diffusers tensor.
     """
-    ours = config_from_diffusers(config)
-    with torch.device("meta"):
-        model = UNet(**ours)
     names = name_map(model)
-    state_dict = rename_legacy_attention(state_dict)
     wanted = {n for ns in names.values() for n in ns}
     raise_if_mismatched(sorted(wanted - set(state_dict)), sorted(set(state_dict) - wanted), [], source=source)
     converted, mismatched = {}, []
@@ -552,41 +533,10 @@ def from_diffusers_state_dict(
             tensor = tensor.flatten(1)  # a transformer's 1x1-conv projection is our Linear (use_linear_projection=False)
         converted[name] = tensor
     raise_if_mismatched([], [], mismatched, source=source)
-    _fill(model, converted, source, dtype)
-    return model.eval()
+    return converted
 
 
-def from_diffusers(diffusers_model, dtype: torch.dtype | None = None) -> UNet:
-    """Our ``UNet`` computing the same function as a live diffusers ``UNet2DModel`` / ``UNet2DConditionModel``."""
-    config = {**dict(diffusers_model.config), "_class_name": type(diffusers_model).__name__}
-    return from_diffusers_state_dict(config, diffusers_model.state_dict(), dtype=dtype)
-
-
-def load_diffusers_folder(
-    folder: str | Path, variant: str | None = None, torch_dtype: torch.dtype | None = None,
-    output_loading_info: bool = False, use_safetensors: bool | None = None, **unsupported,
-) -> UNet:
-    """Our ``UNet`` from a diffusers ``save_pretrained`` folder (``config.json`` + safetensors weights).
-
-    Single files, shards and variants (``variant="fp16"``) are read; the weights are cast to
-    ``torch_dtype`` (default float32). ``UNet.from_pretrained`` calls this for diffusers folders.
-    """
-    if unsupported:
-        raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; it takes variant and torch_dtype.")
-    if use_safetensors is False:
-        raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
-    folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in safetensors_files(folder, variant):
-        state_dict.update(read_safetensors(file))
-    model = from_diffusers_state_dict(config, state_dict, source=str(folder), dtype=torch_dtype or torch.float32)
-    if output_loading_info:
-        return model, dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
-    return model
-
-
-def to_diffusers(model: UNet):
+def to_diffusers(model):
     """A diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` computing the same function as ``model``.
 
     Raises ``UnsupportedConversionError`` naming what diffusers cannot express (classic blocks,
@@ -594,11 +544,11 @@ def to_diffusers(model: UNet):
     """
     class_name, fields = diffusers_config(model.config)
     with torch.device("meta"):
-        target = _diffusers_class(class_name)(**fields)
+        target = diffusers_class(class_name)(**fields)
     converted = {}
     for name, tensor in model.state_dict().items():
         parts = diffusers_names(name, len(model.config.channels))
         for part, piece in zip(parts, tensor.chunk(len(parts)) if len(parts) > 1 else [tensor]):
             converted[part] = piece
-    _fill(target, converted, source=f"the {class_name} built from this UNet", dtype=None)
+    fill_model(target, converted, source=f"the {class_name} built from this UNet", dtype=None)
     return target.eval()

@@ -8,11 +8,8 @@ its inputs; ``forward`` pushes and pops the tensors in the same order.
 
 from __future__ import annotations
 
-import json
 import numbers
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,20 +19,13 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .blocks import Downsample, UNetBlock, Upsample, conv_padding
-from .embeddings import FourierFeatures, SinusoidalFeatures, TimeEmbedding
+from .embeddings import time_embedding as make_time_embedding
 from .errors import InputError
 from .heads import Head
-from .initialization import INIT_SCHEMES, initialize
+from .initialization import initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .weights import (
-    check_config,
-    check_local_folder,
-    model_shapes,
-    raise_if_mismatched,
-    safetensors_files,
-    safetensors_shapes,
-    state_dict_differences,
-)
+from .plan import Level, plan_unet
+from .pretrained import PretrainedMixin
 
 
 @dataclass
@@ -45,34 +35,7 @@ class UNetOutput(BaseOutput):
     sample: torch.Tensor
 
 
-def _choice(name: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-
-
-def _per_level(name: str, value, levels: int) -> tuple[int, ...]:
-    if isinstance(value, numbers.Integral):
-        return (int(value),) * levels
-    value = tuple(int(v) for v in value)
-    if len(value) != levels:
-        raise InputError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
-    return value
-
-
-def _own_aligned_storage(model: nn.Module) -> None:
-    """Copy tensors that point into a file's memory map into fresh, aligned storage.
-
-    safetensors places tensors at arbitrary byte offsets; CPU kernels take other code paths on
-    unaligned data and round differently (3.6e-7 seen), so a loaded model would not reproduce the
-    saved one bit for bit. A fresh allocation is 64-byte aligned.
-    """
-    with torch.no_grad():
-        for tensor in (*model.parameters(), *model.buffers()):
-            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
-                tensor.data = tensor.data.clone()
-
-
-class UNet(ModelMixin, ConfigMixin):
+class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
     """Time-conditioned U-Net with residual blocks, self-attention, cross-attention and class
     conditioning, whose encoder-decoder core also serves segmentation.
 
@@ -137,152 +100,58 @@ class UNet(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self._layerwise_compute_dtype: torch.dtype | None = None  # set by enable_layerwise_casting
-        levels = len(channels)
-        if levels < 1:
-            raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
-        for name, value, allowed in (
-            ("head", head, ("denoise", "segment")),
-            ("block", block, ("residual", "classic")),
-            ("skips", skips, ("dense", "level")),
-            ("padding", padding, ("same", "valid")),
-            ("downsample", downsample, ("conv", "conv_asym", "maxpool", "avgpool")),
-            ("upsample", upsample, ("nearest", "bilinear", "conv_transpose")),
-            ("time_embedding", time_embedding, ("sinusoidal", "fourier", None)),
-            ("time_injection", time_injection, ("add", "scale_shift")),
-            ("weight_init", weight_init, INIT_SCHEMES),
-        ):
-            _choice(name, value, allowed)
-        blocks = _per_level("blocks_per_level", blocks_per_level, levels)
-        if min(blocks) < 1:
-            raise InputError(f"blocks_per_level must be at least 1 on every level; got {blocks_per_level}.")
-        depths = _per_level("transformer_depth", transformer_depth, levels)
-        if min(depths) < 1:
-            raise InputError(f"transformer_depth must be at least 1 on every level; got {transformer_depth}.")
-        head_counts = None if attention_heads is None else _per_level("attention_heads", attention_heads, levels)
-        if head_counts is not None and min(head_counts) < 1:
-            raise InputError(f"attention_heads must be at least 1 on every level; got {attention_heads}.")
-        if divide_by_timestep and time_embedding is None:
-            raise InputError("divide_by_timestep needs a timestep; it does nothing with time_embedding=None.")
-        for name, lv in (("attention_levels", attention_levels), ("cross_attention_levels", cross_attention_levels)):
-            bad = [l for l in lv if not 0 <= l < levels]
-            if bad:
-                raise InputError(f"{name} {list(lv)} names levels {bad} that do not exist; levels are 0..{levels - 1}.")
-        if block == "classic" and (time_embedding is not None or num_class_labels is not None):
-            raise InputError(
-                "classic blocks take no time or class embedding; set time_embedding=None and num_class_labels=None, "
-                "or use block='residual'."
-            )
-        if block == "residual" and not conv_in:
-            raise InputError("residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features.")
-        if padding == "valid" and pad_input:
-            raise InputError("pad_input works with padding='same'; a valid-padding model is tiled instead (see valid_input_sizes).")
-        if attention_heads is not None and attention_head_channels is not None:
-            raise InputError("give attention_heads (a count) or attention_head_channels (a width), not both.")
-        uses_cross = bool(cross_attention_levels) or mid_cross_attention
-        if uses_cross and context_dim is None:
-            raise InputError("cross-attention needs context_dim, the width of encoder_hidden_states.")
-        if context_dim is not None and not uses_cross:
-            raise InputError("context_dim is set but no level has cross-attention; set cross_attention_levels or mid_cross_attention.")
-        if block == "residual" or attention_levels or uses_cross or (mid_block and mid_attention):
-            bad = sorted({c for c in channels if c % norm_groups})
-            if bad:
-                raise InputError(f"channels {bad} are not divisible by norm_groups={norm_groups}; change one or the other.")
-        if head == "segment" and learned_variance:
-            raise InputError("learned_variance belongs to the denoise head, not the segmentation head.")
-
-        def heads_for(width: int, level: int) -> int:
-            if attention_head_channels is None:
-                return head_counts[level] if head_counts else 1
-            if width % attention_head_channels:
-                raise InputError(f"attention_head_channels={attention_head_channels} does not divide width {width}.")
-            return width // attention_head_channels
-
-        # Embedding of the noise level (and class label), shared by every residual block.
-        emb_dim = None
-        if time_embedding is not None or num_class_labels is not None:
-            emb_dim = time_embed_dim or 4 * channels[0]
+        plan = plan_unet(self.config)  # every configuration rule is checked there, once
+        block = plan.block
         self.time_embed = None
-        if time_embedding == "sinusoidal":
-            self.time_embed = TimeEmbedding(SinusoidalFeatures(channels[0], flip_sin_to_cos, freq_shift), channels[0], emb_dim)
-        elif time_embedding == "fourier":
-            features = FourierFeatures(2 * channels[0], fourier_scale, flip_sin_to_cos, log=fourier_log)
-            self.time_embed = TimeEmbedding(features, 2 * channels[0], emb_dim)
+        if time_embedding is not None:
+            self.time_embed = make_time_embedding(time_embedding, channels[0], block.emb_dim, flip_sin_to_cos=flip_sin_to_cos,
+                                                  freq_shift=freq_shift, fourier_scale=fourier_scale, fourier_log=fourier_log)
         self.class_embed = None
         if num_class_labels is not None:
-            self.class_embed = nn.Embedding(num_class_labels + int(null_class_label), emb_dim)
+            self.class_embed = nn.Embedding(num_class_labels + int(null_class_label), block.emb_dim)
 
-        common = dict(
-            conv_block=block, emb_dim=emb_dim, time_injection=time_injection, dropout=dropout,
-            norm_groups=norm_groups, norm_eps=norm_eps, padding=padding, batch_norm=batch_norm,
-        )
-
-        def make_block(c_in: int, c_out: int, level: int | None, skip: int = 0, attn: bool = False, cross: bool = False,
-                       scale: float = 1.0, attn_norm: bool = True):
-            level = levels - 1 if level is None else level  # the middle takes the lowest level's heads and depth
-            return UNetBlock(
-                c_in, c_out, skip_channels=skip, **common,
-                attention_heads=heads_for(c_out, level) if attn else None, attention_norm=attn_norm,
-                context_dim=context_dim if cross else None, transformer_heads=heads_for(c_out, level) if cross else None,
-                transformer_depth=depths[level], attention_gate=attention_gates, skip_conv=skip_conv, output_scale=scale,
-            )
+        def level_block(c_in: int, level: Level, skip: int = 0, **options) -> UNetBlock:
+            return UNetBlock(c_in, level.width, block, skip_channels=skip, attention_heads=level.attention_heads,
+                             cross_heads=level.cross_heads, transformer_depth=level.transformer_depth, **options)
 
         # Encoder: push the width of every output that becomes a skip connection.
-        dense = skips == "dense"
-        stack: list[int] = []
+        skip_widths: list[int] = []
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=conv_padding(padding)) if conv_in else None
         c = channels[0] if conv_in else in_channels
-        if dense and conv_in:
-            stack.append(c)
+        if plan.dense and conv_in:
+            skip_widths.append(c)
         self.encoder = nn.ModuleDict()
-        for level, width in enumerate(channels):
-            for i in range(blocks[level]):
-                blk = make_block(c, width, level, attn=level in attention_levels, cross=level in cross_attention_levels)
-                c = width
-                blk.push_skip = dense or (i == blocks[level] - 1 and level < levels - 1)
-                self.encoder[f"level{level}_block{i}"] = blk
-                if blk.push_skip:
-                    stack.append(c)
-            if level < levels - 1:
-                down = Downsample(c, downsample)
-                down.push_skip = dense
-                self.encoder[f"level{level}_down"] = down
-                if dense:
-                    stack.append(c)
+        for i, level in enumerate(plan.levels):
+            for j in range(level.blocks):
+                self.encoder[f"level{i}_block{j}"] = blk = level_block(c, level)
+                c = level.width
+                blk.push_skip = plan.dense or (j == level.blocks - 1 and i < len(plan.levels) - 1)
+                skip_widths += [c] if blk.push_skip else []
+            if i < len(plan.levels) - 1:
+                self.encoder[f"level{i}_down"] = down = Downsample(c, downsample)
+                down.push_skip = plan.dense
+                skip_widths += [c] if plan.dense else []
 
-        # Middle: residual, attention, residual at the lowest resolution.
+        # Middle at the lowest resolution: a block with attention, then a plain one.
         self.middle = nn.ModuleDict()
-        if mid_block:
-            self.middle["mid_block0"] = make_block(
-                c, c, None, attn=mid_attention, cross=mid_cross_attention, scale=mid_block_scale, attn_norm=mid_attention_norm
-            )
-            self.middle["mid_block1"] = make_block(c, c, None, scale=mid_block_scale)
+        if plan.middle is not None:
+            self.middle["mid_block0"] = level_block(c, plan.middle, output_scale=mid_block_scale, attention_norm=mid_attention_norm)
+            self.middle["mid_block1"] = UNetBlock(c, c, block, output_scale=mid_block_scale)
 
         # Decoder: pop the skip widths in reverse order.
         self.decoder = nn.ModuleDict()
-        for level in reversed(range(levels)):
-            width = channels[level]
-            attn, cross = level in attention_levels, level in cross_attention_levels
-            if dense:
-                for i in range(blocks[level] + 1):
-                    self.decoder[f"level{level}_block{i}"] = make_block(c, width, level, skip=stack.pop(), attn=attn, cross=cross)
-                    c = width
-                if level > 0:
-                    self.decoder[f"level{level}_up"] = Upsample(c, c, upsample)
-            elif level < levels - 1:
-                for i in range(blocks[level]):
-                    skip = stack.pop() if i == 0 else 0
-                    self.decoder[f"level{level}_block{i}"] = make_block(c, width, level, skip=skip, attn=attn, cross=cross)
-                    c = width
-            if not dense and level > 0:
-                self.decoder[f"level{level}_up"] = Upsample(c, channels[level - 1], upsample)
-                c = channels[level - 1]
-        assert not stack, "every skip connection pushed by the encoder is consumed by the decoder"
+        for i, level in reversed(list(enumerate(plan.levels))):
+            for j in range(level.decoder_blocks):
+                skip = skip_widths.pop() if plan.dense or j == 0 else 0
+                self.decoder[f"level{i}_block{j}"] = level_block(c, level, skip)
+                c = level.width
+            if i > 0:
+                self.decoder[f"level{i}_up"] = Upsample(c, level.up_width, upsample)
+                c = level.up_width
+        assert not skip_widths, "every skip connection pushed by the encoder is consumed by the decoder"
 
-        head_out = out_channels or (in_channels if head == "denoise" else 2)
-        if learned_variance:
-            head_out *= 2
-        self.out = Head(head, c, head_out, normalize=block == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
-        initialize(self, block, self.out.conv, weight_init)
+        self.out = Head(head, c, plan.head_channels, normalize=block.kind == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
+        initialize(self, block.kind, self.out.conv, weight_init)
         self.gradient_checkpointing = False
         self._size_cache: dict[int, int | str] = {}
 
@@ -435,73 +304,6 @@ class UNet(ModelMixin, ConfigMixin):
             return (out,)
         return UNetOutput(sample=out)
 
-    # ------------------------------------------------------------------------ loading
-    @classmethod
-    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """Build from a config dict; unknown fields are an error, not silently ignored."""
-        if isinstance(config, dict):
-            from .convert import DIFFUSERS_CLASSES
-
-            if config.get("_class_name") in DIFFUSERS_CLASSES:
-                raise InputError(
-                    f"this is a diffusers {config['_class_name']} config. UNet.from_pretrained converts diffusers "
-                    "folders on disk: download the model first (hf download REPO --local-dir DIR) and pass DIR; "
-                    "unet_diffusion.convert.config_from_diffusers(config) gives the architecture alone."
-                )
-            check_config(cls, config)
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a folder written by ``save_pretrained`` (``config.json`` + safetensors weights).
-
-        The folder may also hold a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` (its config's
-        ``_class_name`` says so): it is converted on the fly to the same function (see
-        ``unet_diffusion.convert``), legacy attention names, variants and shards included.
-
-        Accepts diffusers' loading options (``subfolder``, ``variant``, ``torch_dtype``, ...). Weights
-        are read from safetensors only. A checkpoint whose tensors do not match the config raises
-        ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
-        """
-        check_local_folder(pretrained_model_name_or_path)
-        folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
-        if folder.is_dir():
-            from .convert import DIFFUSERS_CLASSES, load_diffusers_folder
-
-            config_path = folder / "config.json"
-            if config_path.is_file() and json.loads(config_path.read_text()).get("_class_name") in DIFFUSERS_CLASSES:
-                kwargs.pop("subfolder", None)
-                return load_diffusers_folder(folder, **kwargs)
-            cls._check_folder(folder, kwargs.get("variant"))
-        want_info = kwargs.pop("output_loading_info", False)
-        kwargs["use_safetensors"] = True
-        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
-        mismatched = [(name, tuple(model_shape), tuple(ckpt_shape)) for name, ckpt_shape, model_shape in info["mismatched_keys"]]
-        raise_if_mismatched(info["missing_keys"], info["unexpected_keys"], mismatched, source=str(folder))
-        _own_aligned_storage(model)
-        return (model, info) if want_info else model
-
-    @classmethod
-    def _check_folder(cls, folder: Path, variant: str | None) -> None:
-        """Check config fields and every tensor name and shape before anything is loaded."""
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
-        config = json.loads(config_path.read_text())
-        class_name = config.get("_class_name", cls.__name__)
-        if class_name != cls.__name__:
-            raise InputError(
-                f"{config_path} describes a {class_name}, not a {cls.__name__}; {cls.__name__}.from_pretrained reads "
-                f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
-            )
-        check_config(cls, config, source=str(config_path))
-        found: dict[str, tuple] = {}
-        for file in safetensors_files(folder, variant):
-            found.update(safetensors_shapes(file))
-        with torch.device("meta"):
-            skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
-        raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), found), source=str(folder))
-
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the network computes in: the weights' own, or under ``enable_layerwise_casting`` its
@@ -515,20 +317,6 @@ class UNet(ModelMixin, ConfigMixin):
         compute_dtype = compute_dtype or self.compute_dtype
         super().enable_layerwise_casting(storage_dtype, compute_dtype, *args, **kwargs)
         self._layerwise_compute_dtype = compute_dtype
-
-    def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, **kwargs):
-        """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them)."""
-        if not safe_serialization:
-            raise InputError("safe_serialization=False would write pickled weights, which UNet.from_pretrained refuses "
-                             "(unpickling can run code); leave it at True.")
-        return super().save_pretrained(save_directory, *args, safe_serialization=True, **kwargs)
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
-        """No xformers here: every attention is torch's ``scaled_dot_product_attention``, which picks a
-        memory-efficient (or flash) kernel by itself. Says so instead of silently doing nothing."""
-        if valid:
-            warnings.warn("UNet does not use xformers: its attention is torch's scaled_dot_product_attention, which "
-                          "already selects a memory-efficient or flash kernel where the device has one.", stacklevel=3)
 
     # ------------------------------------------------------------------------ presets
     @classmethod

@@ -273,27 +273,3 @@ def read_scheduler_config(path: str | os.PathLike) -> dict | None:
     """The training scheduler's config stored by ``save_weights(..., scheduler_config=...)``, or ``None``."""
     stored = read_weights_metadata(path).get(SCHEDULER_METADATA_KEY)
     return json.loads(stored) if stored else None
-
-
-def load_weights(path: str | os.PathLike, model=None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Load a ``.safetensors`` file into ``model``, or rebuild the model from the file's metadata.
-
-    Args:
-        path: the file.
-        model: an existing model to fill; ``None`` builds a ``UNet`` from the config in the file.
-        device, dtype: where and in what precision the returned model lives.
-
-    Raises:
-        CheckpointMismatchError: names or shapes do not match (all differences are listed).
-    """
-    from .unet import UNet
-
-    path = Path(path)
-    if model is None:
-        config = read_weights_config(path)
-        check_config(UNet, config, source=f"the config stored in {path}")
-        model = UNet(**config)
-    state_dict = read_safetensors(path)
-    load_state_dict_strict(model, state_dict, source=str(path))
-    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-    return model.eval()

@@ -1,0 +1,75 @@
+"""Getting a ``UNet`` from whatever a user holds: a weights file written by ``save_weights``, a folder
+written by ``save_pretrained``, a diffusers U-Net folder, or a live diffusers model.
+
+One loader decides: ``load_unet`` reads a file itself and leaves every folder to
+``UNet.from_pretrained``, which converts diffusers folders (see ``pretrained.py``). Pipelines and the
+command line load through here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .unet import UNet
+from .weights import (
+    PICKLE_SUFFIXES,
+    check_config,
+    load_state_dict_strict,
+    pickle_conversion_command,
+    read_safetensors,
+    read_weights_config,
+)
+
+
+def load_weights(path: str | os.PathLike, model: UNet | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> UNet:
+    """Load a ``.safetensors`` file into ``model``, or rebuild the model from the file's metadata.
+
+    Args:
+        path: the file.
+        model: an existing model to fill; ``None`` builds a ``UNet`` from the config in the file.
+        device, dtype: where and in what precision the returned model lives.
+
+    Raises:
+        CheckpointMismatchError: names or shapes do not match (all differences are listed).
+    """
+    path = Path(path)
+    if model is None:
+        config = read_weights_config(path)
+        check_config(UNet, config, source=f"the config stored in {path}")
+        model = UNet(**config)
+    load_state_dict_strict(model, read_safetensors(path), source=str(path))
+    model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval()
+
+
+def load_unet(path: str | os.PathLike) -> UNet:
+    """A ``UNet`` from a ``save_weights`` file, a ``save_pretrained`` folder or a diffusers U-Net folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return load_weights(path)
+    if (path / "config.json").is_file():
+        return UNet.from_pretrained(path)
+    raise FileNotFoundError(_not_a_model(path))
+
+
+def _not_a_model(path: Path) -> str:
+    if not path.exists():
+        return f"no model at {path}."
+    if path.suffix in PICKLE_SUFFIXES:
+        return (f"{path} is a pickle, which is not read because unpickling can run code. If it holds a state dict, "
+                f"convert it once: {pickle_conversion_command(path, path.with_suffix('.safetensors'))}, then "
+                "load it with unet_diffusion.load_weights(FILE, model=UNet(...)) (the file carries no config).")
+    return (
+        f"{path} is not a model: expected a pipeline folder (model_index.json), a U-Net folder "
+        "(config.json + diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights."
+    )
+
+
+def from_diffusers(diffusers_model, dtype: torch.dtype | None = None) -> UNet:
+    """Our ``UNet`` computing the same function as a live diffusers ``UNet2DModel`` / ``UNet2DConditionModel``."""
+    config = {**dict(diffusers_model.config), "_class_name": type(diffusers_model).__name__}
+    return UNet.from_diffusers_state_dict(config, diffusers_model.state_dict(), dtype=dtype)

@@ -1,0 +1,167 @@
+"""Saving and loading a ``UNet`` through diffusers' ``save_pretrained`` / ``from_pretrained``, with one
+loading policy for both kinds of folder: our own (``config.json`` + safetensors) and diffusers'
+``UNet2DModel`` / ``UNet2DConditionModel`` folders, converted on the fly (see ``convert.py``).
+
+``UNet`` inherits this mixin; the module knows nothing of the network beyond ``cls(**config)``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .convert import DIFFUSERS_CLASSES, config_from_diffusers, fill_model, rename_legacy_attention, state_dict_from_diffusers
+from .errors import InputError, InputTypeError
+from .weights import (
+    check_config,
+    check_local_folder,
+    model_shapes,
+    raise_if_mismatched,
+    read_safetensors,
+    safetensors_files,
+    safetensors_shapes,
+    state_dict_differences,
+)
+
+
+def own_aligned_storage(model: nn.Module) -> None:
+    """Copy tensors that point into a file's memory map into fresh, aligned storage.
+
+    safetensors places tensors at arbitrary byte offsets; CPU kernels take other code paths on
+    unaligned data and round differently (3.6e-7 seen), so a loaded model would not reproduce the
+    saved one bit for bit. A fresh allocation is 64-byte aligned.
+    """
+    with torch.no_grad():
+        for tensor in (*model.parameters(), *model.buffers()):
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+
+
+def diffusers_folder_class(folder: Path) -> str | None:
+    """The diffusers U-Net class a folder's ``config.json`` names, or ``None`` for any other folder."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return None
+    name = json.loads(config_path.read_text()).get("_class_name")
+    return name if name in DIFFUSERS_CLASSES else None
+
+
+class PretrainedMixin:
+    """``from_config`` / ``from_pretrained`` / ``save_pretrained`` of ``UNet``: strict, safetensors only."""
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """Build from a config dict; unknown fields are an error, not silently ignored."""
+        if isinstance(config, dict):
+            if config.get("_class_name") in DIFFUSERS_CLASSES:
+                raise InputError(
+                    f"this is a diffusers {config['_class_name']} config. UNet.from_pretrained converts diffusers "
+                    "folders on disk: download the model first (hf download REPO --local-dir DIR) and pass DIR; "
+                    "unet_diffusion.convert.config_from_diffusers(config) gives the architecture alone."
+                )
+            check_config(cls, config)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a folder written by ``save_pretrained`` (``config.json`` + safetensors weights).
+
+        The folder may also hold a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` (its config's
+        ``_class_name`` says so): it is converted on the fly to the same function (see
+        ``unet_diffusion.convert``), legacy attention names, variants and shards included.
+
+        Accepts diffusers' loading options (``subfolder``, ``variant``, ``torch_dtype``, ...). Weights
+        are read from safetensors only. A checkpoint whose tensors do not match the config raises
+        ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
+        """
+        check_local_folder(pretrained_model_name_or_path)
+        folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
+        if folder.is_dir():
+            if diffusers_folder_class(folder):
+                kwargs.pop("subfolder", None)
+                return cls.from_diffusers_folder(folder, **kwargs)
+            cls._check_folder(folder, kwargs.get("variant"))
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["use_safetensors"] = True
+        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        mismatched = [(name, tuple(model_shape), tuple(ckpt_shape)) for name, ckpt_shape, model_shape in info["mismatched_keys"]]
+        raise_if_mismatched(info["missing_keys"], info["unexpected_keys"], mismatched, source=str(folder))
+        own_aligned_storage(model)
+        return (model, info) if want_info else model
+
+    @classmethod
+    def _check_folder(cls, folder: Path, variant: str | None) -> None:
+        """Check config fields and every tensor name and shape before anything is loaded."""
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
+        config = json.loads(config_path.read_text())
+        class_name = config.get("_class_name", cls.__name__)
+        if class_name != cls.__name__:
+            raise InputError(
+                f"{config_path} describes a {class_name}, not a {cls.__name__}; {cls.__name__}.from_pretrained reads "
+                f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
+            )
+        check_config(cls, config, source=str(config_path))
+        found: dict[str, tuple] = {}
+        for file in safetensors_files(folder, variant):
+            found.update(safetensors_shapes(file))
+        with torch.device("meta"):
+            skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
+        raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), found), source=str(folder))
+
+    @classmethod
+    def from_diffusers_folder(
+        cls, folder: str | Path, variant: str | None = None, torch_dtype: torch.dtype | None = None,
+        output_loading_info: bool = False, use_safetensors: bool | None = None, **unsupported,
+    ):
+        """A ``UNet`` from a diffusers ``save_pretrained`` folder (``config.json`` + safetensors weights).
+
+        Single files, shards and variants (``variant="fp16"``) are read; the weights are cast to
+        ``torch_dtype`` (default float32). ``from_pretrained`` calls this for diffusers folders.
+        """
+        if unsupported:
+            raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; it takes variant and torch_dtype.")
+        if use_safetensors is False:
+            raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        state_dict: dict[str, torch.Tensor] = {}
+        for file in safetensors_files(folder, variant):
+            state_dict.update(read_safetensors(file))
+        model = cls.from_diffusers_state_dict(config, state_dict, source=str(folder), dtype=torch_dtype or torch.float32)
+        if output_loading_info:
+            return model, dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
+        return model
+
+    @classmethod
+    def from_diffusers_state_dict(cls, config: dict, state_dict: dict[str, torch.Tensor], source: str = "the diffusers model",
+                                  dtype: torch.dtype | None = torch.float32):
+        """A ``UNet`` from a diffusers config (``config.json`` content) and its state dict.
+
+        Raises ``UnsupportedConversionError`` for what we cannot express and ``CheckpointMismatchError``
+        listing every missing, unexpected or mis-shaped diffusers tensor.
+        """
+        with torch.device("meta"):
+            model = cls(**config_from_diffusers(config))
+        converted = state_dict_from_diffusers(model, rename_legacy_attention(state_dict), source)
+        fill_model(model, converted, source, dtype)
+        return model.eval()
+
+    def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, **kwargs):
+        """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them)."""
+        if not safe_serialization:
+            raise InputError("safe_serialization=False would write pickled weights, which UNet.from_pretrained refuses "
+                             "(unpickling can run code); leave it at True.")
+        return super().save_pretrained(save_directory, *args, safe_serialization=True, **kwargs)
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
+        """No xformers here: every attention is torch's ``scaled_dot_product_attention``, which picks a
+        memory-efficient (or flash) kernel by itself. Says so instead of silently doing nothing."""
+        if valid:
+            warnings.warn("UNet does not use xformers: its attention is torch's scaled_dot_product_attention, which "
+                          "already selects a memory-efficient or flash kernel where the device has one.", stacklevel=3)
