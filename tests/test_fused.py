@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from unet_diffusion.fused import norm_act_conv, norm_act_conv_reference
+from unet_diffusion.fused import norm_act_conv
 
 
 def layers(c_in=4, c_out=6, kernel=3, padding=1, stride=1, dtype=torch.float64):
@@ -33,7 +33,7 @@ def test_gradcheck_against_autograd(modulated, kernel, padding, stride):
     assert torch.autograd.gradcheck(fused, (x, *extra))
     # Parameter gradients equal those of the plain composition.
     out = fused(x, *extra)
-    ref = norm_act_conv_reference(x, norm, conv, *extra)
+    ref = norm_act_conv(x, norm, conv, *extra, fused=False)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, (x, *extra, *params), g)
@@ -48,7 +48,7 @@ def test_dropout_draws_the_mask_of_f_dropout_and_reuses_it_in_backward():
     torch.manual_seed(3)
     out = norm_act_conv(x, norm, conv, dropout=0.5)
     torch.manual_seed(3)
-    ref = norm_act_conv_reference(x, norm, conv, dropout=0.5)
+    ref = norm_act_conv(x, norm, conv, dropout=0.5, fused=False)
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (x, conv.weight), g), torch.autograd.grad(ref, (x, conv.weight), g)):
@@ -62,7 +62,7 @@ def test_bf16_autocast_and_channels_last_match_the_reference():
         xf = x.detach().to(memory_format=fmt).requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = norm_act_conv(xf, norm, conv)
-            ref = norm_act_conv_reference(xf, norm, conv)
+            ref = norm_act_conv(xf, norm, conv, fused=False)
         assert out.dtype == ref.dtype == torch.bfloat16
         torch.testing.assert_close(out, ref)
         g = torch.randn_like(out)
@@ -71,3 +71,25 @@ def test_bf16_autocast_and_channels_last_match_the_reference():
         for a, b in zip(got, want):
             assert a.dtype == b.dtype
             torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)
+
+
+def test_hooks_on_every_norm_and_conv_fire_in_train_and_eval():
+    """The fused op stands in for hooked modules only when nothing would notice: with hooks, the modules run."""
+    from collections import Counter
+
+    from conftest import tiny_config
+
+    from unet_diffusion import UNet
+
+    model = UNet(**tiny_config())
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.GroupNorm))}
+    calls = Counter()
+    for name, layer in layers.items():
+        layer.register_forward_hook(lambda module, args, out, name=name: calls.update([name]))
+    x = torch.randn(2, 3, 16, 16)
+    for training in (True, False):
+        model.train(training)
+        calls.clear()
+        with torch.set_grad_enabled(training):
+            model(x, 3).sample.sum()
+        assert set(calls) == set(layers), sorted(set(layers) - set(calls))

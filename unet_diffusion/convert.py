@@ -122,13 +122,8 @@ _REQUIRED = {
 # tensors are converted).
 
 
-def config_from_diffusers(config: dict) -> dict:
-    """Our ``UNet`` configuration for a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` config.
-
-    ``config`` is the content of its ``config.json`` (``_class_name`` included). Raises
-    ``UnsupportedConversionError`` naming every block type or option that our UNet cannot reproduce.
-    """
-    name, c = _with_defaults(config)
+def _level_kinds(name: str, c: dict) -> list[str]:
+    """The attention kind of each level ("plain", "attn", "cross"), after checking every field we cannot reproduce."""
     conditional = name == "UNet2DConditionModel"
     problems = [
         f"{field}={c[field]!r} (supported: {', '.join(map(repr, allowed))})"
@@ -137,16 +132,12 @@ def config_from_diffusers(config: dict) -> dict:
     ]
     if c["norm_num_groups"] is None:
         problems.append("norm_num_groups=None (residual blocks need GroupNorm)")
-    if conditional and any(_per_level("only_cross_attention", c["only_cross_attention"], len(c["down_block_types"]))):
+    levels = len(c["block_out_channels"])
+    if conditional and any(_per_level("only_cross_attention", c["only_cross_attention"], levels)):
         problems.append(f"only_cross_attention={c['only_cross_attention']!r} (supported: False)")
-
-    channels = list(c["block_out_channels"])
-    levels = len(channels)
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     if len(down) != levels or len(up) != levels:
-        raise UnsupportedConversionError(
-            f"{name} has {levels} block_out_channels but {len(down)} down and {len(up)} up block types."
-        )
+        raise UnsupportedConversionError(f"{name} has {levels} block_out_channels but {len(down)} down and {len(up)} up block types.")
     kinds = []
     for level in range(levels):
         d, u = down[level], up[levels - 1 - level]
@@ -160,7 +151,20 @@ def config_from_diffusers(config: dict) -> dict:
         kinds.append(kind)
     if problems:
         raise UnsupportedConversionError(f"this {name} cannot be converted; unsupported: " + "; ".join(problems) + ".")
+    return kinds
 
+
+def config_from_diffusers(config: dict) -> dict:
+    """Our ``UNet`` configuration for a diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` config.
+
+    ``config`` is the content of its ``config.json`` (``_class_name`` included). Raises
+    ``UnsupportedConversionError`` naming every block type or option that our UNet cannot reproduce.
+    """
+    name, c = _with_defaults(config)
+    conditional = name == "UNet2DConditionModel"
+    kinds = _level_kinds(name, c)
+    channels = list(c["block_out_channels"])
+    levels = len(channels)
     ours = dict(
         sample_size=c["sample_size"],
         in_channels=c["in_channels"],
@@ -310,67 +314,30 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     levels = len(channels)
     attn, cross = set(c["attention_levels"]), set(c["cross_attention_levels"])
     mid_attn = c["mid_block"] and c["mid_attention"]
-    mid_cross = c["mid_block"] and c["mid_cross_attention"]
-    conditional = bool(cross) or mid_cross
-    blocks = _per_level("blocks_per_level", c["blocks_per_level"], levels)
-    depths = _per_level("transformer_depth", c["transformer_depth"], levels)
-
-    problems = []
-    for field, allowed in (
-        ("block", ("residual",)), ("skips", ("dense",)), ("conv_in", (True,)), ("padding", ("same",)),
-        ("downsample", ("conv", "conv_asym")), ("upsample", ("nearest",)), ("skip_conv", (False,)),
-        ("attention_gates", (False,)), ("head", ("denoise",)), ("pad_input", (False,)),
-    ):
-        if c[field] not in allowed:
-            problems.append(f"{field}={c[field]!r} (diffusers has {', '.join(map(repr, allowed))})")
-    if c["time_embedding"] is None:
-        problems.append("time_embedding=None (diffusers U-Nets are always time-conditioned)")
-    if attn & cross:
-        problems.append(f"levels {sorted(attn & cross)} with both self- and cross-attention")
-    if mid_attn and mid_cross:
-        problems.append("a middle block with both self- and cross-attention")
-    if conditional and c["mid_block"] and not mid_cross:
-        problems.append("a middle block without cross-attention in a cross-attention model (UNet2DConditionModel's "
-                        "UNetMidBlock2D has a single residual block)")
-    if not conditional and len(set(blocks)) > 1:
-        problems.append(f"blocks_per_level={c['blocks_per_level']!r} per level (UNet2DModel has one layers_per_block)")
-    if mid_attn and not c["mid_attention_norm"] and c["time_injection"] != "scale_shift":
-        problems.append("mid_attention_norm=False with time_injection='add'")
-    fourier = c["time_embedding"] == "fourier"
-    if conditional and fourier and (c["fourier_log"] or c["divide_by_timestep"]):
-        problems.append("Fourier features of log(t) or divide_by_timestep in a cross-attention model "
-                        "(UNet2DConditionModel's Fourier features are of t, its output undivided)")
-    if conditional and fourier and (c["time_embed_dim"] or 4 * channels[0]) != 2 * channels[0]:
-        problems.append("a Fourier cross-attention model needs time_embed_dim = 2 * channels[0]")
-    if not conditional and fourier and (c["flip_sin_to_cos"] or not c["fourier_log"] or not c["divide_by_timestep"]):
-        problems.append("UNet2DModel's Fourier variant needs flip_sin_to_cos=False, fourier_log=True, divide_by_timestep=True")
-    if c["divide_by_timestep"] and not (fourier and not conditional):
-        problems.append("divide_by_timestep without Fourier features (diffusers divides only Fourier UNet2DModels)")
-
-    sites = [(channels[l], attention_heads(c, channels[l], l), l) for l in sorted(attn)]
+    conditional = bool(cross) or (c["mid_block"] and c["mid_cross_attention"])
+    sites = [(channels[l], attention_heads(c, channels[l], l)) for l in sorted(attn)]
     if mid_attn:
-        sites.append((channels[-1], attention_heads(c, channels[-1], levels - 1), levels - 1))
-    head_dims = {w // h for w, h, _ in sites}
-    if not conditional and len(head_dims) > 1 and any(h != 1 for _, h, _ in sites):
+        sites.append((channels[-1], attention_heads(c, channels[-1], levels - 1)))
+    head_dims = {w // h for w, h in sites}
+    problems = _inexpressible(c, conditional)
+    if not conditional and len(head_dims) > 1 and any(h != 1 for _, h in sites):
         problems.append(f"self-attention heads of different widths {sorted(head_dims)} (UNet2DModel has one attention_head_dim)")
     if problems:
         raise UnsupportedConversionError("this UNet cannot be written as a diffusers model: " + "; ".join(problems) + ".")
 
-    out_channels = (c["out_channels"] or c["in_channels"]) * (2 if c["learned_variance"] else 1)
-    down = ["CrossAttnDownBlock2D" if l in cross else "AttnDownBlock2D" if l in attn else "DownBlock2D" for l in range(levels)]
-    up = [kind.replace("Down", "Up") for kind in reversed(down)]
     num_classes = c["num_class_labels"]
+    down = ["CrossAttnDownBlock2D" if l in cross else "AttnDownBlock2D" if l in attn else "DownBlock2D" for l in range(levels)]
     fields = dict(
         sample_size=c["sample_size"],
         in_channels=c["in_channels"],
-        out_channels=out_channels,
+        out_channels=(c["out_channels"] or c["in_channels"]) * (2 if c["learned_variance"] else 1),
         center_input_sample=c["center_input"],
-        time_embedding_type="fourier" if fourier else "positional",
+        time_embedding_type="fourier" if c["time_embedding"] == "fourier" else "positional",
         time_embedding_dim=c["time_embed_dim"],
         freq_shift=c["freq_shift"],
         flip_sin_to_cos=c["flip_sin_to_cos"],
         down_block_types=down,
-        up_block_types=up,
+        up_block_types=[kind.replace("Down", "Up") for kind in reversed(down)],
         block_out_channels=channels,
         mid_block_scale_factor=c["mid_block_scale"],
         downsample_padding=0 if c["downsample"] == "conv_asym" else 1,
@@ -383,15 +350,62 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     )
     if not conditional:
         fields.update(
-            layers_per_block=blocks[0],
+            layers_per_block=_per_level("blocks_per_level", c["blocks_per_level"], levels)[0],
             mid_block_type="UNetMidBlock2D" if c["mid_block"] else None,
             add_attention=bool(mid_attn),
-            attention_head_dim=None if all(h == 1 for _, h, _ in sites) else head_dims.pop(),  # None: one head per block
+            attention_head_dim=None if all(h == 1 for _, h in sites) else head_dims.pop(),  # None: one head per block
             attn_norm_num_groups=c["norm_groups"] if mid_attn and c["mid_attention_norm"] else None,
         )
         return "UNet2DModel", fields
+    fields.update(_condition_fields(c, attn))
+    return "UNet2DConditionModel", fields
 
-    # attention_head_dim: a head count for cross-attention levels and the middle, a head width for self-attention levels.
+
+def _inexpressible(c: dict, conditional: bool) -> list[str]:
+    """What in our configuration ``c`` no diffusers U-Net expresses (beyond attention head widths)."""
+    problems = []
+    for field, allowed in (
+        ("block", ("residual",)), ("skips", ("dense",)), ("conv_in", (True,)), ("padding", ("same",)),
+        ("downsample", ("conv", "conv_asym")), ("upsample", ("nearest",)), ("skip_conv", (False,)),
+        ("attention_gates", (False,)), ("head", ("denoise",)), ("pad_input", (False,)),
+    ):
+        if c[field] not in allowed:
+            problems.append(f"{field}={c[field]!r} (diffusers has {', '.join(map(repr, allowed))})")
+    attn, cross = set(c["attention_levels"]), set(c["cross_attention_levels"])
+    mid_attn, mid_cross = c["mid_block"] and c["mid_attention"], c["mid_block"] and c["mid_cross_attention"]
+    fourier = c["time_embedding"] == "fourier"
+    blocks = _per_level("blocks_per_level", c["blocks_per_level"], len(c["channels"]))
+    for broken, problem in (
+        (c["time_embedding"] is None, "time_embedding=None (diffusers U-Nets are always time-conditioned)"),
+        (attn & cross, f"levels {sorted(attn & cross)} with both self- and cross-attention"),
+        (mid_attn and mid_cross, "a middle block with both self- and cross-attention"),
+        (conditional and c["mid_block"] and not mid_cross,
+         "a middle block without cross-attention in a cross-attention model (UNet2DConditionModel's UNetMidBlock2D has a "
+         "single residual block)"),
+        (not conditional and len(set(blocks)) > 1,
+         f"blocks_per_level={c['blocks_per_level']!r} per level (UNet2DModel has one layers_per_block)"),
+        (mid_attn and not c["mid_attention_norm"] and c["time_injection"] != "scale_shift",
+         "mid_attention_norm=False with time_injection='add'"),
+        (conditional and fourier and (c["fourier_log"] or c["divide_by_timestep"]),
+         "Fourier features of log(t) or divide_by_timestep in a cross-attention model (UNet2DConditionModel's Fourier "
+         "features are of t, its output undivided)"),
+        (conditional and fourier and (c["time_embed_dim"] or 4 * c["channels"][0]) != 2 * c["channels"][0],
+         "a Fourier cross-attention model needs time_embed_dim = 2 * channels[0]"),
+        (not conditional and fourier and (c["flip_sin_to_cos"] or not c["fourier_log"] or not c["divide_by_timestep"]),
+         "UNet2DModel's Fourier variant needs flip_sin_to_cos=False, fourier_log=True, divide_by_timestep=True"),
+        (c["divide_by_timestep"] and not (fourier and not conditional),
+         "divide_by_timestep without Fourier features (diffusers divides only Fourier UNet2DModels)"),
+    ):
+        if broken:
+            problems.append(problem)
+    return problems
+
+
+def _condition_fields(c: dict, attn: set[int]) -> dict:
+    """The UNet2DConditionModel-only fields. Its ``attention_head_dim`` is a head count for cross-attention
+    levels and the middle, a head width for self-attention levels."""
+    channels, levels = list(c["channels"]), len(c["channels"])
+    mid_cross = c["mid_block"] and c["mid_cross_attention"]
     per_level = []
     for level, width in enumerate(channels):
         heads = attention_heads(c, width, level)
@@ -407,17 +421,17 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
             "this UNet cannot be written as a diffusers model: its last level has self-attention and the middle "
             "cross-attention, which UNet2DConditionModel sizes with one attention_head_dim entry."
         )
-    fields.update(
-        layers_per_block=_collapse(blocks),
+    fields = dict(
+        layers_per_block=_collapse(_per_level("blocks_per_level", c["blocks_per_level"], levels)),
         mid_block_type="UNetMidBlock2DCrossAttn" if mid_cross else None,
         attention_head_dim=_collapse(per_level),
         cross_attention_dim=c["context_dim"],
-        transformer_layers_per_block=_collapse(depths),
+        transformer_layers_per_block=_collapse(_per_level("transformer_depth", c["transformer_depth"], levels)),
         use_linear_projection=True,  # our projections are Linear layers: no reshaping on the way out
     )
-    if fourier:
+    if c["time_embedding"] == "fourier":
         fields.update(time_embedding_dim=2 * channels[0])
-    return "UNet2DConditionModel", fields
+    return fields
 
 
 # ---------------------------------------------------------------------------- tensor names

@@ -20,19 +20,9 @@ from torch import nn
 aten = torch.ops.aten
 
 
-# ---------------------------------------------------------------------------- reference composition
-def norm_act_conv_reference(
-    x: torch.Tensor,
-    norm: nn.GroupNorm,
-    conv: nn.Conv2d,
-    scale: torch.Tensor | None = None,
-    shift: torch.Tensor | None = None,
-    dropout: float = 0.0,
-) -> torch.Tensor:
-    """``conv(dropout(silu(norm(x) * (1 + scale) + shift)))`` with plain PyTorch operations.
-
-    ``scale`` and ``shift`` are ``(B, C)`` (AdaGN); ``dropout`` is the drop probability (training).
-    """
+# ---------------------------------------------------------------------------- plain composition
+def _composed(x: torch.Tensor, norm: nn.Module, conv: nn.Module, scale, shift, dropout: float) -> torch.Tensor:
+    """``conv(dropout(silu(norm(x) * (1 + scale) + shift)))`` with the modules themselves (their hooks run)."""
     h = norm(x)
     if scale is not None:
         h = h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
@@ -41,6 +31,21 @@ def norm_act_conv_reference(
     if dropout:
         h = F.dropout(h, dropout, training=True)
     return conv(h)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs more than its own forward (hooks, or a forward replaced by Accelerate)."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or "forward" in module.__dict__)
+
+
+def _fusable(norm: nn.Module, conv: nn.Module) -> bool:
+    """The fused op reads the weights of a plain affine GroupNorm and a plain Conv2d and calls neither module."""
+    if type(norm) is not nn.GroupNorm or type(conv) is not nn.Conv2d or _hooked(norm) or _hooked(conv):
+        return False
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return False
+    return (norm.affine and conv.groups == 1 and conv.dilation == (1, 1) and isinstance(conv.padding, tuple)
+            and conv.padding_mode == "zeros")
 
 
 # ---------------------------------------------------------------------------- fused autograd function
@@ -112,6 +117,8 @@ def norm_act_conv(
     scale: torch.Tensor | None = None,
     shift: torch.Tensor | None = None,
     dropout: float = 0.0,
+    *,
+    fused: bool = True,
 ) -> torch.Tensor:
     """``conv(dropout(silu(norm(x) * (1 + scale) + shift)))``, saving only ``x`` for backward.
 
@@ -121,21 +128,17 @@ def norm_act_conv(
         conv: the ``Conv2d`` (no groups, no dilation) whose weights are used.
         scale, shift: optional ``(B, C)`` per-sample modulation after the normalisation (AdaGN).
         dropout: drop probability before the convolution; pass 0 in eval mode.
+        fused: use the fused op when gradients are needed (``False``: always the plain composition).
 
-    Same result as ``norm_act_conv_reference``; autocast is honoured as for ``nn.Conv2d`` (the
-    normalisation runs in the input's precision, the convolution in the autocast dtype).
+    The fused op and the plain composition give the same result. The fused op is taken only when it
+    can stand in for the modules: plain ``GroupNorm``/``Conv2d`` without hooks or wrappers (adapters,
+    offloading, feature extraction keep working), not under ``torch.compile`` (which fuses by itself).
+    Autocast is honoured as for ``nn.Conv2d`` (the normalisation runs in the input's precision, the
+    convolution in the autocast dtype).
     """
     grad_needed = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-    if (
-        not grad_needed
-        or torch.compiler.is_compiling()
-        or conv.groups != 1
-        or conv.dilation != (1, 1)
-        or not isinstance(conv.padding, tuple)
-        or conv.padding_mode != "zeros"
-        or not norm.affine
-    ):
-        return norm_act_conv_reference(x, norm, conv, scale, shift, dropout)
+    if not (fused and grad_needed) or torch.compiler.is_compiling() or not _fusable(norm, conv):
+        return _composed(x, norm, conv, scale, shift, dropout)
     device_type = x.device.type
     conv_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
     with torch.autocast(device_type, enabled=False):

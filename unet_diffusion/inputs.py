@@ -61,9 +61,9 @@ def check_conditioning(config, class_labels, encoder_hidden_states, batch: int) 
 
 def _check_class_labels(config, class_labels, batch: int) -> None:
     n = config.num_class_labels
+    if n is None and class_labels is not None:
+        raise InputError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
     if n is None:
-        if class_labels is not None:
-            raise InputError("this model is not class-conditional (num_class_labels=None); call it without class_labels.")
         return
     if class_labels is None:
         null = f" (the null label is {n})" if config.null_class_label else ""

@@ -223,6 +223,27 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         return sorted(found[:count])
 
     # ------------------------------------------------------------------------ forward
+    def _prepare(self, sample: torch.Tensor) -> torch.Tensor:
+        """Map [0, 1] inputs to [-1, 1] (``center_input``) and pad to a multiple of the downsampling factor (``pad_input``)."""
+        if self.config.center_input:
+            sample = 2 * sample - 1.0
+        if self.config.pad_input:
+            height, width = sample.shape[2:]
+            pad_h, pad_w = (-height) % self.downsampling_factor, (-width) % self.downsampling_factor
+            if pad_h or pad_w:
+                mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+                sample = F.pad(sample, (0, pad_w, 0, pad_h), mode=mode)
+        return sample
+
+    def _embedding(self, t: torch.Tensor | None, class_labels: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """SiLU(time embedding + class embedding), ``(B, emb_dim)``: every residual block reads it; ``None`` without either."""
+        parts = []
+        if self.time_embed is not None:
+            parts.append(self.time_embed(t, dtype))
+        if self.class_embed is not None:
+            parts.append(self.class_embed(class_labels).to(dtype))
+        return F.silu(sum(parts[1:], parts[0])) if parts else None
+
     def _run(self, block: nn.Module, x, emb, context, skip=None):
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return self._gradient_checkpointing_func(block, x, emb, context, skip)
@@ -251,36 +272,15 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
             ``.sample``: ``(B, out_channels, H', W')`` (same size as the input unless valid padding).
         """
         check_sample(self, sample)
-        batch = sample.shape[0]
+        batch, height, width = sample.shape[0], sample.shape[2], sample.shape[3]
         t = timestep_tensor(self.config, timestep, batch, sample.device)
         check_conditioning(self.config, class_labels, encoder_hidden_states, batch)
         # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
         dtype = self.compute_dtype
-        sample = sample.to(dtype)
-        if encoder_hidden_states is not None:
-            encoder_hidden_states = encoder_hidden_states.to(dtype)
+        x = self._prepare(sample.to(dtype))
+        emb = self._embedding(t, class_labels, dtype)
+        context = None if encoder_hidden_states is None else encoder_hidden_states.to(dtype)
 
-        if self.config.center_input:
-            sample = 2 * sample - 1.0
-        height, width = sample.shape[2:]
-        if self.config.pad_input:
-            f = self.downsampling_factor
-            pad_h, pad_w = (-height) % f, (-width) % f
-            if pad_h or pad_w:
-                mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-                sample = F.pad(sample, (0, pad_w, 0, pad_h), mode=mode)
-
-        emb = None
-        if self.time_embed is not None:
-            emb = self.time_embed(t, dtype)
-        if self.class_embed is not None:
-            c = self.class_embed(class_labels).to(dtype)
-            emb = c if emb is None else emb + c
-        if emb is not None:
-            emb = F.silu(emb)  # every residual block reads SiLU(emb); compute it once
-        context = encoder_hidden_states
-
-        x = sample
         skips: list[torch.Tensor] = []
         if self.stem is not None:
             x = self.stem(x)
@@ -296,7 +296,7 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
             x = self._run(block, x, emb, context, skips.pop() if block.skip_channels else None)
         out = self.out(x)
 
-        if self.config.pad_input and (out.shape[2] != height or out.shape[3] != width):
+        if self.config.pad_input:
             out = out[:, :, :height, :width]
         if self.config.divide_by_timestep:
             out = out / t.reshape(batch, 1, 1, 1)
