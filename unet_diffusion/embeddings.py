@@ -37,3 +37,14 @@ def time_embedding(kind: str, width: int, emb_dim: int, *, flip_sin_to_cos: bool
                                              flip_sin_to_cos=flip_sin_to_cos)
         return TimeEmbedding(features, 2 * width, emb_dim)
     return TimeEmbedding(Timesteps(width, flip_sin_to_cos, freq_shift), width, emb_dim)
+
+
+def embeddings(config, emb_dim: int | None) -> tuple[TimeEmbedding | None, nn.Embedding | None]:
+    """The time embedding and the class-label table a U-Net's ``config`` asks for (``None`` where it asks for none)."""
+    time = class_table = None
+    if config.time_embedding is not None:
+        time = time_embedding(config.time_embedding, config.channels[0], emb_dim, flip_sin_to_cos=config.flip_sin_to_cos,
+                              freq_shift=config.freq_shift, fourier_scale=config.fourier_scale, fourier_log=config.fourier_log)
+    if config.num_class_labels is not None:  # one more row for the null label of classifier-free guidance
+        class_table = nn.Embedding(config.num_class_labels + int(config.null_class_label), emb_dim)
+    return time, class_table

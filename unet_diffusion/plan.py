@@ -10,7 +10,7 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
-from .blocks import BlockConfig
+from .blocks import BlockConfig, UNetBlock
 from .errors import InputError
 
 
@@ -21,6 +21,7 @@ class Level:
     width: int                   # Channels of every block of the level.
     blocks: int                  # Encoder blocks.
     decoder_blocks: int          # Decoder blocks: one more than the encoder's with dense skips, none at the bottom with level skips.
+    downsample: bool             # The encoder halves the resolution after this level (all but the lowest).
     up_width: int                # Width after the decoder's upsampling to the level above.
     attention_heads: int | None  # Self-attention heads after each block; None: no self-attention.
     cross_heads: int | None      # Heads of a cross-attention transformer after each block; None: none.
@@ -33,9 +34,14 @@ class UNetPlan:
 
     levels: tuple[Level, ...]
     middle: Level | None         # The first middle block (the second has no attention); None: no middle.
-    block: BlockConfig           # Options every block shares.
+    shared: BlockConfig          # Options every block shares.
     dense: bool                  # Every encoder output is a skip (DDPM), not one per level (original U-Net).
     head_channels: int           # Output channels of the head.
+
+    def unet_block(self, in_channels: int, level: Level, skip: int = 0, **options) -> UNetBlock:
+        """A block of ``level`` (its width, attention and transformer) taking ``in_channels`` and a ``skip``-wide skip."""
+        return UNetBlock(in_channels, level.width, self.shared, skip_channels=skip, attention_heads=level.attention_heads,
+                         cross_heads=level.cross_heads, transformer_depth=level.transformer_depth, **options)
 
 
 def per_level(name: str, value, levels: int) -> tuple[int, ...]:
@@ -127,6 +133,7 @@ def plan_unet(c) -> UNetPlan:
             width=width,
             blocks=blocks[i],
             decoder_blocks=blocks[i] + 1 if dense else (blocks[i] if i < last else 0),
+            downsample=i < last,
             up_width=width if dense or i == 0 else channels[i - 1],
             attention_heads=attention_heads(c, width, i) if i in c.attention_levels else None,
             cross_heads=attention_heads(c, width, i) if i in c.cross_attention_levels else None,
@@ -137,7 +144,7 @@ def plan_unet(c) -> UNetPlan:
     middle = None
     if c.mid_block:
         middle = Level(
-            width=channels[-1], blocks=2, decoder_blocks=0, up_width=channels[-1],
+            width=channels[-1], blocks=2, decoder_blocks=0, downsample=False, up_width=channels[-1],
             attention_heads=attention_heads(c, channels[-1], last) if c.mid_attention else None,
             cross_heads=attention_heads(c, channels[-1], last) if c.mid_cross_attention else None,
             transformer_depth=depths[-1],

@@ -19,12 +19,12 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .blocks import Downsample, UNetBlock, Upsample, conv_padding
-from .embeddings import time_embedding as make_time_embedding
+from .embeddings import embeddings
 from .errors import InputError
 from .heads import Head
 from .initialization import initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .plan import Level, plan_unet
+from .plan import plan_unet
 from .pretrained import PretrainedMixin
 
 
@@ -50,6 +50,8 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    gradient_checkpointing = False  # diffusers' enable_gradient_checkpointing sets it on the instance
+    _layerwise_compute_dtype: torch.dtype | None = None  # set by enable_layerwise_casting
 
     @register_to_config
     def __init__(
@@ -99,60 +101,37 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         weight_init: str = "auto",                # "auto": residual branches, attention outputs and the head start at zero (classic: He normal); "torch": PyTorch defaults.
     ):
         super().__init__()
-        self._layerwise_compute_dtype: torch.dtype | None = None  # set by enable_layerwise_casting
         plan = plan_unet(self.config)  # every configuration rule is checked there, once
-        block = plan.block
-        self.time_embed = None
-        if time_embedding is not None:
-            self.time_embed = make_time_embedding(time_embedding, channels[0], block.emb_dim, flip_sin_to_cos=flip_sin_to_cos,
-                                                  freq_shift=freq_shift, fourier_scale=fourier_scale, fourier_log=fourier_log)
-        self.class_embed = None
-        if num_class_labels is not None:
-            self.class_embed = nn.Embedding(num_class_labels + int(null_class_label), block.emb_dim)
-
-        def level_block(c_in: int, level: Level, skip: int = 0, **options) -> UNetBlock:
-            return UNetBlock(c_in, level.width, block, skip_channels=skip, attention_heads=level.attention_heads,
-                             cross_heads=level.cross_heads, transformer_depth=level.transformer_depth, **options)
-
-        # Encoder: push the width of every output that becomes a skip connection.
-        skip_widths: list[int] = []
+        self.time_embed, self.class_embed = embeddings(self.config, plan.shared.emb_dim)
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=conv_padding(padding)) if conv_in else None
         c = channels[0] if conv_in else in_channels
-        if plan.dense and conv_in:
-            skip_widths.append(c)
+        widths = [c] if plan.dense and conv_in else []  # skip widths: the encoder pushes, the decoder pops
         self.encoder = nn.ModuleDict()
         for i, level in enumerate(plan.levels):
             for j in range(level.blocks):
-                self.encoder[f"level{i}_block{j}"] = blk = level_block(c, level)
+                self.encoder[f"level{i}_block{j}"] = unit = plan.unet_block(c, level)
                 c = level.width
-                blk.push_skip = plan.dense or (j == level.blocks - 1 and i < len(plan.levels) - 1)
-                skip_widths += [c] if blk.push_skip else []
-            if i < len(plan.levels) - 1:
+                unit.push_skip = plan.dense or (j == level.blocks - 1 and level.downsample)
+                widths += [c] * unit.push_skip
+            if level.downsample:
                 self.encoder[f"level{i}_down"] = down = Downsample(c, downsample)
                 down.push_skip = plan.dense
-                skip_widths += [c] if plan.dense else []
-
-        # Middle at the lowest resolution: a block with attention, then a plain one.
+                widths += [c] * plan.dense
         self.middle = nn.ModuleDict()
-        if plan.middle is not None:
-            self.middle["mid_block0"] = level_block(c, plan.middle, output_scale=mid_block_scale, attention_norm=mid_attention_norm)
-            self.middle["mid_block1"] = UNetBlock(c, c, block, output_scale=mid_block_scale)
-
-        # Decoder: pop the skip widths in reverse order.
+        if plan.middle is not None:  # at the lowest resolution: a block with attention, then a plain one
+            self.middle["mid_block0"] = plan.unet_block(c, plan.middle, output_scale=mid_block_scale, attention_norm=mid_attention_norm)
+            self.middle["mid_block1"] = UNetBlock(c, c, plan.shared, output_scale=mid_block_scale)
         self.decoder = nn.ModuleDict()
         for i, level in reversed(list(enumerate(plan.levels))):
             for j in range(level.decoder_blocks):
-                skip = skip_widths.pop() if plan.dense or j == 0 else 0
-                self.decoder[f"level{i}_block{j}"] = level_block(c, level, skip)
+                self.decoder[f"level{i}_block{j}"] = plan.unet_block(c, level, skip=widths.pop() if plan.dense or j == 0 else 0)
                 c = level.width
             if i > 0:
                 self.decoder[f"level{i}_up"] = Upsample(c, level.up_width, upsample)
                 c = level.up_width
-        assert not skip_widths, "every skip connection pushed by the encoder is consumed by the decoder"
-
-        self.out = Head(head, c, plan.head_channels, normalize=block.kind == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
-        initialize(self, block.kind, self.out.conv, weight_init)
-        self.gradient_checkpointing = False
+        assert not widths, "every skip connection pushed by the encoder is consumed by the decoder"
+        self.out = Head(head, c, plan.head_channels, normalize=block == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
+        initialize(self, block, self.out.conv, weight_init)
         self._size_cache: dict[int, int | str] = {}
 
     # ------------------------------------------------------------------------ sizes
