@@ -21,7 +21,7 @@ import re
 import torch
 
 from .errors import InputError
-from .plan import attention_heads
+from .plan import attention_heads, embedding_width, head_channels
 from .weights import raise_if_mismatched, state_dict_differences
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -330,7 +330,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     fields = dict(
         sample_size=c["sample_size"],
         in_channels=c["in_channels"],
-        out_channels=(c["out_channels"] or c["in_channels"]) * (2 if c["learned_variance"] else 1),
+        out_channels=head_channels(c),
         center_input_sample=c["center_input"],
         time_embedding_type="fourier" if c["time_embedding"] == "fourier" else "positional",
         time_embedding_dim=c["time_embed_dim"],
@@ -389,7 +389,7 @@ def _inexpressible(c: dict, conditional: bool) -> list[str]:
         (conditional and fourier and (c["fourier_log"] or c["divide_by_timestep"]),
          "Fourier features of log(t) or divide_by_timestep in a cross-attention model (UNet2DConditionModel's Fourier "
          "features are of t, its output undivided)"),
-        (conditional and fourier and (c["time_embed_dim"] or 4 * c["channels"][0]) != 2 * c["channels"][0],
+        (conditional and fourier and embedding_width(c) != 2 * c["channels"][0],
          "a Fourier cross-attention model needs time_embed_dim = 2 * channels[0]"),
         (not conditional and fourier and (c["flip_sin_to_cos"] or not c["fourier_log"] or not c["divide_by_timestep"]),
          "UNet2DModel's Fourier variant needs flip_sin_to_cos=False, fourier_log=True, divide_by_timestep=True"),

@@ -121,6 +121,18 @@ def attention_heads(c, width: int, level: int) -> int:
     return 1 if heads is None else per_level("attention_heads", heads, len(c["channels"]))[level]
 
 
+def embedding_width(c) -> int:
+    """Width of the time/class embedding: ``time_embed_dim``, by default 4x the first level's width (DDPM)."""
+    return c["time_embed_dim"] or 4 * c["channels"][0]
+
+
+def head_channels(c) -> int:
+    """Output channels: ``out_channels`` (by default the input's for denoising, 2 classes for segmentation),
+    doubled with a learned variance."""
+    channels = c["out_channels"] or (c["in_channels"] if c["head"] == "denoise" else 2)
+    return channels * (2 if c["learned_variance"] else 1)
+
+
 def plan_unet(c) -> UNetPlan:
     """The checked plan of the U-Net configured by ``c`` (the model's ``config``)."""
     check_config(c)
@@ -151,9 +163,8 @@ def plan_unet(c) -> UNetPlan:
         )
     conditioned = c.time_embedding is not None or c.num_class_labels is not None
     block = BlockConfig(
-        kind=c.block, emb_dim=(c.time_embed_dim or 4 * channels[0]) if conditioned else None, time_injection=c.time_injection,
+        kind=c.block, emb_dim=embedding_width(c) if conditioned else None, time_injection=c.time_injection,
         dropout=c.dropout, norm_groups=c.norm_groups, norm_eps=c.norm_eps, padding=c.padding, batch_norm=c.batch_norm,
         attention_gate=c.attention_gates, skip_conv=c.skip_conv, context_dim=c.context_dim,
     )
-    head_channels = c.out_channels or (c.in_channels if c.head == "denoise" else 2)
-    return UNetPlan(levels, middle, block, dense, head_channels * (2 if c.learned_variance else 1))
+    return UNetPlan(levels, middle, block, dense, head_channels(c))
