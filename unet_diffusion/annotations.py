@@ -56,6 +56,7 @@ def check_value(value, hint, key: str, *, coerce: bool = False):
 
 
 def _convert(value, hint, key: str, coerce: bool):
+    """``value`` converted to ``hint``, or ``_NoFit``; ``key`` names nested dataclasses' fields in their errors."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or (hint is type(None) and value is None):
         return value
@@ -98,6 +99,7 @@ def _convert_items(value: list | tuple, kind: type, args: tuple, key: str, coerc
 
 
 def _convert_scalar(value, hint: type, coerce: bool):
+    """``value`` as a bool, int, float or str (``hint``); ``coerce`` as in ``check_value``."""
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -118,8 +120,9 @@ def _convert_scalar(value, hint: type, coerce: bool):
                 return float(value)
             except ValueError:
                 pass
-    elif isinstance(value, str):
-        return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
     raise _NoFit
 
 
