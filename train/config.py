@@ -57,7 +57,7 @@ class AugmentConfig:
 class DataConfig:
     """Where the examples come from and how they are shaped."""
 
-    source: Literal["synthetic", "datasets", "pairs"] = "synthetic"  # Built-in shapes, Hugging Face datasets, or image/mask folders.
+    source: Literal["synthetic", "datasets", "pairs"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders.
     path: str | None = None                       # datasets: hub name or builder ("parquet", "imagefolder", ...).
     data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded.
     data_dir: str | None = None                   # datasets: folder for a builder such as "imagefolder".
@@ -89,7 +89,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4                      # First beta (linear, sigmoid and scaled_linear schedules).
     beta_end: float = 0.02                        # Last beta.
     zero_terminal_snr: bool = False               # Rescale the betas so the last step is pure noise (Lin et al. 2023).
-    prediction: Prediction = "epsilon"            # What the network predicts: the noise, v (Salimans & Ho 2022), or the clean sample.
+    prediction: Prediction = "epsilon"            # The network's target: the noise, v (Salimans & Ho 2022), or the clean sample.
     min_snr_gamma: float | None = None            # Min-SNR-gamma loss weighting (5 is usual); None = plain MSE.
     condition_dropout: float = 0.1                # Probability of training with the null label / empty context (classifier-free guidance).
     sample_every: int = 1000                      # Write a grid of samples (EMA weights) every this many steps; 0 = only at the end.
@@ -150,7 +150,7 @@ class TrainConfig:
     max_minutes: float | None = None              # Also stop (and finish normally) after this many minutes of training in this invocation; None = no limit.
     batch_size: int = 32                          # Global batch per micro-step, split evenly over the processes.
     grad_accum: int = 1                           # Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # fp32, or autocast to fp16 / bf16; in YAML write "no" quoted (bare, it reads as false).
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # fp32, or fp16 / bf16 autocast; quote "no" in YAML (bare: false).
     seed: int = 0                                 # Seeds the model init, the data order and every random draw.
     output_dir: str = "runs/run"                  # Where config, logs, checkpoints, samples and final weights go.
     log_every: int = 10                           # Log loss and learning rate every this many steps.

@@ -50,8 +50,9 @@ def check_value(value, hint, key: str, *, coerce: bool = False):
         return _convert(value, hint, key, coerce)
     except _NoFit:
         if typing.get_origin(hint) is Literal:
+            choices = ", ".join(map(repr, typing.get_args(hint)))
             quote = " (YAML reads a bare yes, no, on or off as a boolean: quote it)" if isinstance(value, bool) else ""
-            raise InputError(f"{key} must be one of {', '.join(map(repr, typing.get_args(hint)))}; got {value!r}{quote}.") from None
+            raise InputError(f"{key} must be one of {choices}; got {value!r}{quote}.") from None
         raise InputTypeError(f"{key} must be {describe(hint)}; got {value!r} ({type(value).__name__}).") from None
 
 
