@@ -1,6 +1,8 @@
 """The training config: defaults, YAML files, overrides, errors that say what to do, shipped configs."""
 
+import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -107,3 +109,70 @@ def test_ddpm_cifar10_config_has_the_paper_hyperparameters():
     with torch.device("meta"):
         model = build_task(config).build_model()
     assert sum(p.numel() for p in model.parameters()) == 35_746_307
+
+
+def test_a_choice_outside_the_literal_names_the_key_and_the_choices():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"segmentation": {"loss": "focal"}})
+    assert "segmentation.loss must be one of 'ce', 'dice', 'ce_dice'; got 'focal'." in str(err.value)
+    with pytest.raises(ConfigError, match="train.mixed_precision must be one of .*got False .*quote it"):
+        load_config(None, ["train.mixed_precision=no"])  # YAML reads a bare no as false
+
+
+def test_a_nested_unknown_key_gets_a_did_you_mean():
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"data": {"augment": {"hflipp": True}}})
+    assert "unknown key data.augment.hflipp in data.augment. Did you mean data.augment.hflip?" in str(err.value)
+
+
+def test_one_checker_serves_a_unet_config_and_a_training_config(tmp_path):
+    from train.loop import build_task
+    from unet_diffusion import UNet
+    from unet_diffusion.errors import InputError
+
+    (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet", "norm_groups": "four"}))
+    with pytest.raises(InputError) as from_json:
+        UNet.from_pretrained(tmp_path)  # the config is checked before any weight file is looked for
+    with pytest.raises(InputError) as from_model_args:
+        build_task(load_config(None, ["model.args.norm_groups=four"]))
+    with pytest.raises(InputError) as from_yaml:
+        load_config(None, ["train.seed=four"])
+    assert "config.json: norm_groups must be int; got 'four' (str)." in str(from_json.value)
+    assert "model.args: norm_groups must be int; got 'four' (str)." in str(from_model_args.value)
+    assert "train.seed must be int; got 'four' (str)." in str(from_yaml.value)
+
+
+@pytest.mark.parametrize("value, hint, expected", [
+    ([32, 32], int | tuple[int, int] | None, (32, 32)),  # JSON and YAML have lists where the annotation says tuple
+    ([1, 2, 3], tuple[int, ...], (1, 2, 3)),
+    (2, float, 2.0),
+    (None, str | None, None),
+    ("sample", Literal["epsilon", "v", "sample"], "sample"),
+])
+def test_values_from_json_and_yaml_fit_their_annotations(value, hint, expected):
+    from unet_diffusion.annotations import check_value
+
+    converted = check_value(value, hint, "key")
+    assert converted == expected and type(converted) is type(expected)
+
+
+@pytest.mark.parametrize("value, hint, coerce, message", [
+    ([1, 2, 3], int | tuple[int, int] | None, False, "key must be int | tuple[int, int] | None; got [1, 2, 3] (list)."),
+    (True, int, True, "key must be int; got True (bool)."),  # a bool is no number
+    ("1e-4", float, False, "key must be float; got '1e-4' (str)."),  # config.json: strings stay strings
+    (2.0, int, False, "key must be int; got 2.0 (float)."),
+])
+def test_values_that_do_not_fit_name_the_key_the_type_and_the_value(value, hint, coerce, message):
+    from unet_diffusion.annotations import check_value
+    from unet_diffusion.errors import InputTypeError
+
+    with pytest.raises(InputTypeError) as err:
+        check_value(value, hint, "key", coerce=coerce)
+    assert str(err.value) == message
+
+
+def test_yaml_forms_of_numbers_and_booleans_are_read_when_coercing():
+    from unet_diffusion.annotations import check_value
+
+    assert check_value("1e-4", float, "k", coerce=True) == 1e-4  # PyYAML reads 1e-4 (no dot) as a string
+    assert check_value(1000.0, int, "k", coerce=True) == 1000 and check_value("Yes", bool, "k", coerce=True) is True

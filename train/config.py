@@ -7,21 +7,27 @@ saved with every run (``config.yaml`` in the output folder), so a run can always
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
-import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
+from unet_diffusion.annotations import build_dataclass
 from unet_diffusion.errors import InputError
 
 
 class ConfigError(InputError):
     """A configuration file or override does not fit ``Config``."""
+
+
+# The names users write; NOISE_SCHEDULES and PREDICTIONS say what diffusers' DDPMScheduler calls them.
+NoiseSchedule = Literal["linear", "cosine", "sigmoid", "scaled_linear"]
+Prediction = Literal["epsilon", "v", "sample"]
+NOISE_SCHEDULES = {name: {"cosine": "squaredcos_cap_v2"}.get(name, name) for name in typing.get_args(NoiseSchedule)}
+PREDICTIONS = {name: {"v": "v_prediction"}.get(name, name) for name in typing.get_args(Prediction)}
 
 
 # ---------------------------------------------------------------------------- sections
@@ -51,7 +57,7 @@ class AugmentConfig:
 class DataConfig:
     """Where the examples come from and how they are shaped."""
 
-    source: str = "synthetic"                     # "synthetic" (built-in shapes), "datasets" (Hugging Face), or "pairs" (image/mask folders).
+    source: Literal["synthetic", "datasets", "pairs"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders.
     path: str | None = None                       # datasets: hub name or builder ("parquet", "imagefolder", ...).
     data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded.
     data_dir: str | None = None                   # datasets: folder for a builder such as "imagefolder".
@@ -69,7 +75,7 @@ class DataConfig:
     limit: int | None = None                      # Use only the first N examples (quick experiments).
     num_workers: int = 0                          # DataLoader worker processes per training process.
     check_images: bool = True                     # Decode every image once before training, so a bad file is named at the start.
-    on_bad_image: str = "error"                   # A bad image: "error" (stop, naming it) or "skip" (leave it out and count it).
+    on_bad_image: Literal["error", "skip"] = "error"  # A bad image: stop, naming it, or leave it out and count it.
     synthetic_size: int = 2048                    # synthetic: number of examples.
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -79,11 +85,11 @@ class DiffusionConfig:
     """The denoising task: noise schedule, prediction target, loss weighting, conditioning, samples."""
 
     num_train_timesteps: int = 1000               # T, the number of noise levels.
-    noise_schedule: str = "linear"                # "linear", "cosine", "sigmoid" or "scaled_linear" betas.
+    noise_schedule: NoiseSchedule = "linear"      # How the betas grow.
     beta_start: float = 1e-4                      # First beta (linear, sigmoid and scaled_linear schedules).
     beta_end: float = 0.02                        # Last beta.
     zero_terminal_snr: bool = False               # Rescale the betas so the last step is pure noise (Lin et al. 2023).
-    prediction: str = "epsilon"                   # What the network predicts: "epsilon", "v" or "sample".
+    prediction: Prediction = "epsilon"            # The network's target: the noise, v (Salimans & Ho 2022), or the clean sample.
     min_snr_gamma: float | None = None            # Min-SNR-gamma loss weighting (5 is usual); None = plain MSE.
     condition_dropout: float = 0.1                # Probability of training with the null label / empty context (classifier-free guidance).
     sample_every: int = 1000                      # Write a grid of samples (EMA weights) every this many steps; 0 = only at the end.
@@ -96,7 +102,7 @@ class DiffusionConfig:
 class SegmentationConfig:
     """The segmentation task: loss, class weights, the boundary weight map, overlays."""
 
-    loss: str = "ce"                              # "ce" (cross-entropy), "dice", or "ce_dice" (their sum).
+    loss: Literal["ce", "dice", "ce_dice"] = "ce"  # Cross-entropy, Dice, or their sum.
     class_weights: list | None = None             # Cross-entropy weight of each class; None = all 1.
     dice_weight: float = 1.0                      # ce_dice: weight of the Dice term.
     weight_map: bool = False                      # Weight pixels by the U-Net paper's boundary map (touching objects).
@@ -113,7 +119,7 @@ class SegmentationConfig:
 class OptimConfig:
     """Optimizer, learning-rate schedule and gradient clipping."""
 
-    optimizer: str = "adamw"                      # "adam", "adamw" or "sgd".
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"  # Adam, AdamW (decoupled weight decay) or SGD with momentum.
     lr: float = 1e-4                              # Peak learning rate.
     betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam(W) betas.
     momentum: float = 0.9                         # SGD momentum.
@@ -144,7 +150,7 @@ class TrainConfig:
     max_minutes: float | None = None              # Also stop (and finish normally) after this many minutes of training in this invocation; None = no limit.
     batch_size: int = 32                          # Global batch per micro-step, split evenly over the processes.
     grad_accum: int = 1                           # Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
-    mixed_precision: str = "no"                   # "no", "fp16" or "bf16".
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # fp32, or fp16 / bf16 autocast; quote "no" in YAML (bare: false).
     seed: int = 0                                 # Seeds the model init, the data order and every random draw.
     output_dir: str = "runs/run"                  # Where config, logs, checkpoints, samples and final weights go.
     log_every: int = 10                           # Log loss and learning rate every this many steps.
@@ -152,7 +158,7 @@ class TrainConfig:
     eval_batch_size: int = 4                      # Validation batch per process.
     checkpoint_every: int = 500                   # Save a checkpoint every this many steps; 0 = only at the end and on interrupt.
     keep_checkpoints: int = 3                     # Keep the last N checkpoints.
-    on_nan: str = "stop"                          # A NaN/inf loss or gradient: "stop" the run, or "skip" the step.
+    on_nan: Literal["stop", "skip"] = "stop"      # A NaN/inf loss or gradient: stop the run, or skip the step.
     max_nan_skips: int = 10                       # on_nan=skip: stop after this many skipped steps in a row.
     progress_bar: bool = True                     # Show a progress bar on the main process.
     cpu_threads: int | None = None                # torch CPU threads per process (None = PyTorch's default, one per core).
@@ -162,7 +168,7 @@ class TrainConfig:
 class Config:
     """Everything a training run needs; see each section for its fields."""
 
-    task: str = "diffusion"                       # "diffusion" (a denoiser) or "segmentation".
+    task: Literal["diffusion", "segmentation"] = "diffusion"  # A denoiser, or a segmentation network.
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -175,35 +181,14 @@ class Config:
         """A plain dict (YAML-ready) of every field."""
         return asdict(self)
 
-    def validate(self) -> "Config":
-        """Check the choices and ranges; raise ConfigError saying what is allowed."""
-        choices = {
-            "task": (self.task, ("diffusion", "segmentation")),
-            "data.source": (self.data.source, ("synthetic", "datasets", "pairs")),
-            "data.on_bad_image": (self.data.on_bad_image, ("error", "skip")),
-            "diffusion.noise_schedule": (self.diffusion.noise_schedule, tuple(NOISE_SCHEDULES)),
-            "diffusion.prediction": (self.diffusion.prediction, tuple(PREDICTIONS)),
-            "segmentation.loss": (self.segmentation.loss, ("ce", "dice", "ce_dice")),
-            "optim.optimizer": (self.optim.optimizer, ("adam", "adamw", "sgd")),
-            "train.mixed_precision": (self.train.mixed_precision, ("no", "fp16", "bf16")),
-            "train.on_nan": (self.train.on_nan, ("stop", "skip")),
-        }
-        for key, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{key} must be one of {', '.join(map(repr, allowed))}; got {value!r}.")
-        positive = {
-            "train.steps": self.train.steps, "train.batch_size": self.train.batch_size,
-            "train.grad_accum": self.train.grad_accum, "train.keep_checkpoints": self.train.keep_checkpoints,
-            "train.eval_batch_size": self.train.eval_batch_size, "data.image_size": self.data.image_size,
-            "diffusion.num_train_timesteps": self.diffusion.num_train_timesteps, "optim.lr": self.optim.lr,
-        }
-        for key, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{key} must be positive; got {value!r}.")
-        for key in ("log_every", "eval_every", "checkpoint_every", "warmup_steps"):
-            section = self.optim if key == "warmup_steps" else self.train
-            if getattr(section, key) < 0:
-                raise ConfigError(f"{'optim' if key == 'warmup_steps' else 'train'}.{key} must be >= 0.")
+    def validate(self) -> Config:
+        """Check the ranges (types and choices are checked as the config is read); raise ConfigError saying what is allowed."""
+        for key in POSITIVE:
+            if not _at(self, key) > 0:
+                raise ConfigError(f"{key} must be positive; got {_at(self, key)!r}.")
+        for key in NON_NEGATIVE:
+            if _at(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0; got {_at(self, key)!r}.")
         if self.train.max_minutes is not None and not self.train.max_minutes > 0:
             raise ConfigError(f"train.max_minutes must be positive (or null for no limit); got {self.train.max_minutes!r}.")
         if self.data.augment.elastic_std < 0 or self.data.augment.elastic_grid < 2:
@@ -217,82 +202,20 @@ class Config:
         return self
 
 
-# The names users write, and what diffusers' DDPMScheduler calls them.
-NOISE_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2", "sigmoid": "sigmoid", "scaled_linear": "scaled_linear"}
-PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "sample": "sample"}
+
+def _at(config: Config, key: str):
+    """The value at a dotted key such as ``train.steps``."""
+    for part in key.split("."):
+        config = getattr(config, part)
+    return config
 
 
-# ---------------------------------------------------------------------------- dict -> dataclass
-def _type_name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+POSITIVE = ("train.steps", "train.batch_size", "train.grad_accum", "train.keep_checkpoints", "train.eval_batch_size",
+            "data.image_size", "diffusion.num_train_timesteps", "optim.lr")
+NON_NEGATIVE = ("train.log_every", "train.eval_every", "train.checkpoint_every", "optim.warmup_steps")
 
 
-def _coerce(value, hint, key: str):
-    """Convert a YAML value to the field type ``hint``, or raise ConfigError naming ``key``."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(err)
-        raise errors[0]
-    if hint is typing.Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is list or origin is list:
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    elif hint is dict or origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif dataclasses.is_dataclass(hint):
-        if isinstance(value, dict):
-            return _build(hint, value, f"{key}.")
-    raise ConfigError(f"{key} must be {_type_name(hint)}; got {value!r} ({type(value).__name__}).")
-
-
-def _build(cls, values: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), names, n=1)
-        where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
-        hint = f" Did you mean {prefix}{close[0]}?" if close else ""
-        raise ConfigError(f"unknown key {prefix}{key} {where}.{hint} Valid keys: {', '.join(names)}.")
-    # A section given in part keeps the defaults of the keys it leaves out (_coerce builds it from cls()).
-    kwargs = {k: _coerce(v, hints[k], f"{prefix}{k}") for k, v in values.items()}
-    return dataclasses.replace(cls(), **kwargs)
-
-
+# ---------------------------------------------------------------------------- dict -> Config
 def config_from_dict(values: dict, source: str = "the configuration") -> Config:
     """Build a validated ``Config`` from a nested dict (as read from YAML)."""
     if values is None:
@@ -300,8 +223,8 @@ def config_from_dict(values: dict, source: str = "the configuration") -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"{source} must be a mapping of sections (task, model, data, ...); got {type(values).__name__}.")
     try:
-        return _build(Config, values).validate()
-    except ConfigError as err:
+        return build_dataclass(Config, values, coerce=True).validate()
+    except InputError as err:
         raise ConfigError(f"{source}: {err}") from None
 
 

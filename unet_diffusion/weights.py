@@ -11,14 +11,13 @@ import inspect
 import json
 import os
 import tempfile
-import types
-import typing
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .annotations import check_arguments
 from .errors import InputError
 
 CONFIG_METADATA_KEY = "unet_diffusion_config"
@@ -48,37 +47,7 @@ def check_config(cls, config: dict, source: str = "the configuration") -> None:
         raise InputError(
             f"{source} has unknown {cls.__name__} fields: {', '.join(hints)}. Valid fields: {', '.join(fields)}."
         )
-    check_config_types(cls, {k: v for k, v in config.items() if not k.startswith("_")}, source)
-
-
-def _fits(value, hint) -> bool:
-    """Whether a config value (as read from JSON or YAML: lists for tuples) fits the type ``hint``."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, option) for option in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_fits(item, args[0]) for item in value)
-        return len(value) == len(args) and all(_fits(item, arg) for item, arg in zip(value, args))
-    return isinstance(value, origin or hint)
-
-
-def check_config_types(cls, config: dict, source: str = "the configuration") -> None:
-    """Raise ``InputError`` naming the first field of ``config`` whose value does not fit ``cls.__init__``'s annotation."""
-    hints = typing.get_type_hints(cls.__init__)
-    for key, value in config.items():
-        hint = hints.get(key)
-        if hint is not None and not _fits(value, hint):
-            expected = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "").replace("NoneType", "None")
-            raise InputError(f"{source}: {key} must be {expected}; got {value!r} ({type(value).__name__}).")
+    check_arguments(cls.__init__, {k: v for k, v in config.items() if not k.startswith("_")}, source)
 
 
 # ---------------------------------------------------------------------------- state-dict checks
