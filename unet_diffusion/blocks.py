@@ -8,6 +8,7 @@ sizes it accepts without running a forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,17 +33,24 @@ def conv_padding(mode: str) -> int:
 
 
 # ---------------------------------------------------------------------------- what all blocks share
+BlockKind = Literal["residual", "classic"]
+TimeInjection = Literal["add", "scale_shift"]
+Padding = Literal["same", "valid"]
+Downsampling = Literal["conv", "conv_asym", "maxpool", "avgpool"]
+Upsampling = Literal["nearest", "bilinear", "conv_transpose"]
+
+
 @dataclass(frozen=True)
 class BlockConfig:
     """The options every block of one U-Net shares (the U-Net builds one from its configuration)."""
 
-    kind: str = "residual"          # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
+    kind: BlockKind = "residual"    # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
     emb_dim: int | None = None      # Width of the time/class embedding; None: the blocks take none.
-    time_injection: str = "add"     # The embedding is added ("add") or scales and shifts the second norm ("scale_shift").
+    time_injection: TimeInjection = "add"  # The embedding is added ("add") or scales and shifts the second norm ("scale_shift").
     dropout: float = 0.0            # Dropout between the two convolutions (and in transformer feed-forwards).
     norm_groups: int = 32           # GroupNorm groups.
     norm_eps: float = 1e-5          # GroupNorm epsilon.
-    padding: str = "same"           # "same" keeps sizes; "valid" leaves 3x3 convs unpadded.
+    padding: Padding = "same"       # "same" keeps sizes; "valid" leaves 3x3 convs unpadded.
     batch_norm: bool = False        # Classic blocks: BatchNorm after each convolution.
     attention_gate: bool = False    # Decoder blocks gate their skip (Attention U-Net).
     skip_conv: bool = False         # Decoder blocks squeeze skip + input back to their width with a 1x1 conv.
@@ -131,7 +139,7 @@ class Downsample(nn.Module):
 
     push_skip = False
 
-    def __init__(self, channels: int, kind: str):
+    def __init__(self, channels: int, kind: Downsampling):
         super().__init__()
         self.kind = kind
         if kind == "maxpool":
@@ -159,7 +167,7 @@ class Upsample(nn.Module):
     push_skip = False
     skip_channels = 0
 
-    def __init__(self, in_channels: int, out_channels: int, kind: str):
+    def __init__(self, in_channels: int, out_channels: int, kind: Upsampling):
         super().__init__()
         self.kind = kind
         if kind == "conv_transpose":

@@ -7,9 +7,13 @@ score-SDE / NCSN++), followed by ``Linear -> SiLU -> Linear`` (``TimestepEmbeddi
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from diffusers.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 from torch import nn
+
+TimeFeatures = Literal["sinusoidal", "fourier"]
 
 
 class TimeEmbedding(TimestepEmbedding):
@@ -28,7 +32,7 @@ class TimeEmbedding(TimestepEmbedding):
         return super().forward(self.features(timesteps.float()).to(dtype))
 
 
-def time_embedding(kind: str, width: int, emb_dim: int, *, flip_sin_to_cos: bool, freq_shift: float,
+def time_embedding(kind: TimeFeatures, width: int, emb_dim: int, *, flip_sin_to_cos: bool, freq_shift: float,
                    fourier_scale: float, fourier_log: bool) -> TimeEmbedding:
     """The embedding of a U-Net whose first level is ``width`` wide: sinusoidal features of that width, or
     ``2 * width`` Fourier features (sin and cos of ``width`` frequencies)."""

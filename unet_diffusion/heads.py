@@ -6,10 +6,14 @@ channel per image channel); the segmentation head predicts per-pixel class logit
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
 from .fused import norm_act_conv
+
+HeadKind = Literal["denoise", "segment"]
 
 
 class Head(nn.Module):
@@ -20,7 +24,7 @@ class Head(nn.Module):
     diffusers), segmentation a 1x1 convolution (as the original U-Net).
     """
 
-    def __init__(self, kind: str, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float):
+    def __init__(self, kind: HeadKind, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float):
         super().__init__()
         self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps) if normalize else None
         kernel = 3 if kind == "denoise" else 1

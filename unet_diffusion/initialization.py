@@ -15,13 +15,14 @@ Loaded weights replace all of this: a converted or saved model is unaffected.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from torch import nn
 
 from .attention import SelfAttention, SpatialTransformer
 from .blocks import ResidualBlock
 
-INIT_SCHEMES = ("auto", "torch")
+InitScheme = Literal["auto", "torch"]  # "auto": each family's own start; "torch": PyTorch's layer defaults
 
 
 def zero_(layer: nn.Module) -> None:
@@ -44,7 +45,7 @@ def he_normal_(layer: nn.Conv2d | nn.ConvTranspose2d) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def initialize(model: nn.Module, block: str, output: nn.Conv2d, scheme: str = "auto") -> None:
+def initialize(model: nn.Module, block: str, output: nn.Conv2d, scheme: InitScheme = "auto") -> None:
     """Initialise ``model`` (a U-Net of ``block`` kind, ending in ``output``) as its family does."""
     if scheme == "torch":
         return

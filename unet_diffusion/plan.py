@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Literal
 
+from .annotations import check_arguments
 from .blocks import BlockConfig, UNetBlock
 from .errors import InputError
 
@@ -54,18 +56,6 @@ def per_level(name: str, value, levels: int) -> tuple[int, ...]:
     return value
 
 
-_CHOICES = {
-    "head": ("denoise", "segment"),
-    "block": ("residual", "classic"),
-    "skips": ("dense", "level"),
-    "padding": ("same", "valid"),
-    "downsample": ("conv", "conv_asym", "maxpool", "avgpool"),
-    "upsample": ("nearest", "bilinear", "conv_transpose"),
-    "time_embedding": ("sinusoidal", "fourier", None),
-    "time_injection": ("add", "scale_shift"),
-    "weight_init": ("auto", "torch"),
-}
-
 # (condition, message): a configuration for which the condition holds is refused with the message.
 _CONFLICTS = (
     (lambda c: c.divide_by_timestep and c.time_embedding is None,
@@ -87,11 +77,15 @@ _CONFLICTS = (
 )
 
 
-def check_config(c) -> None:
-    """Refuse a configuration the network cannot be built from, naming the field and what to do."""
-    for name, allowed in _CHOICES.items():
-        if c[name] not in allowed:
-            raise InputError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {c[name]!r}.")
+SkipStyle = Literal["dense", "level"]
+
+
+def check_config(c, constructor) -> None:
+    """Refuse a configuration the network cannot be built from, naming the field and what to do.
+
+    Each field's type and choices are its annotation in ``constructor`` (``UNet.__init__``), checked here.
+    """
+    check_arguments(constructor, {key: value for key, value in c.items() if not key.startswith("_")}, "UNet")
     levels = len(c.channels)
     if levels < 1:
         raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
@@ -133,9 +127,9 @@ def head_channels(c) -> int:
     return channels * (2 if c["learned_variance"] else 1)
 
 
-def plan_unet(c) -> UNetPlan:
-    """The checked plan of the U-Net configured by ``c`` (the model's ``config``)."""
-    check_config(c)
+def plan_unet(c, constructor) -> UNetPlan:
+    """The checked plan of the U-Net configured by ``c`` (the model's ``config``; ``constructor``: ``UNet.__init__``)."""
+    check_config(c, constructor)
     channels, last = tuple(c.channels), len(c.channels) - 1
     dense = c.skips == "dense"
     blocks = per_level("blocks_per_level", c.blocks_per_level, last + 1)

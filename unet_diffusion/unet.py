@@ -18,13 +18,13 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .blocks import Downsample, UNetBlock, Upsample, conv_padding
-from .embeddings import embeddings
+from .blocks import BlockKind, Downsample, Downsampling, Padding, TimeInjection, UNetBlock, Upsample, Upsampling, conv_padding
+from .embeddings import TimeFeatures, embeddings
 from .errors import InputError
-from .heads import Head
-from .initialization import initialize
+from .heads import Head, HeadKind
+from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .plan import plan_unet
+from .plan import SkipStyle, plan_unet
 from .pretrained import PretrainedMixin
 
 
@@ -59,24 +59,24 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         sample_size: int | tuple[int, int] | None = None,  # Nominal input size; pipelines draw noise of this size.
         in_channels: int = 3,                     # Channels of the input image.
         out_channels: int | None = None,          # Denoise: output channels (None = in_channels). Segment: number of classes K.
-        head: str = "denoise",                    # "denoise" (3x3 conv, image-shaped output) or "segment" (1x1 conv to K logits).
+        head: HeadKind = "denoise",               # "denoise" (3x3 conv, image-shaped output) or "segment" (1x1 conv to K logits).
         learned_variance: bool = False,           # Denoise head: also predict a variance per channel (output doubled).
         channels: tuple[int, ...] = (128, 256, 256, 256),  # Width of each level, highest resolution first.
         blocks_per_level: int | tuple[int, ...] = 2,  # Encoder blocks per level (dense skips: one more in the decoder).
-        block: str = "residual",                  # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
-        skips: str = "dense",                     # "dense": every encoder output is a skip (DDPM); "level": one per level (original U-Net).
+        block: BlockKind = "residual",            # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
+        skips: SkipStyle = "dense",               # "dense": every encoder output is a skip (DDPM); "level": one per level (original U-Net).
         conv_in: bool = True,                     # A 3x3 conv from the image to channels[0] before the first level.
         mid_block: bool = True,                   # Middle at the lowest resolution: residual, attention, residual.
         dropout: float = 0.0,                     # Dropout inside the blocks.
         norm_groups: int = 32,                    # GroupNorm groups (residual blocks, attention, head).
         norm_eps: float = 1e-5,                   # GroupNorm epsilon.
         batch_norm: bool = False,                 # Classic blocks: BatchNorm after each convolution.
-        padding: str = "same",                    # "same" keeps sizes; "valid" leaves 3x3 convs unpadded and crops the skips.
-        downsample: str = "conv",                 # "conv" (stride 2), "conv_asym" (DDPM padding), "maxpool" or "avgpool".
-        upsample: str = "nearest",                # "nearest" or "bilinear" (+ 3x3 conv), or "conv_transpose" (2x2, stride 2).
+        padding: Padding = "same",                # "same" keeps sizes; "valid" leaves 3x3 convs unpadded and crops the skips.
+        downsample: Downsampling = "conv",        # "conv" (stride 2), "conv_asym" (DDPM padding), "maxpool" or "avgpool".
+        upsample: Upsampling = "nearest",         # "nearest" or "bilinear" (+ 3x3 conv), or "conv_transpose" (2x2, stride 2).
         skip_conv: bool = False,                  # 1x1 conv after each skip concatenation, back to the block width.
         attention_gates: bool = False,            # Attention gates on the skips (Attention U-Net).
-        time_embedding: str | None = "sinusoidal",  # "sinusoidal", "fourier", or None for no time conditioning.
+        time_embedding: TimeFeatures | None = "sinusoidal",  # "sinusoidal", "fourier", or None for no time conditioning.
         time_embed_dim: int | None = None,        # Width of the time/class embedding (None = 4 * channels[0]).
         flip_sin_to_cos: bool = True,             # Sinusoidal/Fourier features ordered [cos, sin] instead of [sin, cos].
         freq_shift: float = 0.0,                  # Sinusoidal frequencies are 10000^(-i / (half - freq_shift)).
@@ -84,7 +84,7 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         fourier_log: bool = True,                 # Fourier features of log(t) (score-SDE, where t is sigma) or of t itself.
         divide_by_timestep: bool = False,         # Divide the output by the timestep (score models whose timestep is sigma).
         center_input: bool = False,               # Map the input from [0, 1] to [-1, 1] (2x - 1) first (diffusers center_input_sample).
-        time_injection: str = "add",              # Embedding enters residual blocks by "add" or "scale_shift" (AdaGN).
+        time_injection: TimeInjection = "add",    # Embedding enters residual blocks by "add" or "scale_shift" (AdaGN).
         num_class_labels: int | None = None,      # Class conditioning: number of labels (None = not class-conditional).
         null_class_label: bool = True,            # Add a "null" label (index num_class_labels) for classifier-free guidance.
         attention_levels: tuple[int, ...] = (),   # Levels whose blocks end in self-attention.
@@ -98,10 +98,10 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         transformer_depth: int | tuple[int, ...] = 1,  # Transformer layers per cross-attention block, or one count per level.
         mid_block_scale: float = 1.0,             # The middle block's residual sums are divided by this.
         pad_input: bool = False,                  # Same padding: pad inputs to a multiple of 2^(levels-1), crop the output back.
-        weight_init: str = "auto",                # "auto": residual branches, attention outputs and the head start at zero (classic: He normal); "torch": PyTorch defaults.
+        weight_init: InitScheme = "auto",         # "auto": residual branches, attention outputs and the head start at zero (classic: He normal); "torch": PyTorch defaults.
     ):
         super().__init__()
-        plan = plan_unet(self.config)  # every configuration rule is checked there, once
+        plan = plan_unet(self.config, type(self).__init__)  # every configuration rule is checked there, once
         self.time_embed, self.class_embed = embeddings(self.config, plan.shared.emb_dim)
         self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=conv_padding(padding)) if conv_in else None
         c = channels[0] if conv_in else in_channels
