@@ -17,7 +17,6 @@ from train.config import config_from_dict
 from train.loop import NonFiniteLossError, read_log, train
 from unet_diffusion import load_weights
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

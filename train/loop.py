@@ -1,8 +1,13 @@
 """The training loop shared by every task, on Accelerate.
 
-One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``:
-mixed precision, gradient accumulation, clipping, a learning-rate schedule with warm-up, an EMA of
-the weights, evaluation, checkpoints, logging and a progress bar on the main process.
+One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``.
+Accelerate does the device placement, mixed precision, gradient accumulation (``accumulate``),
+clipping, seeding, the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``),
+the checkpoints (``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing
+and progress bar of the main process. Written here: the NaN guard, signals, the time budget, and an
+EMA of the weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and
+the micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N
+processes see the batches of one.
 
 A task (``DiffusionTask``, ``SegmentationTask``) supplies the model, the per-example preparation,
 the loss, evaluation, pictures and the final artifacts.
@@ -88,7 +93,7 @@ class Trainer:
             mixed_precision=c.mixed_precision,
             # Our loader is endless and not Accelerate's, so only the micro-batch count decides when to sync.
             gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=c.grad_accum, sync_with_dataloader=False),
-            step_scheduler_with_optimizer=False,  # the schedule steps once per optimizer step, skipped steps too
+            step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
             log_with=trackers(self.run_dir, c.log_with),
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),
         )
