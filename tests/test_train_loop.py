@@ -318,7 +318,8 @@ def test_every_log_row_goes_through_accelerator_log(tmp_path, monkeypatch):
     result = train(tiny(tmp_path, train={"steps": 4, "eval_every": 2}, data={"val_size": 8}))
     rows = read_log(result.run_dir)
     assert rows == calls and len(rows) == 6   # 4 losses and 2 evaluations, nothing written beside accelerator.log
-    assert [r["step"] for r in rows if "eval" in r] == [2, 4] and set(rows[0]) == {"step", "loss", "lr", "grad_norm", "epoch", "seconds"}
+    assert [r["step"] for r in rows if "eval" in r] == [2, 4]
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "epoch", "seconds"}
 
 
 def test_the_jsonl_tracker_is_an_accelerate_tracker(tmp_path):
