@@ -352,3 +352,10 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
     resumed = train(tiny(tmp_path, train={"steps": 7, "checkpoint_every": 1, "keep_checkpoints": 2}), resume="latest")
     assert resumed.step == 7
     assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000007"]
+
+
+def test_tensorboard_logs_beside_the_jsonl_when_asked(tmp_path):
+    pytest.importorskip("tensorboard")
+    result = train(tiny(tmp_path, train={"steps": 2, "log_with": ["tensorboard"]}))
+    assert [r["step"] for r in read_log(result.run_dir)] == [1, 2]
+    assert list((result.run_dir / "logs" / "unet-diffusion").glob("events.out.tfevents.*"))
