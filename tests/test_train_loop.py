@@ -17,7 +17,6 @@ from train.config import config_from_dict
 from train.loop import NonFiniteLossError, read_log, train
 from unet_diffusion import load_weights
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -295,3 +294,68 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
     assert read_state(latest_checkpoint(accumulated.run_dir))["micro_batches"] == 6
+
+
+def test_a_resume_with_another_grad_accum_steps_on_whole_steps(tmp_path):
+    train(tiny(tmp_path, train={"steps": 2, "grad_accum": 2}))
+    resumed = train(tiny(tmp_path, train={"steps": 4, "grad_accum": 3}), resume="latest")
+    assert sorted(resumed.losses) == [3, 4]
+    # 2 steps of 2 micro-batches, then 2 of 3: Accelerate's restored micro-batch counter does not shift the steps.
+    assert read_state(latest_checkpoint(resumed.run_dir))["micro_batches"] == 2 * 2 + 2 * 3
+
+
+def test_every_log_row_goes_through_accelerator_log(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    calls = []
+    real_log = Accelerator.log
+
+    def recording(self, values, step=None, log_kwargs=None):
+        calls.append({"step": step, **values})
+        return real_log(self, values, step=step, log_kwargs=log_kwargs)
+
+    monkeypatch.setattr(Accelerator, "log", recording)
+    result = train(tiny(tmp_path, train={"steps": 4, "eval_every": 2}, data={"val_size": 8}))
+    rows = read_log(result.run_dir)
+    assert rows == calls and len(rows) == 6   # 4 losses and 2 evaluations, nothing written beside accelerator.log
+    assert [r["step"] for r in rows if "eval" in r] == [2, 4]
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "epoch", "seconds"}
+
+
+def test_the_jsonl_tracker_is_an_accelerate_tracker(tmp_path):
+    from accelerate import Accelerator
+
+    from train.tracking import JsonlTracker
+
+    accelerator = Accelerator(log_with=[JsonlTracker(tmp_path)])
+    accelerator.init_trackers("test")
+    accelerator.log({"loss": 0.5, "eval": {"dice": 0.25}}, step=3)
+    accelerator.end_training()
+    assert read_log(tmp_path) == [{"step": 3, "loss": 0.5, "eval": {"dice": 0.25}}]
+    assert accelerator.get_tracker("jsonl").tracker == tmp_path / "log.jsonl"
+
+
+def test_log_with_names_an_installed_accelerate_tracker(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="train.log_with: unknown tracker 'tensorbord'"):
+        train(tiny(tmp_path, train={"log_with": ["tensorbord"]}))
+    monkeypatch.setattr("train.tracking.get_available_trackers", lambda: [])
+    with pytest.raises(ValueError, match="asks for tensorboard, which is not installed: pip install tensorboard"):
+        train(tiny(tmp_path, train={"log_with": ["tensorboard"]}))
+
+
+def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path):
+    config = tiny(tmp_path, train={"steps": 4, "checkpoint_every": 1, "keep_checkpoints": 2})
+    train(config)
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in list_checkpoints(config.train.output_dir)] == ["step-00000003", "step-00000004"]
+    (root / ".tmp-step-00000009").mkdir()   # debris of a crash mid-write: neither counted nor kept
+    resumed = train(tiny(tmp_path, train={"steps": 7, "checkpoint_every": 1, "keep_checkpoints": 2}), resume="latest")
+    assert resumed.step == 7
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000007"]
+
+
+def test_tensorboard_logs_beside_the_jsonl_when_asked(tmp_path):
+    pytest.importorskip("tensorboard")
+    result = train(tiny(tmp_path, train={"steps": 2, "log_with": ["tensorboard"]}))
+    assert [r["step"] for r in read_log(result.run_dir)] == [1, 2]
+    assert list((result.run_dir / "logs" / "unet-diffusion").glob("events.out.tfevents.*"))

@@ -6,8 +6,9 @@
 The pieces, one idea per file: ``config`` (the typed config), ``data`` (sources, order, batches),
 ``transforms`` (image and joint image/mask augmentation), ``losses`` (segmentation losses, the
 boundary weight map, min-SNR-gamma), ``loop`` (the shared Accelerate loop), ``diffusion`` and
-``segmentation`` (the tasks), ``checkpoint`` (save, resume), ``commands`` (``train``, ``demo``).
-The names load on first use, so the command line's ``--help`` does not import torch.
+``segmentation`` (the tasks), ``checkpoint`` (save, resume), ``tracking`` (the run's logs),
+``commands`` (``train``, ``demo``). The names load on first use, so the command line's ``--help`` does
+not import torch.
 """
 
 from unet_diffusion.lazy import lazy_exports

@@ -1,16 +1,29 @@
-"""Checkpoints: Accelerate's training state with the model and its EMA as safetensors folders.
+"""Checkpoints: Accelerate's ``save_state`` / ``load_state``, written atomically, with the model and its
+EMA as safetensors folders.
 
 A checkpoint is ``<run>/checkpoints/step-00001234/``:
 
 - ``model/`` and ``ema/``: ``save_pretrained`` folders (``config.json`` + safetensors), each tensor
-  once: Accelerate saves and loads the model through ``model/`` (``register_model_hooks``) instead of
-  writing a second copy,
-- Accelerate's optimizer, learning-rate schedule and random states of every process (read back by
-  Accelerate with ``torch.load(weights_only=True)``),
+  once. ``Checkpoints`` hooks them into Accelerate's ``save_state`` / ``load_state`` instead of
+  Accelerate's own ``model.safetensors``; ``UNet.from_pretrained``, ``unet-diffusion sample`` and
+  ``bench/quality_gen.py --pipelines`` open them as they are,
+- Accelerate's optimizer, learning-rate schedule, gradient scaler and random states of every process
+  (read back by Accelerate with ``torch.load(weights_only=True)``),
 - ``trainer.json``: the step and counters, written last.
 
 It is written to ``.tmp-step-...`` and renamed into place, so a crash mid-write leaves the previous
 checkpoints whole; only folders named ``step-*`` holding ``trainer.json`` count as checkpoints.
+
+Two Accelerate features are not used, on purpose (accelerate 1.15, ``Accelerator.save_state`` and
+``checkpointing.load_custom_state``):
+
+- rotation by ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=N)`` names the
+  folders ``checkpoint_<number of saves>`` rather than by step, writes straight into that final
+  folder (a crash leaves a half-written checkpoint under a valid name, which resume would pick), and
+  deletes the oldest checkpoints *before* writing the new one, counting every entry of the folder;
+- ``register_for_checkpointing(ema)`` pickles ``EMAModel.state_dict()`` (all its weights, a second
+  copy beside ``ema/``) to ``custom_checkpoint_0.pkl`` and reads it back with
+  ``torch.load(weights_only=False)``, which runs whatever code the file holds.
 """
 
 from __future__ import annotations
@@ -72,83 +85,93 @@ def read_state(checkpoint: str | os.PathLike) -> dict:
     return json.loads((Path(checkpoint) / STATE_FILE).read_text())
 
 
-def save_checkpoint(accelerator, run_dir, step: int, model, ema, state: dict, keep: int) -> Path:
-    """Write the checkpoint of ``step`` (all processes call this) and keep the newest ``keep``."""
-    root = checkpoints_dir(run_dir)
-    final = root / f"step-{step:08d}"
-    tmp = root / f".tmp-step-{step:08d}"
-    exists = torch.tensor(0)
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        if (final / STATE_FILE).is_file():
-            exists += 1  # already saved at this step (e.g. a signal right after a periodic checkpoint)
-        else:
-            for stale in root.glob(".tmp-step-*"):  # left by a crash mid-write
-                shutil.rmtree(stale, ignore_errors=True)
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.mkdir()
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        exists = accelerator.reduce(exists.to(accelerator.device), "sum").cpu()
-    if exists.item():
+class Checkpoints:
+    """The checkpoints of one run: Accelerate's whole training state plus the EMA, saved atomically,
+    the newest ``keep`` kept; ``load`` restores all of it."""
+
+    def __init__(self, accelerator, run_dir: str | os.PathLike, ema=None, keep: int = 3):
+        self.accelerator, self.run_dir, self.ema, self.keep = accelerator, Path(run_dir), ema, keep
+        accelerator.register_save_state_pre_hook(self._save_weights)
+        accelerator.register_load_state_pre_hook(self._load_weights)
+
+    def save(self, step: int, counters: dict) -> Path:
+        """Write the checkpoint of ``step`` (all processes call this); ``counters`` go to ``trainer.json``."""
+        acc = self.accelerator
+        final = checkpoints_dir(self.run_dir) / f"step-{step:08d}"
+        tmp = final.with_name(f".tmp-{final.name}")
+        if self._already_saved(final, tmp):
+            return final
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            ema_step = self.ema.optimization_step if self.ema is not None else None
+            _write_json(tmp / STATE_FILE, {**counters, "step": step, "ema_step": ema_step})
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.run_dir)[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
         return final
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)  # its own weights are in model/ (register_model_hooks)
-        if ema is not None:
-            with ema_weights(unwrapped, ema):
-                unwrapped.save_pretrained(tmp / EMA_DIR, safe_serialization=True)
-        _write_json(tmp / STATE_FILE, {**state, "step": step, "ema_step": ema.optimization_step if ema is not None else None})
-        os.replace(tmp, final)
-        for old in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
+    def load(self, checkpoint: str | os.PathLike) -> dict:
+        """Restore the training state from ``checkpoint`` (all processes); returns its ``trainer.json``."""
+        state = read_state(checkpoint)
+        self.accelerator.load_state(str(checkpoint))
+        return state
 
-def register_model_hooks(accelerator) -> None:
-    """Let Accelerate's ``save_state`` / ``load_state`` keep the model in ``model/`` (``save_pretrained``) only.
+    def _already_saved(self, final: Path, tmp: Path) -> bool:
+        """Whether ``final`` is complete (e.g. a signal right after a periodic checkpoint); if not, clear the way to ``tmp``."""
+        acc = self.accelerator
+        exists = torch.tensor(0)
+        if acc.is_main_process:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if (final / STATE_FILE).is_file():
+                exists += 1
+            else:
+                for stale in final.parent.glob(".tmp-step-*"):  # left by a crash mid-write
+                    shutil.rmtree(stale, ignore_errors=True)
+                shutil.rmtree(final, ignore_errors=True)
+                tmp.mkdir()
+        acc.wait_for_everyone()
+        if acc.num_processes > 1:
+            exists = acc.reduce(exists.to(acc.device), "sum").cpu()
+        return bool(exists.item())
 
-    Without this, a checkpoint would hold the weights twice: Accelerate's ``model.safetensors`` and the
-    ``model/`` folder that ``UNet.from_pretrained`` opens.
-    """
-
-    def save_models(models, weights, output_dir) -> None:
-        if accelerator.is_main_process:
+    def _save_weights(self, models, weights, output_dir) -> None:
+        """``save_state`` hook: the model in ``model/`` and its EMA in ``ema/``, nothing left for Accelerate to write."""
+        if self.accelerator.is_main_process:
             for model in models:
-                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / MODEL_DIR, safe_serialization=True)
-        weights.clear()  # nothing left for Accelerate to write
+                unwrapped = self.accelerator.unwrap_model(model)
+                unwrapped.save_pretrained(Path(output_dir) / MODEL_DIR, safe_serialization=True)
+                if self.ema is not None:
+                    with ema_weights(unwrapped, self.ema):
+                        unwrapped.save_pretrained(Path(output_dir) / EMA_DIR, safe_serialization=True)
+        weights.clear()
 
-    def load_models(models, input_dir) -> None:
+    def _load_weights(self, models, input_dir) -> None:
+        """``load_state`` hook: the model from ``model/``, its EMA from ``ema/`` (safetensors, every tensor checked)."""
         weights_file = Path(input_dir) / MODEL_DIR / f"{WEIGHTS_NAME}.safetensors"
         if not weights_file.is_file():
             raise FileNotFoundError(f"{input_dir} has no model weights ({weights_file}); it is not a checkpoint of this trainer.")
         while models:
-            load_state_dict_strict(accelerator.unwrap_model(models.pop()), read_safetensors(weights_file), str(weights_file))
+            model = self.accelerator.unwrap_model(models.pop())
+            load_state_dict_strict(model, read_safetensors(weights_file), str(weights_file))
+            if self.ema is not None:
+                self._load_ema(model, Path(input_dir))
 
-    accelerator.register_save_state_pre_hook(save_models)
-    accelerator.register_load_state_pre_hook(load_models)
-
-
-def load_checkpoint(accelerator, checkpoint: Path, model, ema) -> dict:
-    """Restore the training state from ``checkpoint`` (all processes); returns its ``trainer.json``."""
-    state = read_state(checkpoint)
-    accelerator.load_state(str(checkpoint))
-    if ema is not None:
-        ema_file = Path(checkpoint) / EMA_DIR / f"{WEIGHTS_NAME}.safetensors"
+    def _load_ema(self, model, input_dir: Path) -> None:
+        ema_file = input_dir / EMA_DIR / f"{WEIGHTS_NAME}.safetensors"
         if not ema_file.is_file():
-            raise FileNotFoundError(f"{checkpoint} has no EMA weights ({ema_file}) but ema.enabled is true; "
+            raise FileNotFoundError(f"{input_dir} has no EMA weights ({ema_file}) but ema.enabled is true; "
                                     "resume with ema.enabled=false or from a checkpoint saved with EMA.")
         tensors = read_safetensors(ema_file)
-        names = [name for name, _ in accelerator.unwrap_model(model).named_parameters()]
+        names = [name for name, _ in model.named_parameters()]
         missing = [n for n in names if n not in tensors]
         if missing:
             raise InputError(f"the EMA weights in {ema_file} lack {len(missing)} parameters (first: {missing[0]}).")
-        for shadow, name in zip(ema.shadow_params, names):
-            shadow.copy_(tensors[name].to(shadow))
-        ema.optimization_step = int(state.get("ema_step") or 0)
-    return state
+        # The averages and their step count; decay and warm-up stay as the config says now.
+        ema_step = int(read_state(input_dir).get("ema_step") or 0)
+        self.ema.load_state_dict({"optimization_step": ema_step, "shadow_params": [tensors[n] for n in names]})
+        self.ema.to(self.accelerator.device)
 
 
 class ema_weights:

@@ -1,8 +1,13 @@
 """The training loop shared by every task, on Accelerate.
 
-One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``:
-mixed precision, gradient accumulation, clipping, a learning-rate schedule with warm-up, an EMA of
-the weights, evaluation, checkpoints, logging and a progress bar on the main process.
+One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``.
+Accelerate does the device placement, mixed precision, gradient accumulation (``accumulate``),
+clipping, seeding, the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``),
+the checkpoints (``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing
+and progress bar of the main process. Written here: the NaN guard, signals, the time budget, and an
+EMA of the weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and
+the micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N
+processes see the batches of one.
 
 A task (``DiffusionTask``, ``SegmentationTask``) supplies the model, the per-example preparation,
 the loss, evaluation, pictures and the final artifacts.
@@ -11,41 +16,27 @@ the loss, evaluation, pictures and the final artifacts.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import send_to_device, set_seed
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed, tqdm
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from unet_diffusion.errors import InputError
 
-from .checkpoint import (
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    read_state,
-    register_model_hooks,
-    resolve_resume,
-    save_checkpoint,
-)
+from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_state, resolve_resume
 from .config import Config, save_config
-from .data import (
-    Examples,
-    check_images,
-    epoch_of,
-    open_source,
-    split_indices,
-    training_loader,
-)
+from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
+from .tracking import LOGS_DIR, read_log, trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,6 +54,16 @@ class RunResult:
     checkpoint: Path | None = None                      # the last checkpoint written
     interrupted: str | None = None                      # "SIGINT" / "SIGTERM" when stopped by a signal
     nan_skips: int = 0                                  # steps skipped for a non-finite loss (on_nan=skip)
+
+
+class StepOutcome(NamedTuple):
+    """What one optimizer step reports to the rest of the loop."""
+
+    loss: float                                         # mean over micro-batches and processes (0 where not finite)
+    grad_norm: float                                    # before clipping
+    skipped: bool                                       # not applied: the loss or the gradients were not finite
+    stop_signal: bool                                   # SIGINT / SIGTERM arrived on some process
+    out_of_time: bool                                   # train.max_minutes is spent
 
 
 def build_task(config: Config):
@@ -87,36 +88,25 @@ class Trainer:
     def __init__(self, config: Config, task, log=None):
         self.config, self.task = config, task
         c = config.train
-        self.accelerator = Accelerator(mixed_precision=c.mixed_precision, step_scheduler_with_optimizer=False)
-        register_model_hooks(self.accelerator)
-        self.is_main = self.accelerator.is_main_process
-        self._print = log or (lambda text: print(text, flush=True))
         self.run_dir = Path(c.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=c.mixed_precision,
+            # Our loader is endless and not Accelerate's, so only the micro-batch count decides when to sync.
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=c.grad_accum, sync_with_dataloader=False),
+            step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
+            log_with=trackers(self.run_dir, c.log_with),
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),
+        )
+        self._print = log or partial(print, flush=True)
+        self.log = self.accelerator.on_main_process(self._print)  # print on the main process only
         self.stop_signal: int | None = None
         set_seed(c.seed)  # the same initial weights on every process
-
-    def log(self, text: str) -> None:
-        """Print on the main process only."""
-        if self.is_main:
-            self._print(text)
 
     # ------------------------------------------------------------------------ setup
     def _setup(self, checkpoint: Path | None) -> None:
         config, acc = self.config, self.accelerator
         self.task.attach(self)
-        source = open_source(config)
-        indices = list(range(len(source)))
-        if config.data.limit:
-            indices = indices[: config.data.limit]
-        train_idx, val_idx = split_indices(indices, config.data.val_size, config.train.seed)
-        if config.data.check_images and config.data.source != "synthetic":
-            train_idx = check_images(source, train_idx, config.data.on_bad_image, self.log)
-            if val_idx:
-                val_idx = check_images(source, val_idx, config.data.on_bad_image, self.log)
-        self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed)
-        self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
-        self.task.check_examples(self.train_examples)
-
+        self._examples()
         model = self.task.build_model()
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
@@ -132,19 +122,42 @@ class Trainer:
         if self.ema is not None:
             self.ema.to(acc.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.checkpoints = Checkpoints(acc, self.run_dir, self.ema, config.train.keep_checkpoints)
 
         self.step, self.nan_skips, self.micro_batches = 0, 0, 0
         if checkpoint is not None:
-            self._check_compatible(checkpoint)
-            state = load_checkpoint(acc, checkpoint, self.model, self.ema)
-            self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
-            # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
-            self.micro_batches = int(state.get("micro_batches", self.step * config.train.grad_accum))
-            self.log(f"resumed from {checkpoint} at step {self.step}")
+            self._resume(checkpoint)
         self.loader = training_loader(
             self.train_examples, config.train.batch_size, acc.process_index, acc.num_processes,
             config.train.seed, start=self.micro_batches, num_workers=config.data.num_workers,
         )
+
+    def _examples(self) -> None:
+        """The training and validation examples, checked."""
+        config = self.config
+        source = open_source(config)
+        indices = list(range(len(source)))
+        if config.data.limit:
+            indices = indices[: config.data.limit]
+        train_idx, val_idx = split_indices(indices, config.data.val_size, config.train.seed)
+        if config.data.check_images and config.data.source != "synthetic":
+            train_idx = check_images(source, train_idx, config.data.on_bad_image, self.log)
+            if val_idx:
+                val_idx = check_images(source, val_idx, config.data.on_bad_image, self.log)
+        self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed)
+        self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
+        self.task.check_examples(self.train_examples)
+
+    def _resume(self, checkpoint: Path) -> None:
+        self._check_compatible(checkpoint)
+        state = self.checkpoints.load(checkpoint)
+        # Accelerate syncs gradients when its restored micro-batch counter reaches a multiple of train.grad_accum;
+        # a checkpoint is always taken at a step boundary, so restart it at 0 (in phase if train.grad_accum changed).
+        self.accelerator.step = 0
+        self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
+        # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
+        self.micro_batches = int(state.get("micro_batches", self.step * self.config.train.grad_accum))
+        self.log(f"resumed from {checkpoint} at step {self.step}")
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
         o = self.config.optim
@@ -182,7 +195,7 @@ class Trainer:
             torch.set_num_threads(threads)
 
     def _run(self, resume: str | None) -> RunResult:
-        c = self.config.train
+        c, acc = self.config.train, self.accelerator
         checkpoint = resolve_resume(resume, self.run_dir)
         if resume is None and list_checkpoints(self.run_dir):
             raise InputError(f"{self.run_dir} already holds checkpoints of a run; continue it with --resume latest, "
@@ -190,9 +203,10 @@ class Trainer:
         if resume == "latest" and checkpoint is None:
             self.log(f"no checkpoint in {self.run_dir} yet; starting from step 0")
         self._setup(checkpoint)
-        if self.is_main:
+        if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
+        acc.init_trackers("unet-diffusion")
         result = RunResult(self.run_dir, self.step, nan_skips=self.nan_skips)
         if self.step >= c.steps:
             self.log(f"already at step {self.step} of {c.steps}; nothing to train")
@@ -207,87 +221,103 @@ class Trainer:
         if c.steps and (self.step % c.eval_every if c.eval_every else True) and self.val_examples is not None:
             result.metrics = self._evaluate()
         result.checkpoint = self._save()
-        if self.is_main:
+        if acc.is_main_process:
             self.task.finish(self.step)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+        acc.wait_for_everyone()
+        acc.end_training()
         return result
 
     def _loop(self, result: RunResult) -> None:
         c, acc = self.config.train, self.accelerator
-        bar = tqdm(total=c.steps, initial=self.step, disable=not (self.is_main and c.progress_bar), desc="train",
-                   dynamic_ncols=True, file=sys.stderr)
-        batches = iter(self.loader)
-        consecutive_skips, started = 0, time.time()
+        bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress_bar, desc="train", dynamic_ncols=True,
+                   file=sys.stderr)  # Accelerate's: on the (local) main process only
+        batches, losses = iter(self.loader), []
+        self.consecutive_skips, self.started = 0, time.time()
         self.model.train()
         while self.step < c.steps:
-            losses = []
-            for micro in range(c.grad_accum):
+            with acc.accumulate(self.model):  # no gradient all-reduce until the last micro-batch of the step
                 batch = send_to_device(next(batches), acc.device)
-                self.micro_batches += 1
-                sync = micro == c.grad_accum - 1
-                with contextlib.nullcontext() if sync else acc.no_sync(self.model):
-                    with acc.autocast():
-                        loss = self.task.loss(self.model, batch)
-                    acc.backward(loss / c.grad_accum)
-                losses.append(loss.detach().float())
-            loss = torch.stack(losses).mean()
-            # One collective per step: is the loss finite everywhere, did a signal arrive anywhere, the mean loss,
-            # is the time budget spent (the main process's clock decides, so every process stops at the same step).
-            out_of_time = self.is_main and c.max_minutes is not None and time.time() - started >= 60 * c.max_minutes
-            flags = torch.stack([(~torch.isfinite(loss)).float(), torch.tensor(float(self.stop_signal is not None), device=loss.device),
-                                 torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0), torch.tensor(float(out_of_time), device=loss.device)])
-            if acc.num_processes > 1:
-                flags = acc.reduce(flags, "sum")
-            grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            nonfinite = flags[0].item() > 0 or (c.mixed_precision != "fp16" and not math.isfinite(grad_norm))
-            if nonfinite:
-                self.optimizer.zero_grad(set_to_none=True)
-                what = f"loss {loss.item()}" if flags[0].item() > 0 else f"gradient norm {grad_norm}"
-                if c.on_nan == "stop":
-                    last = latest_checkpoint(self.run_dir)
-                    raise NonFiniteLossError(
-                        f"step {self.step + 1}: non-finite {what}. The run stopped before updating the weights; no "
-                        f"checkpoint holds them (last good checkpoint: {last or 'none'}). Usual causes: a learning rate "
-                        f"too high (optim.lr={self.config.optim.lr}), fp16 overflow (try train.mixed_precision=bf16 or no), "
-                        "or broken data. To skip such steps instead, set train.on_nan=skip."
-                    )
-                consecutive_skips += 1
-                self.nan_skips += 1
-                self.log(f"step {self.step + 1}: non-finite {what}; step skipped ({consecutive_skips} in a row)")
-                if consecutive_skips > c.max_nan_skips:
-                    raise NonFiniteLossError(f"{consecutive_skips} steps in a row had a non-finite loss; stopping "
-                                             f"(train.max_nan_skips={c.max_nan_skips}). Lower optim.lr or check the data.")
-            else:
-                consecutive_skips = 0
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.ema is not None:
-                    self.ema.step(self.params)
-            self.lr_schedule.step()
-            self.step += 1
+                with acc.autocast():
+                    loss = self.task.loss(self.model, batch)
+                acc.backward(loss)  # divided by train.grad_accum
+            self.micro_batches += 1
+            losses.append(loss.detach().float())
+            if not acc.sync_gradients:
+                continue
+            outcome = self._optimizer_step(torch.stack(losses).mean())
+            losses = []
             bar.update(1)
-
-            mean_loss = flags[2].item() / acc.num_processes
-            if not nonfinite and (self.step % c.log_every == 0 if c.log_every else False):
-                result.losses[self.step] = mean_loss
-                self._write_log({"step": self.step, "loss": mean_loss, "lr": self.lr_schedule.get_last_lr()[0],
-                                 "grad_norm": grad_norm, "epoch": round(self._epoch(), 4),
-                                 "seconds": round(time.time() - started, 2)})
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if flags[1].item() > 0:
-                result.interrupted = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+            if not self._after_step(result, outcome, bar):
                 break
-            if flags[3].item() > 0:
-                self.log(f"train.max_minutes={c.max_minutes} reached at step {self.step} of {c.steps}; finishing the run")
-                break
-            if c.eval_every and self.step % c.eval_every == 0 and self.val_examples is not None:
-                result.metrics = self._evaluate()
-            self._pictures(self.step)
-            if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < c.steps:
-                result.checkpoint = self._save()
         bar.close()
+
+    def _optimizer_step(self, loss: torch.Tensor) -> StepOutcome:
+        """Clip and step on the accumulated gradients, or skip (or stop) if the loss or gradients are not finite."""
+        c, acc = self.config.train, self.accelerator
+        out_of_time = acc.is_main_process and c.max_minutes is not None and time.time() - self.started >= 60 * c.max_minutes
+        # One collective per step, summed over the processes: the main process's clock decides, so every process
+        # stops at the same step.
+        flags = torch.stack([
+            (~torch.isfinite(loss)).float(),                                        # a non-finite loss
+            torch.tensor(float(self.stop_signal is not None), device=loss.device),  # a signal arrived
+            torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0),                # the loss
+            torch.tensor(float(out_of_time), device=loss.device),                   # train.max_minutes spent
+        ])
+        nonfinite, stop, loss_sum, out_of_time = (acc.reduce(flags, "sum") if acc.num_processes > 1 else flags).tolist()
+        grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if nonfinite > 0 or (c.mixed_precision != "fp16" and not math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip_step(f"loss {loss.item()}" if nonfinite > 0 else f"gradient norm {grad_norm}")
+        else:
+            self.consecutive_skips = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.step(self.params)
+        self.lr_schedule.step()
+        self.step += 1
+        return StepOutcome(loss_sum / acc.num_processes, grad_norm, self.consecutive_skips > 0, stop > 0, out_of_time > 0)
+
+    def _skip_step(self, what: str) -> None:
+        """A non-finite step: stop the run (train.on_nan=stop), or count it as skipped."""
+        c = self.config.train
+        if c.on_nan == "stop":
+            last = latest_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"step {self.step + 1}: non-finite {what}. The run stopped before updating the weights; no "
+                f"checkpoint holds them (last good checkpoint: {last or 'none'}). Usual causes: a learning rate "
+                f"too high (optim.lr={self.config.optim.lr}), fp16 overflow (try train.mixed_precision=bf16 or no), "
+                "or broken data. To skip such steps instead, set train.on_nan=skip."
+            )
+        self.consecutive_skips += 1
+        self.nan_skips += 1
+        self.log(f"step {self.step + 1}: non-finite {what}; step skipped ({self.consecutive_skips} in a row)")
+        if self.consecutive_skips > c.max_nan_skips:
+            raise NonFiniteLossError(f"{self.consecutive_skips} steps in a row had a non-finite loss; stopping "
+                                     f"(train.max_nan_skips={c.max_nan_skips}). Lower optim.lr or check the data.")
+
+    def _after_step(self, result: RunResult, outcome: StepOutcome, bar) -> bool:
+        """Log, evaluate, draw and save as the config says; False when the run should stop now."""
+        c = self.config.train
+        if not outcome.skipped and c.log_every and self.step % c.log_every == 0:
+            result.losses[self.step] = outcome.loss
+            self.accelerator.log({"loss": outcome.loss, "lr": self.lr_schedule.get_last_lr()[0], "grad_norm": outcome.grad_norm,
+                                  "epoch": round(self._epoch(), 4), "seconds": round(time.time() - self.started, 2)},
+                                 step=self.step)
+            bar.set_postfix(loss=f"{outcome.loss:.4f}")
+        if outcome.stop_signal:
+            result.interrupted = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+            return False
+        if outcome.out_of_time:
+            self.log(f"train.max_minutes={c.max_minutes} reached at step {self.step} of {c.steps}; finishing the run")
+            return False
+        if c.eval_every and self.step % c.eval_every == 0 and self.val_examples is not None:
+            result.metrics = self._evaluate()
+        self._pictures(self.step)
+        if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < c.steps:
+            result.checkpoint = self._save()
+        return True
 
     # ------------------------------------------------------------------------ pieces
     def _epoch(self) -> float:
@@ -300,14 +330,14 @@ class Trainer:
             metrics = self.task.evaluate()
         self.model.train()
         if metrics:
-            self._write_log({"step": self.step, "eval": metrics})
+            self.accelerator.log({"eval": metrics}, step=self.step)
             self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         return metrics
 
     def _pictures(self, step: int) -> None:
         every = self.task.picture_every()
         if every and step % every == 0 and step < self.config.train.steps:
-            if self.is_main:
+            if self.accelerator.is_main_process:
                 self.model.eval()
                 with torch.no_grad():
                     self.task.pictures(step)
@@ -315,15 +345,8 @@ class Trainer:
             self.accelerator.wait_for_everyone()
 
     def _save(self) -> Path:
-        c = self.config.train
-        state = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches,
-                 "epoch": self._epoch(), "time": time.time()}
-        return save_checkpoint(self.accelerator, self.run_dir, self.step, self.model, self.ema, state, c.keep_checkpoints)
-
-    def _write_log(self, record: dict) -> None:
-        if self.is_main:
-            with open(self.run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        counters = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches, "epoch": self._epoch(), "time": time.time()}
+        return self.checkpoints.save(self.step, counters)
 
     @contextlib.contextmanager
     def _signals(self):
@@ -346,18 +369,6 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-
-def read_log(run_dir: str | Path) -> list[dict]:
-    """The records of a run's ``log.jsonl``."""
-    path = Path(run_dir) / "log.jsonl"
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed run
-            continue
-    return records
 
 
 __all__ = ["NonFiniteLossError", "RunResult", "Trainer", "build_task", "read_log", "train", "read_state"]
