@@ -160,11 +160,6 @@ def quiet_progress_bars() -> None:
     diffusers_logging.disable_progress_bar()
 
 
-def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def machine_info(device: torch.device) -> dict:
     """Processor (or GPU), cores, threads and library versions, for the table caption and JSON."""
     cpu = platform.processor() or platform.machine()
@@ -295,7 +290,8 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5, clock: str = "wall") -> float:
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5,
+                      clock: str = "wall") -> float:
     """The best FLOP/s of a square matmul in ``dtype`` on ``device``: the peak that MFU divides by.
 
     Measure it with the clock that times the model (``clock="cpu"``: process CPU time).
@@ -338,7 +334,8 @@ def fmt_spread(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
 
 def fmt_rate(summary: dict, count: float, digits: int = 1) -> str:
     """``count`` per second of a timing summary, ``median (min-max)``: the fastest call gives the largest rate."""
-    return fmt_spread(dict(median=count / summary["median"], min=count / summary["max"], max=count / summary["min"]), digits=digits)
+    rates = dict(median=count / summary["median"], min=count / summary["max"], max=count / summary["min"])
+    return fmt_spread(rates, digits=digits)
 
 
 # ---------------------------------------------------------------------------- pictures

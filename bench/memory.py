@@ -1,7 +1,7 @@
 """Peak memory of one training step, with and without gradient checkpointing, our U-Net against
 diffusers' ``UNet2DModel`` on the same architecture.
 
-    python -m bench.memory --quick          # ddpm-cifar10, batch 2 (a smoke test: at this batch Adam, not activations, sets the peak)
+    python -m bench.memory --quick          # ddpm-cifar10, batch 2 (a smoke test: Adam, not activations, sets the peak)
     python -m bench.memory                  # ddpm-cifar10 batch 16, ddpm-64 batch 8
     python -m bench.memory --device cuda --batch 128
 
@@ -30,7 +30,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from bench.common import PROJECT_ROOT, Bench, LiveTensorBytes, describe, format_table, parameter_count, run_bench
+from bench.common import PROJECT_ROOT, Bench, LiveTensorBytes, describe, format_table, run_bench
 from bench.speed import CONFIGS
 
 
@@ -63,7 +63,7 @@ def measure(config_name: str, model_kind: str, checkpointing: bool, batch: int, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    result = dict(parameters=parameter_count(model))
+    result = dict(parameters=model.num_parameters())
     if device.type == "cuda":
         step()  # the Adam state exists from here on, as in any later step of training
         torch.cuda.synchronize(device)
@@ -99,7 +99,8 @@ COLUMNS = ["config", "batch", "checkpointing", "ours MB", "diffusers MB", "ratio
 
 def options(parser) -> None:
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
-    parser.add_argument("--batch", type=int, default=None, help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 2 with --quick)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 2 with --quick)")
     parser.add_argument("--child", nargs=4, metavar=("CONFIG", "MODEL", "CKPT", "BATCH"), help=argparse.SUPPRESS)
 
 

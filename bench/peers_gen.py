@@ -27,8 +27,14 @@ from train.diffusion import DiffusionTask, build_unet
 
 def missing_package(method: str) -> str | None:
     """The package ``method`` needs and that is not installed, or None."""
-    needs = {"ours": [], "diffusers": [], "lucidrains": ["denoising_diffusion_pytorch", "ema_pytorch"]}[method]  # diffusers: a core dependency
+    # diffusers is a core dependency
+    needs = {"ours": [], "diffusers": [], "lucidrains": ["denoising_diffusion_pytorch", "ema_pytorch"]}[method]
     return next((name for name in needs if importlib.util.find_spec(name) is None), None)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of any module (lucidrains' is no diffusers ``ModelMixin`` with ``num_parameters``)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------- diffusers' UNet2DModel
@@ -70,7 +76,8 @@ def diffusers_fields(config) -> dict:
         raise ValueError(f"the config's U-Net translates to diffusers' {name}, not UNet2DModel; this peer needs a model "
                          "without cross-attention.")
     if ours.config.num_class_labels is None:
-        raise ValueError("the config's U-Net is not class-conditional (model.args.num_class_labels); this benchmark needs labels.")
+        raise ValueError("the config's U-Net is not class-conditional (model.args.num_class_labels); "
+                         "this benchmark needs labels.")
     fields.pop("num_class_embeds")
     return fields
 

@@ -3,7 +3,7 @@ and lucidrains' ``denoising-diffusion-pytorch``, each trained for the same wall-
 sampled with the same classifier-free guidance and DDIM steps, and scored with a digit classifier.
 
     UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python -m bench.quality_gen --quick --threads 1
-    UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --minutes 15 --threads 2   # 500 samples: needs data.val_size >= 1000 (the config's)
+    UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --minutes 15 --threads 2   # 500 samples: data.val_size >= 1000
     UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --pipelines runs/mnist/pipeline   # score a trained model, no training
 
 ``--quick`` trains a quarter-width network (channels 8, 16, 16) with batch 16 for 0.1 minute per
@@ -44,7 +44,8 @@ disjoint real sets R1 and R2 of ``--samples`` digits each come from the held-out
 **Equal time.** Each method first trains a few throwaway probe steps; the seconds per step of steps
 2..n set ``train.steps = budget / seconds per step`` and scale the warm-up in proportion, so the
 learning-rate schedule ends with the budget. The budget itself is the hard stop (``train.max_minutes``
-for ours / diffusers, the same clock in the lucidrains loop); ``bench.equal_time`` holds the rule. Time counts the training loop only
+for ours / diffusers, the same clock in the lucidrains loop); ``bench.equal_time`` holds the rule. Time counts
+the training loop only
 (data loading inside it included); setup, probes, checkpoints and evaluation are left out.
 
 **Evaluation**, the same for every method, at half the budget and at its end (the EMA weights at
@@ -85,17 +86,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from bench.common import (
-    PROJECT_ROOT,
-    Bench,
-    describe,
-    parameter_count,
-    pyplot,
-    quiet_progress_bars,
-    run_bench,
-    save_figure,
-    save_grid,
-)
+from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
 from bench.equal_time import (
     add_options,
     budget_minutes,
@@ -107,7 +98,7 @@ from bench.equal_time import (
     steps_for_budget,
 )
 from bench.metrics import frechet_distance_of
-from bench.peers_gen import DiffusersUNetTask, LucidrainsRun, missing_package, sample_lucidrains
+from bench.peers_gen import DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains
 from pipelines import DenoisePipeline
 from train import load_config, train
 from train.config import AugmentConfig
@@ -176,7 +167,8 @@ def classify(model: DigitClassifier, images: torch.Tensor) -> tuple[np.ndarray, 
 def requested_labels(count: int, classes: int = 10) -> torch.Tensor:
     """The labels samples are asked for: 0, 1, ..., classes - 1, 0, 1, ... (``count / classes`` of each)."""
     if count <= 0 or count % classes:
-        raise ValueError(f"the number of samples must be a positive multiple of {classes} (the same count of each digit); got {count}.")
+        raise ValueError(f"the number of samples must be a positive multiple of {classes} (the same count of each digit); "
+                         f"got {count}.")
     return torch.arange(count) % classes
 
 
@@ -366,8 +358,9 @@ def loop_minutes(run_dir: Path, after_step: int = 0) -> float:
 
 def run_our_loop(name: str, plan: Plan, make_task, workdir: Path, device: torch.device) -> Method:
     """Probe, then train ``name`` through ``train.train`` for the budget, stopping at half time to keep a point."""
-    probe = load_config(plan.path, [*plan.overrides, f"train.steps={plan.probe_steps}", f"train.output_dir={workdir / f'{name}-probe'}",
-                                    "optim.warmup_steps=0", "diffusion.num_samples=1", "diffusion.sample_steps=1"])
+    probe = load_config(plan.path, [*plan.overrides, f"train.steps={plan.probe_steps}",
+                                    f"train.output_dir={workdir}/{name}-probe", "optim.warmup_steps=0",
+                                    "diffusion.num_samples=1", "diffusion.sample_steps=1"])
     step_seconds = probe_seconds(probe, make_task(probe))
     base, minutes = plan.config, plan.minutes
     steps = steps_for_budget(minutes, step_seconds)
@@ -414,7 +407,8 @@ def run_lucidrains(plan: Plan, data: dict, device: torch.device) -> Method:
     warmup = scaled_warmup(config.optim.warmup_steps, steps, config.train.steps)
     run = LucidrainsRun(with_train(steps, warmup), images, labels, plan.sample_steps, device)
     run.run(minutes=minutes, snapshot_minutes=minutes / 2)
-    method = Method("lucidrains", parameter_count(run.snapshots[-1][3].model), step_seconds, steps, warmup, config.train.batch_size)
+    params = parameter_count(run.snapshots[-1][3].model)
+    method = Method("lucidrains", params, step_seconds, steps, warmup, config.train.batch_size)
     for label, point_minutes, point_steps, diffusion in run.snapshots:
         sample = lambda asked, d=diffusion: sample_lucidrains(d, asked, plan.guidance, plan.seed)
         method.points.append(Point(label, point_minutes, point_steps, sample))
@@ -457,10 +451,10 @@ def train_methods(bench: Bench, plan: Plan, reference: Reference) -> tuple[list[
                 print(f"{name}: skipped, {err}")
                 continue
             done.append(score_points(method, reference, bench.results_dir / f"{bench.results_name()}_{name}.png"))
-            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> {method.planned_steps} "
-                  f"steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
-                  f"{method.points[-1].steps} steps; {time.perf_counter() - started:.0f} s in all, {method.sample_seconds:.0f} s of it sampling."
-                  + (f" Note: {method.notes}." if method.notes else ""))
+            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> "
+                  f"{method.planned_steps} steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
+                  f"{method.points[-1].steps} steps; {time.perf_counter() - started:.0f} s in all, "
+                  f"{method.sample_seconds:.0f} s of it sampling." + (f" Note: {method.notes}." if method.notes else ""))
     return done, skipped
 
 
@@ -490,7 +484,8 @@ def plot_curves(methods: list[Method], real: dict, path: Path) -> Path | None:
         right.plot(x, [p.scores["agreement"] for p in m.points], marker="o", label=m.name)
     left.axhline(1.0, color="gray", linestyle="--", label="real digits")
     right.axhline(real["agreement"], color="gray", linestyle="--", label="real digits")
-    left.set(xlabel="training minutes", ylabel="FD / real-vs-real FD", yscale="log", title="distance to real digits (lower is better)")
+    left.set(xlabel="training minutes", ylabel="FD / real-vs-real FD", yscale="log",
+             title="distance to real digits (lower is better)")
     right.set(xlabel="training minutes", ylabel="share read as the digit asked for", ylim=(0, 1.02), title="label agreement")
     for ax in (left, right):
         ax.set_xlim(left=0)
@@ -512,9 +507,10 @@ def table_rows(methods: list[Method], real: dict, samples: int) -> list[dict]:
 
 
 def method_payload(m: Method) -> dict:
-    return dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps, warmup_steps=m.warmup_steps,
-                notes=m.notes, grid=m.grid, points=[dict(at=p.label, minutes=p.minutes, steps=p.steps,
-                                                         images_seen=p.steps * m.batch_size, **p.scores) for p in m.points])
+    points = [dict(at=p.label, minutes=p.minutes, steps=p.steps, images_seen=p.steps * m.batch_size, **p.scores)
+              for p in m.points]
+    return dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps,
+                warmup_steps=m.warmup_steps, notes=m.notes, grid=m.grid, points=points)
 
 
 def report(bench: Bench, plan: Plan, reference: Reference, done: list[Method], skipped: dict, started: float) -> None:
@@ -524,14 +520,16 @@ def report(bench: Bench, plan: Plan, reference: Reference, done: list[Method], s
     curve = plot_curves(done, reference.real, bench.results_dir / f"{name}_curve.png") if done and not args.pipelines else None
     payload = dict(
         quick=args.quick, config=str(plan.path), overrides=plan.sets, config_overrides=plan.overrides, minutes=plan.minutes,
-        samples=plan.samples, sample_steps=plan.sample_steps, guidance=plan.guidance, seed=plan.seed, train_seed=config.train.seed,
-        batch_size=config.train.batch_size,
+        samples=plan.samples, sample_steps=plan.sample_steps, guidance=plan.guidance, seed=plan.seed,
+        train_seed=config.train.seed, batch_size=config.train.batch_size,
         split=dict(train=len(reference.data["train_images"]), held_out=reference.held, val_size=config.data.val_size),
         classifier=dict(epochs=plan.classifier_epochs, accuracy_r1_r2=reference.accuracy), real_digits=reference.real,
         skipped=skipped, curve=str(curve) if curve else None, methods={m.name: method_payload(m) for m in done},
         seconds_total=time.perf_counter() - started,
     )
-    lines = [] if curve or args.pipelines or not done else ["note: matplotlib is not installed; no curve plot (pip install -e '.[bench]')."]
+    lines = []
+    if done and not args.pipelines and curve is None:
+        lines.append("note: matplotlib is not installed; no curve plot (pip install -e '.[bench]').")
     lines.append(f"sample grids: {', '.join(m.grid for m in done) or '-'}" + (f"; curve: {curve}" if curve else "")
                  + f". {time.perf_counter() - started:.0f} s in all.")
     bench.report(payload, table_rows(done, reference.real, plan.samples),
@@ -546,11 +544,15 @@ def options(parser) -> None:
                           "the config's train.seed)",
                 pipelines_help="score these trained pipeline folders (runs/mnist/pipeline) or checkpoints "
                                "(runs/mnist/checkpoints/step-00000600) instead of training the methods")
-    parser.add_argument("--samples", type=int, default=None, help="digits per evaluation point and per real set (default 500; --quick 50)")
-    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the config's diffusion.sample_steps; --quick 4)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's diffusion.guidance_scale)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="digits per evaluation point and per real set (default 500; --quick 50)")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="DDIM steps (default: the config's diffusion.sample_steps; --quick 4)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance scale (default: the config's diffusion.guidance_scale)")
     parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
-    parser.add_argument("--probe-steps", type=int, default=None, help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
+    parser.add_argument("--probe-steps", type=int, default=None,
+                        help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
 
 
 def measure(bench: Bench) -> None:
@@ -565,10 +567,11 @@ def measure(bench: Bench) -> None:
     plan = make_plan(bench)
     reference = make_reference(plan)
     config = plan.config
-    print(f"MNIST generation at equal time: {describe(bench.info)}. {time.perf_counter() - started:.0f} s to read the digits and fit "
-          f"the classifier. Split: {len(reference.data['train_images'])} training digits, {reference.held} held out "
-          f"(data.val_size {config.data.val_size:g}, train.seed {config.train.seed}); classifier {plan.classifier_epochs} epoch(s), "
-          f"accuracy {reference.accuracy:.3f} on R1 + R2; FD(R2, R1) = {reference.real_fd:.2f} at {plan.samples} vs {plan.samples}.")
+    print(f"MNIST generation at equal time: {describe(bench.info)}. {time.perf_counter() - started:.0f} s to read the digits "
+          f"and fit the classifier. Split: {len(reference.data['train_images'])} training digits, {reference.held} held out "
+          f"(data.val_size {config.data.val_size:g}, train.seed {config.train.seed}); classifier {plan.classifier_epochs} "
+          f"epoch(s), accuracy {reference.accuracy:.3f} on R1 + R2; FD(R2, R1) = {reference.real_fd:.2f} at {plan.samples} "
+          f"vs {plan.samples}.")
     print(f"Budget {plan.minutes:g} min per method, batch {config.train.batch_size}; {plan.samples} samples per point, "
           f"guidance {plan.guidance:g}, {plan.sample_steps} DDIM steps.")
     done, skipped = (score_folders(bench, plan, reference), {}) if args.pipelines else train_methods(bench, plan, reference)

@@ -53,17 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import (
-    PROJECT_ROOT,
-    Bench,
-    describe,
-    parameter_count,
-    pyplot,
-    quiet_progress_bars,
-    run_bench,
-    save_figure,
-    save_grid,
-)
+from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
 from bench.equal_time import add_options, budget_minutes, loop_seconds, probe_seconds, quiet, steps_for_budget
 from bench.metrics import cell_components, dice, pixel_error, rand_error
 from bench.smp_unet import SmpTask, load_smp_pipeline, smp_available, smp_crop
@@ -241,7 +231,8 @@ def prepare(bench: Bench) -> Experiment:
     train_idx, held_out = fixed_split(len(source))
     probe_task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
     if probe_task.num_classes != 2:
-        raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has {probe_task.num_classes}.")
+        raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has "
+                         f"{probe_task.num_classes}.")
     if base.segmentation.weight_map:
         for index in train_idx:
             probe_task.weight_map(source.load(index).mask, index)
@@ -256,7 +247,8 @@ def open_pipeline(folder: Path | SegmentationPipeline, device: torch.device) -> 
     return pipe.to(device)
 
 
-def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: float, probe_steps: int, device, say) -> tuple[dict, np.ndarray]:
+def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: float, probe_steps: int, device,
+               say) -> tuple[dict, np.ndarray]:
     """Probe, train two halves of ``minutes`` (scoring after each); what happened, and the last first mask."""
     with tempfile.TemporaryDirectory(prefix=f"probe-{method.name}-") as tmp:
         config = experiment.config(Path(tmp), probe_steps, None)
@@ -271,7 +263,8 @@ def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: f
         before = len(read_log(run_dir))
         result = train(config, resume="latest" if point == "end" else None, task=task, log=quiet)
         if task.trainer.train_examples.indices != list(range(TRAINING)) or task.trainer.val_examples is not None:
-            raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs (a bad image skipped?).")
+            raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs "
+                               "(a bad image skipped?).")
         used += loop_seconds(read_log(run_dir)[before:])
         started = time.perf_counter()
         pipe = method.pipeline(run_dir, device)
@@ -281,7 +274,7 @@ def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: f
         say(f"{method.label}, {point}: {used / 60:.2f} min, {result.step} steps, pixel error {mean['pixel_error']:.4f}, "
             f"Rand error {mean['rand_error']:.4f}")
     losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
-    return dict(method=method.name, label=method.label, parameters=parameter_count(pipe.unet),
+    return dict(method=method.name, label=method.label, parameters=pipe.unet.num_parameters(),
                 crop=method.crop, note=method.note, probe_seconds_per_step=step_seconds, planned_steps=steps,
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                 points=points), first
@@ -328,9 +321,9 @@ def score_pipelines(bench: Bench, experiment: Experiment) -> None:
         mean, per_image, _ = experiment.score(pipe, tta)
         results.append(dict(pipeline=str(folder), tta=tta, mean=mean, per_image=per_image, seconds=time.perf_counter() - started))
         rows.append({"pipeline": f"{folder}" + (f" (TTA {tta})" if tta else ""), **score_cells(mean)})
-    held_out = experiment.held_out
+    held_out, name = experiment.held_out, bench.results_name("pipelines" + (f"_tta_{tta}" if tta else ""))
     bench.report(dict(results=results, paper=PAPER), rows, ["pipeline", "pixel error", "Rand error", "membrane Dice"],
-                 f"held out: pairs {held_out[0]}-{held_out[-1]}", name=bench.results_name("pipelines" + (f"_tta_{tta}" if tta else "")))
+                 f"held out: pairs {held_out[0]}-{held_out[-1]}", name=name)
 
 
 # ---------------------------------------------------------------------------- pictures and report
@@ -338,7 +331,8 @@ def save_overlay(source, index: int, pred: np.ndarray, path: Path) -> None:
     """Image | truth | prediction (classes above 0 tinted), at half size."""
     raw = source.load(index)
     image = torch.from_numpy(np.asarray(raw.image.convert("L"), dtype=np.float32) / 127.5 - 1)[None]  # (1, H, W) in [-1, 1]
-    pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(raw.mask)), overlay(image, torch.from_numpy(pred))]
+    pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(raw.mask)),
+                overlay(image, torch.from_numpy(pred))]
     grid = torch.nn.functional.interpolate(torch.stack(pictures), scale_factor=0.5, mode="area")
     save_grid(grid, path, nrow=3, padding=4)
 
@@ -373,23 +367,29 @@ def report(bench: Bench, experiment: Experiment, results: list[dict], notes: lis
                    bench_overrides=run_overrides(Path("RUN"), "STEPS", "MINUTES", args.seed, args.threads), seed=args.seed,
                    training=names[:TRAINING], held_out=[names[i] for i in experiment.held_out],
                    results=results, paper=PAPER, curve=str(curve) if curve else None, notes=notes)
-    rows = [{"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M", "minutes": f"{p['minutes']:.2f}",
-             "steps": p["steps"], **score_cells(p["mean"])} for r in results for p in r["points"]]
+    rows = [{"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M",
+             "minutes": f"{p['minutes']:.2f}", "steps": p["steps"], **score_cells(p["mean"])}
+            for r in results for p in r["points"]]
     rows.append({"method": "paper (challenge test set, full training, rotation averaging)",
                  "pixel error": f"{PAPER['pixel_error']:.4f}", "Rand error": f"{PAPER['rand_error']:.4f}"})
-    lines = ["--quick: narrowed networks and a few seconds of training; the numbers say the benchmark runs end to end."] if args.quick else []
+    lines = ["--quick: narrowed networks and a few seconds of training; the numbers say the benchmark runs end to end."
+             ] if args.quick else []
     lines += [f"note: {note}." for note in notes]
-    lines.append(f"overlays (image | truth | prediction): {', '.join(r['overlay'] for r in results)}" + (f"; curve: {curve}" if curve else ""))
+    lines.append(f"overlays (image | truth | prediction): {', '.join(r['overlay'] for r in results)}"
+                 + (f"; curve: {curve}" if curve else ""))
     bench.report(payload, rows, ["method", "params", "minutes", "steps", "pixel error", "Rand error", "membrane Dice"], *lines)
 
 
 # ---------------------------------------------------------------------------- the entry
 def options(parser) -> None:
     add_options(parser, CONFIG, METHODS, seed_help="train.seed of every run (default 0)",
-                pipelines_help="score these trained pipeline folders (e.g. runs/isbi2012/pipeline) on pairs 20-24 instead of training")
+                pipelines_help="score these trained pipeline folders (e.g. runs/isbi2012/pipeline) on pairs 20-24 "
+                               "instead of training")
     parser.add_argument("--smp-encoder", default=None, help="smp encoder (default resnet34; --quick resnet18)")
-    parser.add_argument("--keep-run", type=Path, default=None, help="train into DIR/<method> and keep the runs (default: temporary folders)")
-    parser.add_argument("--tta", choices=["flip", "d4"], default=None, help="with --pipelines: test-time augmentation while scoring")
+    parser.add_argument("--keep-run", type=Path, default=None,
+                        help="train into DIR/<method> and keep the runs (default: temporary folders)")
+    parser.add_argument("--tta", choices=["flip", "d4"], default=None,
+                        help="with --pipelines: test-time augmentation while scoring")
 
 
 def measure(bench: Bench) -> None:

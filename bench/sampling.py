@@ -70,7 +70,8 @@ def time_pipelines(bench: Bench, preset: str, repeats: int) -> tuple[list[dict],
 
     def sample(pipe, batch: int, **extra):
         generator = torch.Generator(device).manual_seed(0)
-        return pipe(batch_size=batch, num_inference_steps=args.steps, eta=0.0, generator=generator, output_type="np", **extra).images
+        return pipe(batch_size=batch, num_inference_steps=args.steps, eta=0.0, generator=generator, output_type="np",
+                    **extra).images
 
     mine, reference = build_pipelines(preset, device, torch.float64)
     difference = float(abs(sample(mine, 1, sampler="ddim") - sample(reference, 1, use_clipped_model_output=True)).max())

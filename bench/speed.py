@@ -33,7 +33,6 @@ from bench.common import (
     fmt_rate,
     format_table,
     matmul_peak_flops,
-    parameter_count,
     peak_memory,
     run_bench,
     time_interleaved,
@@ -103,10 +102,11 @@ def make_step(model, mode: str, variant: dict, x, t, noise, device):
     return step
 
 
-def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str, warmup: int = 1) -> tuple[list, dict]:
+def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str,
+                 warmup: int = 1) -> tuple[list, dict]:
     config = CONFIGS[name]
     ours, theirs, diff = build_pair(config, device)
-    print(f"{name}: {parameter_count(ours):,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
+    print(f"{name}: {ours.num_parameters():,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
     size = config["sample_size"]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, config["in_channels"], size, size, generator=g).to(device)
@@ -149,7 +149,7 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
             rows.append(row)
             print(format_table([row], COLUMNS), flush=True)
             del models, steps
-    return rows, dict(parameters=parameter_count(ours), max_abs_diff=diff, flops=flops)
+    return rows, dict(parameters=ours.num_parameters(), max_abs_diff=diff, flops=flops)
 
 
 COLUMNS = [
@@ -179,11 +179,13 @@ def measure(bench: Bench) -> None:
     repeats = args.repeats or (2 if quick else 7)
     print(f"machine: {describe(bench.info)}", flush=True)
 
-    peaks = {dt: matmul_peak_flops(device, getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dt]), clock=args.clock) for dt in ("fp32", "bf16")}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {dt: matmul_peak_flops(device, dtype, clock=args.clock) for dt, dtype in dtypes.items()}
     print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     rows, checks = [], {}
     for name in configs:
-        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock, warmup=0 if quick else 1)
+        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock,
+                                       warmup=0 if quick else 1)
         rows += r
         payload = dict(args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
         bench.save(payload)  # after each config, so a cut-short run keeps what it measured

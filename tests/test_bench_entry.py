@@ -29,7 +29,8 @@ def test_every_bench_module_answers_help_with_the_shared_options():
         assert run.returncode == 0, f"python -m bench.{name} --help failed:\n{err[-2000:]}"
         assert all(flag in out for flag in SHARED), (name, out)
         if name.startswith("quality_"):
-            assert all(flag in out for flag in ("--minutes", "--methods", "--config", "--set", "--seed", "--pipelines")), (name, out)
+            own = ("--minutes", "--methods", "--config", "--set", "--seed", "--pipelines")
+            assert all(flag in out for flag in own), (name, out)
 
 
 def test_the_entry_applies_the_shared_options_and_reports_in_one_format(tmp_path, capsys):
