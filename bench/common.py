@@ -1,5 +1,11 @@
-"""Helpers shared by the benchmarks: devices, timing with interleaved repeats, memory, FLOPs,
-tables and JSON.
+"""The one entry of every benchmark and the helpers they share: devices, timing with interleaved
+repeats, memory, FLOPs, tables, JSON and pictures.
+
+Each benchmark is a module run as ``python -m bench.NAME``; its ``main`` is
+``run_bench(NAME, __doc__, options, measure)``: ``base_parser`` gives the options every benchmark takes
+(``--quick``, ``--device``, ``--threads``, ``--clock``, ``--out``), ``options`` adds the benchmark's
+own, the entry checks them and sets up the device and threads, and ``measure`` runs the benchmark
+with a ``Bench`` and ends with ``Bench.report``: the JSON (``machine`` first) and the Markdown table last.
 
 Every benchmark compares two (or more) contenders in the same process, on the same device, with
 the same inputs. Timings on a shared machine drift, so contenders are timed in turns
@@ -135,13 +141,14 @@ def run_bench(name: str, doc: str, options: Callable[[argparse.ArgumentParser], 
 
     ``options`` adds the benchmark's own arguments to the shared ones (``base_parser``); ``measure``
     runs it with the ``Bench`` (arguments, device) and reports through ``Bench.report``. ``timed=False``
-    for a benchmark that budgets wall time: it refuses ``--clock cpu``. Returns the exit status.
+    for a benchmark that does not time with ``--clock`` (it budgets wall time): it refuses ``--clock cpu``.
+    Returns the exit status.
     """
     parser = base_parser(doc)
     options(parser)
     args = parser.parse_args(argv)
     if not timed and args.clock != "wall":
-        parser.error(f"bench.{name} budgets wall time; --clock cpu does not apply.")
+        parser.error(f"bench.{name} runs by wall time only (its budgets and timings); --clock cpu does not apply.")
     try:
         device = setup_device(args.device, args.threads)
     except (RuntimeError, ValueError) as err:  # RuntimeError: torch's own for a malformed device string
@@ -234,7 +241,7 @@ class LiveTensorBytes(TorchDispatchMode):
     A device-independent measure of activation memory (the CPU counterpart of
     ``torch.cuda.max_memory_allocated`` minus the memory held before): every storage an operator
     returns is counted once, until it is freed. Memory held inside a library (oneDNN scratch
-    buffers, allocator caches) is not seen; ``bench/memory.py`` checks this measure against the
+    buffers, allocator caches) is not seen; ``bench.memory`` checks this measure against the
     process's resident set.
     """
 

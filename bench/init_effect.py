@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from bench.common import PROJECT_ROOT, Bench, describe, run_bench
+from bench.common import PROJECT_ROOT, Bench, describe, quiet_progress_bars, run_bench
 from train import load_config, train
 
 RUNS = {  # config -> overrides that make a short, cheap run of it
@@ -58,6 +58,7 @@ def measure(bench: Bench) -> None:
     seeds = args.seeds or (1 if args.quick else 3)
     if not bench.has_data("mnist", "isbi2012-membrane", what="MNIST or ISBI 2012"):
         return
+    quiet_progress_bars()
     results, rows = {}, []
     for name in RUNS:
         for scheme in SCHEMES:
