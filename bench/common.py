@@ -145,6 +145,7 @@ def run_bench(name: str, doc: str, options: Callable[[argparse.ArgumentParser], 
     Returns the exit status.
     """
     parser = base_parser(doc)
+    parser.prog = f"python -m bench.{name}"
     options(parser)
     args = parser.parse_args(argv)
     if not timed and args.clock != "wall":
