@@ -1,5 +1,11 @@
-"""Helpers shared by the benchmarks: devices, timing with interleaved repeats, memory, FLOPs,
-tables and JSON.
+"""The one entry of every benchmark and the helpers they share: devices, timing with interleaved
+repeats, memory, FLOPs, tables, JSON and pictures.
+
+Each benchmark is a module run as ``python -m bench.NAME``; its ``main`` is
+``run_bench(NAME, __doc__, options, measure)``: ``base_parser`` gives the options every benchmark takes
+(``--quick``, ``--device``, ``--threads``, ``--clock``, ``--out``), ``options`` adds the benchmark's
+own, the entry checks them and sets up the device and threads, and ``measure`` runs the benchmark
+with a ``Bench`` and ends with ``Bench.report``: the JSON (``machine`` first) and the Markdown table last.
 
 Every benchmark compares two (or more) contenders in the same process, on the same device, with
 the same inputs. Timings on a shared machine drift, so contenders are timed in turns
@@ -10,6 +16,7 @@ of medians is what the README reports.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -17,8 +24,9 @@ import statistics
 import subprocess
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,33 +35,137 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-# ---------------------------------------------------------------------------- environment
+# ---------------------------------------------------------------------------- the entry
 def data_dir() -> Path:
     """Where the datasets live: ``$UNET_DATA_DIR``, else ``../shared/data`` beside the project root."""
     return Path(os.environ.get("UNET_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data").resolve()
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """Arguments every benchmark takes: ``--quick``, ``--device``, ``--threads``, ``--out``."""
-    parser = argparse.ArgumentParser(description=description)
+def positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)``, refused unless above 0."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive; got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def base_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--quick``, ``--device``, ``--threads``, ``--clock``, ``--out``.
+
+    ``doc`` is the module's docstring; its first paragraph describes the benchmark in ``--help``.
+    """
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run that finishes in under a minute on 2 CPU cores")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all cores)")
+    parser.add_argument("--threads", type=positive(int), default=None, help="CPU threads for torch (default: all cores)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="time by wall clock, or by process CPU time (CPU only; use with --threads 1 on a busy machine)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: bench/results/<name>.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file for the results (default: bench/results/<name>.json, <name>_quick.json with --quick)")
     return parser
 
 
 def setup_device(name: str | None, threads: int | None) -> torch.device:
     """Resolve ``--device`` (auto: CUDA when present) and pin the CPU thread count explicitly."""
     device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device here; use --device cpu (or leave --device out).")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # what a user training in float32 on Ampere+ gets
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     return device
+
+
+@dataclass
+class Bench:
+    """One run of a benchmark: its parsed arguments and device, and where its results go."""
+
+    name: str                                    # results name: bench/results/<name>[_quick].json
+    args: argparse.Namespace
+    device: torch.device
+    parser: argparse.ArgumentParser
+
+    @functools.cached_property
+    def info(self) -> dict:
+        """The machine (``machine_info``), the first entry of every results JSON."""
+        return machine_info(self.device)
+
+    @property
+    def results_dir(self) -> Path:
+        """Where pictures go: beside ``--out``, else ``bench/results``."""
+        return self.args.out.parent if self.args.out else RESULTS_DIR
+
+    def results_name(self, variant: str | None = None) -> str:
+        """``<name>[_<variant>][_quick]``: the stem of the JSON and of the pictures beside it."""
+        return "_".join([self.name, *([variant] if variant else []), *(["quick"] if self.args.quick else [])])
+
+    def error(self, message: str) -> NoReturn:
+        """Stop with a usage error (exit status 2), as for a bad option."""
+        self.parser.error(message)
+
+    def has_data(self, *paths: str, what: str) -> bool:
+        """Whether ``paths`` (relative to ``data_dir()``) exist; if so ``$UNET_DATA_DIR`` names that folder
+        (the configs read it), else say the benchmark is skipped and what to set."""
+        missing = [p for p in paths if not (data_dir() / p).exists()]
+        if missing:
+            print(f"skipped: {what} is not under {data_dir()} (no {', '.join(missing)}). "
+                  "Set UNET_DATA_DIR to the folder that holds it.")
+            return False
+        os.environ["UNET_DATA_DIR"] = str(data_dir())
+        return True
+
+    def save(self, payload: dict, name: str | None = None) -> Path:
+        """Write ``{"machine": ..., **payload}`` to ``--out`` (default ``bench/results/<name>.json``)."""
+        return write_json(name or self.results_name(), dict(machine=self.info, **payload), self.args.out)
+
+    def report(self, payload: dict, rows: list[dict], columns: Sequence[str], *lines: str, name: str | None = None) -> Path:
+        """Save the JSON, print ``lines`` and its path, then the Markdown table of ``rows`` last."""
+        path = self.save(payload, name)
+        for line in (*lines, f"JSON: {path}"):
+            print(line)
+        print()
+        print(format_table(rows, columns))
+        return path
+
+
+def run_bench(name: str, doc: str, options: Callable[[argparse.ArgumentParser], None], measure: Callable[[Bench], object],
+              argv: Sequence[str] | None = None, *, timed: bool = True) -> int:
+    """The one entry of every benchmark (``python -m bench.<name>``): parse, check, set up, measure.
+
+    ``options`` adds the benchmark's own arguments to the shared ones (``base_parser``); ``measure``
+    runs it with the ``Bench`` (arguments, device) and reports through ``Bench.report``. ``timed=False``
+    for a benchmark that does not time with ``--clock`` (it budgets wall time): it refuses ``--clock cpu``.
+    Returns the exit status.
+    """
+    parser = base_parser(doc)
+    parser.prog = f"python -m bench.{name}"
+    options(parser)
+    args = parser.parse_args(argv)
+    if not timed and args.clock != "wall":
+        parser.error(f"bench.{name} runs by wall time only (its budgets and timings); --clock cpu does not apply.")
+    try:
+        device = setup_device(args.device, args.threads)
+    except (RuntimeError, ValueError) as err:  # RuntimeError: torch's own for a malformed device string
+        parser.error(str(err))
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error(f"--clock cpu measures process CPU time, which does not see {device}; use --clock wall there.")
+    return int(measure(Bench(name, args, device, parser)) or 0)
+
+
+def quiet_progress_bars() -> None:
+    """No progress bars from datasets (reading parquet files) or diffusers (loading pipelines)."""
+    import datasets
+    from diffusers.utils import logging as diffusers_logging
+
+    datasets.disable_progress_bars()
+    diffusers_logging.disable_progress_bar()
 
 
 def machine_info(device: torch.device) -> dict:
@@ -130,7 +242,7 @@ class LiveTensorBytes(TorchDispatchMode):
     A device-independent measure of activation memory (the CPU counterpart of
     ``torch.cuda.max_memory_allocated`` minus the memory held before): every storage an operator
     returns is counted once, until it is freed. Memory held inside a library (oneDNN scratch
-    buffers, allocator caches) is not seen; ``bench/memory.py`` checks this measure against the
+    buffers, allocator caches) is not seen; ``bench.memory`` checks this measure against the
     process's resident set.
     """
 
@@ -186,7 +298,8 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5, clock: str = "wall") -> float:
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5,
+                      clock: str = "wall") -> float:
     """The best FLOP/s of a square matmul in ``dtype`` on ``device``: the peak that MFU divides by.
 
     Measure it with the clock that times the model (``clock="cpu"``: process CPU time).
@@ -225,3 +338,42 @@ def write_json(name: str, payload: dict, path: Path | None = None) -> Path:
 def fmt_spread(summary: dict, scale: float = 1.0, digits: int = 1) -> str:
     """``median (min-max)`` of a timing summary, each multiplied by ``scale``."""
     return f"{summary['median'] * scale:.{digits}f} ({summary['min'] * scale:.{digits}f}-{summary['max'] * scale:.{digits}f})"
+
+
+def fmt_rate(summary: dict, count: float, digits: int = 1) -> str:
+    """``count`` per second of a timing summary, ``median (min-max)``: the fastest call gives the largest rate."""
+    rates = dict(median=count / summary["median"], min=count / summary["max"], max=count / summary["min"])
+    return fmt_spread(rates, digits=digits)
+
+
+# ---------------------------------------------------------------------------- pictures
+def save_grid(images: torch.Tensor, path: Path, nrow: int, padding: int = 2) -> Path:
+    """Images ``(N, C, H, W)`` in [0, 1] as a PNG grid of ``nrow`` per row on white (torchvision's ``save_image``)."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=nrow, padding=padding, pad_value=1.0)
+    return path
+
+
+def pyplot():
+    """matplotlib's ``pyplot`` on the file-only Agg backend, or None when it is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,7 +1,7 @@
 """Peak memory of one training step, with and without gradient checkpointing, our U-Net against
 diffusers' ``UNet2DModel`` on the same architecture.
 
-    python -m bench.memory --quick          # ddpm-cifar10, batch 2 (a smoke test: at this batch Adam, not activations, sets the peak)
+    python -m bench.memory --quick          # ddpm-cifar10, batch 2 (a smoke test: Adam, not activations, sets the peak)
     python -m bench.memory                  # ddpm-cifar10 batch 16, ddpm-64 batch 8
     python -m bench.memory --device cuda --batch 128
 
@@ -21,6 +21,7 @@ the difference between the models is their activations, so choose a batch where 
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import subprocess
@@ -29,16 +30,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from bench.common import (
-    LiveTensorBytes,
-    PROJECT_ROOT,
-    base_parser,
-    describe,
-    format_table,
-    machine_info,
-    setup_device,
-    write_json,
-)
+from bench.common import PROJECT_ROOT, Bench, LiveTensorBytes, describe, format_table, run_bench
 from bench.speed import CONFIGS
 
 
@@ -71,7 +63,7 @@ def measure(config_name: str, model_kind: str, checkpointing: bool, batch: int, 
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    result = dict(parameters=sum(p.numel() for p in model.parameters()))
+    result = dict(parameters=model.num_parameters())
     if device.type == "cuda":
         step()  # the Adam state exists from here on, as in any later step of training
         torch.cuda.synchronize(device)
@@ -105,20 +97,34 @@ def run_child(args: list[str]) -> dict:
 COLUMNS = ["config", "batch", "checkpointing", "ours MB", "diffusers MB", "ratio", "ours RSS MB", "diffusers RSS MB", "RSS ratio"]
 
 
-def main(argv=None):
-    parser = base_parser(__doc__.split("\n\n")[0])
+def options(parser) -> None:
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
-    parser.add_argument("--batch", type=int, default=None, help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 2 with --quick)")
-    parser.add_argument("--child", nargs=4, metavar=("CONFIG", "MODEL", "CKPT", "BATCH"), help=argparse_hidden())
-    args = parser.parse_args(argv)
-    device = setup_device(args.device, args.threads)
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch (default: 16 for ddpm-cifar10 and 8 for ddpm-64 on CPU, 128 on CUDA; 2 with --quick)")
+    parser.add_argument("--child", nargs=4, metavar=("CONFIG", "MODEL", "CKPT", "BATCH"), help=argparse.SUPPRESS)
+
+
+def memory_row(name: str, batch: int, ckpt: bool, res: dict) -> dict:
+    """A table row from the children's results ``{"ours": ..., "diffusers": ...}``."""
+    row = {"config": name, "batch": batch, "checkpointing": "on" if ckpt else "off"}
+    for kind in ("ours", "diffusers"):
+        row[f"{kind} MB"] = f"{res[kind]['peak_bytes'] / 2**20:.0f}"
+        if "rss_bytes" in res[kind]:
+            row[f"{kind} RSS MB"] = f"{res[kind]['rss_bytes'] / 2**20:.0f}"
+    row["ratio"] = f"{res['ours']['peak_bytes'] / res['diffusers']['peak_bytes']:.2f}x"
+    if "rss_bytes" in res["ours"]:
+        row["RSS ratio"] = f"{res['ours']['rss_bytes'] / max(res['diffusers']['rss_bytes'], 1):.2f}x"
+    row["_raw"] = res
+    return row
+
+
+def measure_all(bench: Bench) -> None:
+    args, device = bench.args, bench.device
     if args.child:
         name, kind, ckpt, batch = args.child
         print(json.dumps(measure(name, kind, ckpt == "1", int(batch), device)))
         return
-
-    info = machine_info(device)
-    print(f"machine: {describe(info)}", flush=True)
+    print(f"machine: {describe(bench.info)}", flush=True)
     configs = args.configs or (["ddpm-cifar10"] if args.quick else list(CONFIGS))
     default_batch = {"ddpm-cifar10": 16, "ddpm-64": 8} if device.type == "cpu" else {}
     common = ["--device", str(device)] + (["--threads", str(args.threads)] if args.threads else [])
@@ -127,32 +133,19 @@ def main(argv=None):
         batch = args.batch or (2 if args.quick else default_batch.get(name, 128))
         for ckpt in (False, True):
             res = {kind: run_child([name, kind, str(int(ckpt)), str(batch), *common]) for kind in ("ours", "diffusers")}
-            row = {"config": name, "batch": batch, "checkpointing": "on" if ckpt else "off"}
-            for kind in ("ours", "diffusers"):
-                row[f"{kind} MB"] = f"{res[kind]['peak_bytes'] / 2**20:.0f}"
-                if "rss_bytes" in res[kind]:
-                    row[f"{kind} RSS MB"] = f"{res[kind]['rss_bytes'] / 2**20:.0f}"
-            row["ratio"] = f"{res['ours']['peak_bytes'] / res['diffusers']['peak_bytes']:.2f}x"
-            if "rss_bytes" in res["ours"]:
-                row["RSS ratio"] = f"{res['ours']['rss_bytes'] / max(res['diffusers']['rss_bytes'], 1):.2f}x"
-            row["_raw"] = res
-            rows.append(row)
-            print(format_table([row], COLUMNS), flush=True)
-    path = write_json("memory", dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, rows=rows), args.out)
-    print(f"\nwrote {path}")
+            rows.append(memory_row(name, batch, ckpt, res))
+            print(format_table(rows[-1:], COLUMNS), flush=True)
     what = (
         "MB = peak live tensor bytes of a steady-state training step; RSS = peak resident-set growth over the first step "
         "(fresh process each)" if device.type == "cpu" else "MB = max_memory_allocated over a steady-state training step"
     )
-    print(f"\n{describe(info)}; {what}; ratio = ours / diffusers\n")
-    print(format_table(rows, COLUMNS))
+    bench.report(dict(args={k: str(v) for k, v in vars(args).items()}, rows=rows), rows, COLUMNS,
+                 f"\n{describe(bench.info)}; {what}; ratio = ours / diffusers")
 
 
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+def main(argv=None) -> int:
+    return run_bench("memory", __doc__, options, measure_all, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

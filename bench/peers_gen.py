@@ -1,8 +1,5 @@
-"""The peers of ``bench/quality_gen.py`` and the rule that gives every method the same training time.
+"""The peers of ``bench.quality_gen`` (``bench.equal_time`` gives each the same training time).
 
-- **Budget**: ``seconds_per_step`` of a short probe run, ``steps_for_budget`` (the step count that fills
-  the wall-time budget, so the learning-rate schedule ends with it) and ``scaled_warmup`` (the
-  config's warm-up, shrunk in proportion to the shorter run). The same rule sizes every method.
 - **diffusers**: ``GuidedUNet2DModel``, diffusers' ``UNet2DModel`` as our training loop and
   ``DenoisePipeline`` call it, and ``DiffusersUNetTask``, our ``DiffusionTask`` building that model.
 - **lucidrains**: ``LucidrainsRun``, denoising-diffusion-pytorch's classifier-free-guidance ``Unet``
@@ -28,40 +25,15 @@ from diffusers import UNet2DModel
 from train.diffusion import DiffusionTask, build_unet
 
 
-# ---------------------------------------------------------------------------- the budget rule
-def seconds_per_step(step_end_seconds: list[float]) -> float:
-    """Seconds per training step from the clock readings at the end of steps 1..n of a probe.
-
-    The first step carries one-off costs (allocations, first data reads), so the rate is taken over
-    steps 2..n: ``(t_n - t_1) / (n - 1)``.
-    """
-    if len(step_end_seconds) < 2:
-        raise ValueError(f"need the end times of at least 2 probe steps; got {len(step_end_seconds)}.")
-    span = step_end_seconds[-1] - step_end_seconds[0]
-    if not span > 0:
-        raise ValueError(f"probe step times must increase; got {step_end_seconds}.")
-    return span / (len(step_end_seconds) - 1)
-
-
-def steps_for_budget(minutes: float, step_seconds: float) -> int:
-    """Training steps that fill ``minutes`` at ``step_seconds`` per step (at least 1)."""
-    if not minutes > 0 or not step_seconds > 0:
-        raise ValueError(f"minutes and seconds per step must be positive; got {minutes}, {step_seconds}.")
-    return max(1, int(60 * minutes / step_seconds))
-
-
-def scaled_warmup(warmup_steps: int, steps: int, config_steps: int) -> int:
-    """The config's warm-up, scaled by ``steps / config_steps``, so the whole schedule keeps its shape."""
-    return min(steps - 1, round(warmup_steps * steps / config_steps)) if steps > 1 else 0
-
-
 def missing_package(method: str) -> str | None:
     """The package ``method`` needs and that is not installed, or None."""
-    needs = {"ours": [], "diffusers": [], "lucidrains": ["denoising_diffusion_pytorch", "ema_pytorch"]}[method]  # diffusers: a core dependency
+    # diffusers is a core dependency
+    needs = {"ours": [], "diffusers": [], "lucidrains": ["denoising_diffusion_pytorch", "ema_pytorch"]}[method]
     return next((name for name in needs if importlib.util.find_spec(name) is None), None)
 
 
 def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of any module (lucidrains' is no diffusers ``ModelMixin`` with ``num_parameters``)."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -104,7 +76,8 @@ def diffusers_fields(config) -> dict:
         raise ValueError(f"the config's U-Net translates to diffusers' {name}, not UNet2DModel; this peer needs a model "
                          "without cross-attention.")
     if ours.config.num_class_labels is None:
-        raise ValueError("the config's U-Net is not class-conditional (model.args.num_class_labels); this benchmark needs labels.")
+        raise ValueError("the config's U-Net is not class-conditional (model.args.num_class_labels); "
+                         "this benchmark needs labels.")
     fields.pop("num_class_embeds")
     return fields
 

@@ -2,9 +2,9 @@
 and lucidrains' ``denoising-diffusion-pytorch``, each trained for the same wall-clock minutes,
 sampled with the same classifier-free guidance and DDIM steps, and scored with a digit classifier.
 
-    UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python bench/quality_gen.py --quick --threads 1
-    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --minutes 15 --threads 2   # 500 samples: needs data.val_size >= 1000 (the config's)
-    UNET_DATA_DIR=/path/to/data python bench/quality_gen.py --pipelines runs/mnist/pipeline   # score a trained model, no training
+    UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python -m bench.quality_gen --quick --threads 1
+    UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --minutes 15 --threads 2   # 500 samples: data.val_size >= 1000
+    UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --pipelines runs/mnist/pipeline   # score a trained model, no training
 
 ``--quick`` trains a quarter-width network (channels 8, 16, 16) with batch 16 for 0.1 minute per
 method, trains the classifier one epoch, and scores 50 digits of 4 DDIM steps per point: it checks
@@ -44,7 +44,8 @@ disjoint real sets R1 and R2 of ``--samples`` digits each come from the held-out
 **Equal time.** Each method first trains a few throwaway probe steps; the seconds per step of steps
 2..n set ``train.steps = budget / seconds per step`` and scale the warm-up in proportion, so the
 learning-rate schedule ends with the budget. The budget itself is the hard stop (``train.max_minutes``
-for ours / diffusers, the same clock in the lucidrains loop). Time counts the training loop only
+for ours / diffusers, the same clock in the lucidrains loop); ``bench.equal_time`` holds the rule. Time counts
+the training loop only
 (data loading inside it included); setup, probes, checkpoints and evaluation are left out.
 
 **Evaluation**, the same for every method, at half the budget and at its end (the EMA weights at
@@ -80,20 +81,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
 import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
-from torchvision.utils import save_image
 
-from bench.common import PROJECT_ROOT, RESULTS_DIR, base_parser, data_dir, describe, format_table, machine_info, setup_device, write_json
-from bench.metrics import frechet_distance_of
-from bench.peers_gen import (
-    DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains, scaled_warmup, seconds_per_step,
+from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
+from bench.equal_time import (
+    add_options,
+    budget_minutes,
+    loop_seconds,
+    probe_seconds,
+    quiet,
+    scaled_warmup,
+    seconds_per_step,
     steps_for_budget,
 )
+from bench.metrics import frechet_distance_of
+from bench.peers_gen import DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains
 from pipelines import DenoisePipeline
 from train import load_config, train
 from train.config import AugmentConfig
@@ -104,7 +109,7 @@ from train.transforms import diffusion_transform
 CONFIG = PROJECT_ROOT / "configs" / "mnist.yaml"
 METHODS = ("ours", "diffusers", "lucidrains")
 CONFIDENT = 0.9          # a sample counts as confidently classified above this softmax probability
-QUICK = dict(minutes=0.1, samples=50, sample_steps=4, classifier_epochs=1, probe_steps=3)
+QUICK = dict(samples=50, sample_steps=4, classifier_epochs=1, probe_steps=3)
 # --quick also shrinks the network to a quarter of its width and the batch to 16 (--set comes after).
 QUICK_OVERRIDES = ["train.batch_size=16", "model.args.channels=[8,16,16]", "model.args.attention_head_channels=16"]
 
@@ -162,7 +167,8 @@ def classify(model: DigitClassifier, images: torch.Tensor) -> tuple[np.ndarray, 
 def requested_labels(count: int, classes: int = 10) -> torch.Tensor:
     """The labels samples are asked for: 0, 1, ..., classes - 1, 0, 1, ... (``count / classes`` of each)."""
     if count <= 0 or count % classes:
-        raise ValueError(f"the number of samples must be a positive multiple of {classes} (the same count of each digit); got {count}.")
+        raise ValueError(f"the number of samples must be a positive multiple of {classes} (the same count of each digit); "
+                         f"got {count}.")
     return torch.arange(count) % classes
 
 
@@ -269,41 +275,109 @@ def open_pipeline(folder: Path) -> DenoisePipeline:
     return DenoisePipeline(unet=UNet.from_pretrained(str(folder / "ema")), scheduler=noise_scheduler(run_config))
 
 
+# ---------------------------------------------------------------------------- the plan and the reference
+@dataclass
+class Plan:
+    """What every method gets: the config, the time budget and the sampling settings."""
+
+    path: Path                                   # --config
+    sets: list[str]                              # --set
+    overrides: list[str]                         # LOOP_OVERRIDES, --quick's, then --set's
+    config: object                               # the config they give
+    minutes: float
+    samples: int
+    sample_steps: int
+    guidance: float
+    classifier_epochs: int
+    probe_steps: int
+    seed: int
+
+
+def make_plan(bench: Bench) -> Plan:
+    """``--quick``'s or the full run's settings, with the config's where an option is left out."""
+    args, quick = bench.args, bench.args.quick
+    overrides = [*LOOP_OVERRIDES, *(QUICK_OVERRIDES if quick else []), *args.sets]
+    config = load_config(args.config, overrides)
+    return Plan(
+        args.config, args.sets, overrides, config, budget_minutes(args),
+        samples=args.samples or (QUICK["samples"] if quick else 500),
+        sample_steps=args.sample_steps or (QUICK["sample_steps"] if quick else config.diffusion.sample_steps),
+        guidance=args.guidance if args.guidance is not None else config.diffusion.guidance_scale,
+        classifier_epochs=args.classifier_epochs or (QUICK["classifier_epochs"] if quick else 3),
+        probe_steps=args.probe_steps or (QUICK["probe_steps"] if quick else 30 if bench.device.type == "cuda" else 6),
+        seed=args.seed,
+    )
+
+
+@dataclass
+class Reference:
+    """What every sample is scored against: the split, the classifier and the real sets R1 and R2."""
+
+    data: dict                                   # read_split's
+    classifier: DigitClassifier
+    asked: torch.Tensor                          # the labels samples are asked for
+    r1_features: np.ndarray
+    real_fd: float                               # FD(R2, R1)
+    real: dict                                   # R2's scores
+    accuracy: float                              # the classifier's on R1 + R2
+
+    @property
+    def held(self) -> int:
+        return 0 if self.data["held_images"] is None else len(self.data["held_images"])
+
+    def score(self, images: torch.Tensor) -> dict:
+        """``score_samples`` of images ``(N, 1, 28, 28)`` in [0, 1] asked for ``asked``."""
+        features, probs = classify(self.classifier, images)
+        return score_samples(features, probs, self.asked.numpy(), self.r1_features, self.real_fd)
+
+
+def make_reference(plan: Plan) -> Reference:
+    """Split the digits as a run does, fit the classifier, and draw R1 and R2 from the held-out digits."""
+    asked = requested_labels(plan.samples)
+    data = read_split(plan.config)
+    held = 0 if data["held_images"] is None else len(data["held_images"])
+    check_held_out(held, plan.samples, plan.config.data.val_size)
+    classifier = fit_classifier((data["train_images"] + 1) / 2, data["train_labels"], plan.classifier_epochs, plan.seed)
+    order = torch.from_numpy(np.random.default_rng(plan.seed).permutation(held))
+    r1, r2 = order[:plan.samples], order[plan.samples:2 * plan.samples]
+    held01 = (data["held_images"] + 1) / 2
+    r1_features, r1_probs = classify(classifier, held01[r1])
+    r2_features, r2_probs = classify(classifier, held01[r2])
+    held_labels = data["held_labels"].numpy()
+    accuracy = float(np.mean(np.concatenate([r1_probs, r2_probs]).argmax(1) == held_labels[torch.cat([r1, r2]).numpy()]))
+    real_fd = frechet_distance_of(r2_features, r1_features)
+    real = dict(classifier_scores(r2_probs, held_labels[r2.numpy()]), fd=real_fd)
+    return Reference(data, classifier, asked, r1_features, real_fd, real, accuracy)
+
+
+# ---------------------------------------------------------------------------- training the methods
 def loop_minutes(run_dir: Path, after_step: int = 0) -> float:
     """Minutes the loop's clock read at the last logged step after ``after_step`` (one invocation)."""
-    seconds = [r["seconds"] for r in read_log(run_dir) if "loss" in r and r["step"] > after_step]
-    return seconds[-1] / 60 if seconds else 0.0
+    return loop_seconds([r for r in read_log(run_dir) if r.get("step", 0) > after_step]) / 60
 
 
-def _quiet(text: str) -> None:
-    """Our loop's log, silenced: this script prints one line per method."""
-
-
-def run_our_loop(name: str, path: Path, overrides: list[str], make_task, minutes: float, probe_steps: int, workdir: Path,
-                 sample_steps: int, guidance: float, seed: int, device: torch.device) -> Method:
-    """Probe, then train ``name`` through ``train.train`` for ``minutes``, stopping at half time to keep a point."""
-    probe_dir = workdir / f"{name}-probe"
-    probe = load_config(path, [*overrides, f"train.steps={probe_steps}", f"train.output_dir={probe_dir}", "optim.warmup_steps=0",
-                               "diffusion.num_samples=1", "diffusion.sample_steps=1"])
-    train(probe, task=make_task(probe), log=_quiet)
-    step_seconds = seconds_per_step([r["seconds"] for r in read_log(probe_dir) if "loss" in r])
-
-    base = load_config(path, overrides)
+def run_our_loop(name: str, plan: Plan, make_task, workdir: Path, device: torch.device) -> Method:
+    """Probe, then train ``name`` through ``train.train`` for the budget, stopping at half time to keep a point."""
+    probe = load_config(plan.path, [*plan.overrides, f"train.steps={plan.probe_steps}",
+                                    f"train.output_dir={workdir}/{name}-probe", "optim.warmup_steps=0",
+                                    "diffusion.num_samples=1", "diffusion.sample_steps=1"])
+    step_seconds = probe_seconds(probe, make_task(probe))
+    base, minutes = plan.config, plan.minutes
     steps = steps_for_budget(minutes, step_seconds)
     warmup = scaled_warmup(base.optim.warmup_steps, steps, base.train.steps)
     run_dir = workdir / name
-    common = [*overrides, f"train.steps={steps}", f"optim.warmup_steps={warmup}", f"train.output_dir={run_dir}",
-              f"diffusion.sample_steps={sample_steps}"]
+    common = [*plan.overrides, f"train.steps={steps}", f"optim.warmup_steps={warmup}", f"train.output_dir={run_dir}",
+              f"diffusion.sample_steps={plan.sample_steps}"]
 
     def invoke(budget: float, resume: str | None):
-        config = load_config(path, [*common, f"train.max_minutes={budget}"])
+        config = load_config(plan.path, [*common, f"train.max_minutes={budget}"])
         task = make_task(config)
-        result = train(config, resume=resume, task=task, log=_quiet)
+        result = train(config, resume=resume, task=task, log=quiet)
         if isinstance(task, DiffusersUNetTask):
             pipe = DenoisePipeline(unet=task.ema_model, scheduler=task.scheduler)
         else:
             pipe = DenoisePipeline.from_pretrained(str(run_dir / "pipeline")).to(device)  # the EMA weights
-        return result, pipeline_sampler(pipe, sample_steps, guidance, seed), pipe.unet
+        return result, pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed), pipe.unet
 
     first, sampler, unet = invoke(minutes / 2, None)
     half_minutes = loop_minutes(run_dir)
@@ -318,23 +392,25 @@ def run_our_loop(name: str, path: Path, overrides: list[str], make_task, minutes
     return method
 
 
-def run_lucidrains(config, data: dict, minutes: float, probe_steps: int, sample_steps: int, guidance: float, seed: int,
-                   device: torch.device) -> Method:
-    """Probe, then train lucidrains' model for ``minutes``, keeping the EMA at half time."""
+def run_lucidrains(plan: Plan, data: dict, device: torch.device) -> Method:
+    """Probe, then train lucidrains' model for the budget, keeping the EMA at half time."""
+    config, minutes = plan.config, plan.minutes
+
     def with_train(steps: int, warmup: int):
         return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps),
                                    optim=dataclasses.replace(config.optim, warmup_steps=warmup))
 
     images, labels = data["train_images"], data["train_labels"]
-    probe = LucidrainsRun(with_train(probe_steps, 0), images, labels, sample_steps, device)
+    probe = LucidrainsRun(with_train(plan.probe_steps, 0), images, labels, plan.sample_steps, device)
     step_seconds = seconds_per_step(probe.run())
     steps = steps_for_budget(minutes, step_seconds)
     warmup = scaled_warmup(config.optim.warmup_steps, steps, config.train.steps)
-    run = LucidrainsRun(with_train(steps, warmup), images, labels, sample_steps, device)
+    run = LucidrainsRun(with_train(steps, warmup), images, labels, plan.sample_steps, device)
     run.run(minutes=minutes, snapshot_minutes=minutes / 2)
-    method = Method("lucidrains", parameter_count(run.snapshots[-1][3].model), step_seconds, steps, warmup, config.train.batch_size)
+    params = parameter_count(run.snapshots[-1][3].model)
+    method = Method("lucidrains", params, step_seconds, steps, warmup, config.train.batch_size)
     for label, point_minutes, point_steps, diffusion in run.snapshots:
-        sample = lambda asked, d=diffusion: sample_lucidrains(d, asked, guidance, seed)
+        sample = lambda asked, d=diffusion: sample_lucidrains(d, asked, plan.guidance, plan.seed)
         method.points.append(Point(label, point_minutes, point_steps, sample))
     if len(run.snapshots) == 1:  # the steps ran out before half the time: one model for both points
         method.points.insert(0, Point("half", *run.snapshots[0][1:3], method.points[0].sample))
@@ -342,16 +418,64 @@ def run_lucidrains(config, data: dict, minutes: float, probe_steps: int, sample_
     return method
 
 
+def score_points(method: Method, reference: Reference, grid: Path) -> Method:
+    """Sample and score every point of ``method``; the last point's first 100 samples go to ``grid`` (column k: digit k)."""
+    started = time.perf_counter()
+    for point in method.points:
+        images = point.sample(reference.asked)                               # (N, 1, 28, 28) in [0, 1]
+        point.scores = reference.score(images)
+    method.grid = str(save_grid(images[:100], grid, nrow=10))
+    method.sample_seconds = time.perf_counter() - started
+    return method
+
+
+def train_methods(bench: Bench, plan: Plan, reference: Reference) -> tuple[list[Method], dict[str, str]]:
+    """Train, sample and score each method of ``--methods``; the methods done, and why others were skipped."""
+    done, skipped = [], {}
+    with tempfile.TemporaryDirectory(prefix="quality-gen-") as tmp:
+        for name in bench.args.methods:
+            missing = missing_package(name)
+            if missing:
+                skipped[name] = f"{missing} is not installed (pip install -e '.[bench]')"
+                print(f"{name}: skipped, {skipped[name]}.")
+                continue
+            started = time.perf_counter()
+            try:
+                if name == "lucidrains":
+                    method = run_lucidrains(plan, reference.data, bench.device)
+                else:
+                    make_task = DiffusersUNetTask if name == "diffusers" else (lambda c: None)
+                    method = run_our_loop(name, plan, make_task, Path(tmp), bench.device)
+            except ValueError as err:  # a config this peer cannot express
+                skipped[name] = str(err)
+                print(f"{name}: skipped, {err}")
+                continue
+            done.append(score_points(method, reference, bench.results_dir / f"{bench.results_name()}_{name}.png"))
+            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> "
+                  f"{method.planned_steps} steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
+                  f"{method.points[-1].steps} steps; {time.perf_counter() - started:.0f} s in all, "
+                  f"{method.sample_seconds:.0f} s of it sampling." + (f" Note: {method.notes}." if method.notes else ""))
+    return done, skipped
+
+
+def score_folders(bench: Bench, plan: Plan, reference: Reference) -> list[Method]:
+    """Score the trained pipeline folders or checkpoints of ``--pipelines`` (no training)."""
+    done = []
+    for folder in bench.args.pipelines:
+        pipe = open_pipeline(folder).to(bench.device)
+        method = Method(str(folder), parameter_count(pipe.unet), 0.0, 0, 0, plan.config.train.batch_size,
+                        [Point("trained", float("nan"), 0, pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed))])
+        score_points(method, reference, bench.results_dir / f"{bench.results_name()}_{folder.parent.name}_{folder.name}.png")
+        print(f"{folder}: scored in {method.sample_seconds:.0f} s; grid {method.grid}")
+        done.append(method)
+    return done
+
+
 # ---------------------------------------------------------------------------- output
 def plot_curves(methods: list[Method], real: dict, path: Path) -> Path | None:
     """FD / real-FD and agreement against training minutes, one line per method; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("note: matplotlib is not installed; no curve plot (pip install matplotlib, or the bench extra).")
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for m in methods:
@@ -360,16 +484,13 @@ def plot_curves(methods: list[Method], real: dict, path: Path) -> Path | None:
         right.plot(x, [p.scores["agreement"] for p in m.points], marker="o", label=m.name)
     left.axhline(1.0, color="gray", linestyle="--", label="real digits")
     right.axhline(real["agreement"], color="gray", linestyle="--", label="real digits")
-    left.set(xlabel="training minutes", ylabel="FD / real-vs-real FD", yscale="log", title="distance to real digits (lower is better)")
+    left.set(xlabel="training minutes", ylabel="FD / real-vs-real FD", yscale="log",
+             title="distance to real digits (lower is better)")
     right.set(xlabel="training minutes", ylabel="share read as the digit asked for", ylim=(0, 1.02), title="label agreement")
     for ax in (left, right):
         ax.set_xlim(left=0)
         ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def table_rows(methods: list[Method], real: dict, samples: int) -> list[dict]:
@@ -385,155 +506,80 @@ def table_rows(methods: list[Method], real: dict, samples: int) -> list[dict]:
     return rows
 
 
-# ---------------------------------------------------------------------------- the benchmark
-def quiet_progress_bars() -> None:
-    """No progress bars from datasets (reading the parquet) or diffusers (loading pipelines)."""
-    import datasets
-    from diffusers.utils import logging as diffusers_logging
+def method_payload(m: Method) -> dict:
+    points = [dict(at=p.label, minutes=p.minutes, steps=p.steps, images_seen=p.steps * m.batch_size, **p.scores)
+              for p in m.points]
+    return dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps,
+                warmup_steps=m.warmup_steps, notes=m.notes, grid=m.grid, points=points)
 
-    datasets.disable_progress_bars()
-    diffusers_logging.disable_progress_bar()
+
+def report(bench: Bench, plan: Plan, reference: Reference, done: list[Method], skipped: dict, started: float) -> None:
+    """The curve (after training), the JSON and the table."""
+    args, config = bench.args, plan.config
+    name = bench.results_name("pipelines" if args.pipelines else None)
+    curve = plot_curves(done, reference.real, bench.results_dir / f"{name}_curve.png") if done and not args.pipelines else None
+    payload = dict(
+        quick=args.quick, config=str(plan.path), overrides=plan.sets, config_overrides=plan.overrides, minutes=plan.minutes,
+        samples=plan.samples, sample_steps=plan.sample_steps, guidance=plan.guidance, seed=plan.seed,
+        train_seed=config.train.seed, batch_size=config.train.batch_size,
+        split=dict(train=len(reference.data["train_images"]), held_out=reference.held, val_size=config.data.val_size),
+        classifier=dict(epochs=plan.classifier_epochs, accuracy_r1_r2=reference.accuracy), real_digits=reference.real,
+        skipped=skipped, curve=str(curve) if curve else None, methods={m.name: method_payload(m) for m in done},
+        seconds_total=time.perf_counter() - started,
+    )
+    lines = []
+    if done and not args.pipelines and curve is None:
+        lines.append("note: matplotlib is not installed; no curve plot (pip install -e '.[bench]').")
+    lines.append(f"sample grids: {', '.join(m.grid for m in done) or '-'}" + (f"; curve: {curve}" if curve else "")
+                 + f". {time.perf_counter() - started:.0f} s in all.")
+    bench.report(payload, table_rows(done, reference.real, plan.samples),
+                 ["method", "at", "params", "minutes", "steps", "images seen", "confident", "agreement", "FD", "FD / real"],
+                 *lines, name=name)
+
+
+# ---------------------------------------------------------------------------- the entry
+def options(parser) -> None:
+    add_options(parser, CONFIG, METHODS,
+                seed_help="seeds the classifier, the R1/R2 draw and the sampling noise (the split and the training follow "
+                          "the config's train.seed)",
+                pipelines_help="score these trained pipeline folders (runs/mnist/pipeline) or checkpoints "
+                               "(runs/mnist/checkpoints/step-00000600) instead of training the methods")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="digits per evaluation point and per real set (default 500; --quick 50)")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="DDIM steps (default: the config's diffusion.sample_steps; --quick 4)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="guidance scale (default: the config's diffusion.guidance_scale)")
+    parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
+    parser.add_argument("--probe-steps", type=int, default=None,
+                        help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
+
+
+def measure(bench: Bench) -> None:
+    args = bench.args
+    if bench.device.type == "cpu":
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # our loop's Accelerator would otherwise take a GPU
+    if not bench.has_data(*(["mnist/train.parquet"] if args.config == CONFIG else []),
+                          what="MNIST (mnist/train.parquet: a Hugging Face parquet file with columns image, label)"):
+        return
+    quiet_progress_bars()
+    started = time.perf_counter()
+    plan = make_plan(bench)
+    reference = make_reference(plan)
+    config = plan.config
+    print(f"MNIST generation at equal time: {describe(bench.info)}. {time.perf_counter() - started:.0f} s to read the digits "
+          f"and fit the classifier. Split: {len(reference.data['train_images'])} training digits, {reference.held} held out "
+          f"(data.val_size {config.data.val_size:g}, train.seed {config.train.seed}); classifier {plan.classifier_epochs} "
+          f"epoch(s), accuracy {reference.accuracy:.3f} on R1 + R2; FD(R2, R1) = {reference.real_fd:.2f} at {plan.samples} "
+          f"vs {plan.samples}.")
+    print(f"Budget {plan.minutes:g} min per method, batch {config.train.batch_size}; {plan.samples} samples per point, "
+          f"guidance {plan.guidance:g}, {plan.sample_steps} DDIM steps.")
+    done, skipped = (score_folders(bench, plan, reference), {}) if args.pipelines else train_methods(bench, plan, reference)
+    report(bench, plan, reference, done, skipped, started)
 
 
 def main(argv=None) -> int:
-    parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=None, help="training wall time per method (default 15; --quick 0.1)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="the training config (default configs/mnist.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every method, e.g. --set data.val_size=1000 (repeatable)")
-    parser.add_argument("--samples", type=int, default=None, help="digits per evaluation point and per real set (default 500; --quick 50)")
-    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the config's diffusion.sample_steps; --quick 4)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the config's diffusion.guidance_scale)")
-    parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
-    parser.add_argument("--probe-steps", type=int, default=None, help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
-    parser.add_argument("--pipelines", nargs="+", type=Path, default=None, metavar="DIR",
-                        help="score these trained pipeline folders (runs/mnist/pipeline) or checkpoints (runs/mnist/checkpoints/step-00000600) instead of training the methods")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the classifier, the R1/R2 draw and the sampling noise "
-                        "(the split and the training follow the config's train.seed)")
-    args = parser.parse_args(argv)
-    quick = args.quick
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        parser.error(f"--methods takes names from {', '.join(METHODS)}; got {args.methods!r}.")
-    device = setup_device(args.device, args.threads)
-    if device.type == "cpu":
-        os.environ["ACCELERATE_USE_CPU"] = "true"  # our loop's Accelerator would otherwise take a GPU
-    minutes = args.minutes or (QUICK["minutes"] if quick else 15.0)
-    samples = args.samples or (QUICK["samples"] if quick else 500)
-    epochs = args.classifier_epochs or (QUICK["classifier_epochs"] if quick else 3)
-    probe_steps = args.probe_steps or (QUICK["probe_steps"] if quick else 30 if device.type == "cuda" else 6)
-
-    parquet = data_dir() / "mnist" / "train.parquet"
-    if args.config == CONFIG and not parquet.is_file():
-        print(f"skipped: no MNIST at {parquet} (a Hugging Face parquet file with columns image, label). "
-              "Set UNET_DATA_DIR to the folder that holds mnist/train.parquet.")
-        return 0
-    os.environ["UNET_DATA_DIR"] = str(data_dir())  # the config reads ${UNET_DATA_DIR}
-    quiet_progress_bars()
-    overrides = [*LOOP_OVERRIDES, *(QUICK_OVERRIDES if quick else []), *args.overrides]
-    config = load_config(args.config, overrides)
-    sample_steps = args.sample_steps or (QUICK["sample_steps"] if quick else config.diffusion.sample_steps)
-    guidance = args.guidance if args.guidance is not None else config.diffusion.guidance_scale
-    info = machine_info(device)
-    started = time.perf_counter()
-
-    # The split, the classifier and the real reference sets.
-    data = read_split(config)
-    held = 0 if data["held_images"] is None else len(data["held_images"])
-    check_held_out(held, samples, config.data.val_size)
-    asked = requested_labels(samples)
-    classifier = fit_classifier((data["train_images"] + 1) / 2, data["train_labels"], epochs, args.seed)
-    order = torch.from_numpy(np.random.default_rng(args.seed).permutation(held))
-    r1, r2 = order[:samples], order[samples:2 * samples]
-    held01 = (data["held_images"] + 1) / 2
-    r1_features, r1_probs = classify(classifier, held01[r1])
-    r2_features, r2_probs = classify(classifier, held01[r2])
-    held_labels = data["held_labels"].numpy()
-    accuracy = float(np.mean(np.concatenate([r1_probs, r2_probs]).argmax(1) == held_labels[torch.cat([r1, r2]).numpy()]))
-    real_fd = frechet_distance_of(r2_features, r1_features)
-    real = dict(classifier_scores(r2_probs, held_labels[r2.numpy()]), fd=real_fd)
-    print(f"MNIST generation at equal time: {describe(info)}. {time.perf_counter() - started:.0f} s to read the digits and fit the classifier. Split: {len(data['train_images'])} training digits, {held} held out "
-          f"(data.val_size {config.data.val_size:g}, train.seed {config.train.seed}); classifier {epochs} epoch(s), accuracy "
-          f"{accuracy:.3f} on R1 + R2; FD(R2, R1) = {real_fd:.2f} at {samples} vs {samples}.")
-    print(f"Budget {minutes:g} min per method, batch {config.train.batch_size}; {samples} samples per point, guidance {guidance:g}, "
-          f"{sample_steps} DDIM steps.")
-
-    done: list[Method] = []
-    skipped: dict[str, str] = {}
-    if args.pipelines:
-        methods = []  # score the given folders, train nothing
-        for folder in args.pipelines:
-            pipe = open_pipeline(folder).to(device)
-            method = Method(str(folder), parameter_count(pipe.unet), 0.0, 0, 0, config.train.batch_size,
-                            [Point("trained", float("nan"), 0, pipeline_sampler(pipe, sample_steps, guidance, args.seed))])
-            t0 = time.perf_counter()
-            images = method.points[0].sample(asked)
-            features, probs = classify(classifier, images)
-            method.points[0].scores = score_samples(features, probs, asked.numpy(), r1_features, real_fd)
-            method.sample_seconds = time.perf_counter() - t0
-            grid = RESULTS_DIR / f"quality_gen_{folder.parent.name}_{folder.name}.png"
-            grid.parent.mkdir(parents=True, exist_ok=True)
-            save_image(images[:100], grid, nrow=10, padding=2, pad_value=1.0)  # column k: digit k
-            method.grid = str(grid)
-            print(f"{folder}: scored in {method.sample_seconds:.0f} s; grid {grid}")
-            done.append(method)
-    with tempfile.TemporaryDirectory(prefix="quality-gen-") as tmp:
-        for name in methods:
-            missing = missing_package(name)
-            if missing:
-                skipped[name] = f"{missing} is not installed (pip install -e '.[bench]')"
-                print(f"{name}: skipped, {skipped[name]}.")
-                continue
-            t_method = time.perf_counter()
-            try:
-                if name == "lucidrains":
-                    method = run_lucidrains(config, data, minutes, probe_steps, sample_steps, guidance, args.seed, device)
-                else:
-                    make_task = DiffusersUNetTask if name == "diffusers" else (lambda c: None)
-                    method = run_our_loop(name, args.config, overrides, make_task, minutes, probe_steps, Path(tmp),
-                                          sample_steps, guidance, args.seed, device)
-            except ValueError as err:  # a config this peer cannot express
-                skipped[name] = str(err)
-                print(f"{name}: skipped, {err}")
-                continue
-            t0 = time.perf_counter()
-            for point in method.points:
-                images = point.sample(asked)                                           # (N, 1, 28, 28) in [0, 1]
-                features, probs = classify(classifier, images)
-                point.scores = score_samples(features, probs, asked.numpy(), r1_features, real_fd)
-            grid = RESULTS_DIR / f"{'quality_gen_quick' if quick else 'quality_gen'}_{name}.png"
-            grid.parent.mkdir(parents=True, exist_ok=True)
-            save_image(images[:100], grid, nrow=10, padding=2, pad_value=1.0)  # the end point; column k: digit k
-            method.grid, method.sample_seconds = str(grid), time.perf_counter() - t0
-            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> {method.planned_steps} "
-                  f"steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
-                  f"{method.points[-1].steps} steps; {time.perf_counter() - t_method:.0f} s in all, {method.sample_seconds:.0f} s of it sampling."
-                  + (f" Note: {method.notes}." if method.notes else ""))
-            done.append(method)
-
-    name = "quality_gen_quick" if quick else "quality_gen_pipelines" if args.pipelines else "quality_gen"
-    curve = plot_curves(done, real, RESULTS_DIR / f"{name}_curve.png") if done and not args.pipelines else None
-    payload = dict(
-        machine=info, quick=quick, config=str(args.config), overrides=args.overrides, config_overrides=overrides,
-        minutes=minutes, samples=samples,
-        sample_steps=sample_steps, guidance=guidance, seed=args.seed, train_seed=config.train.seed, batch_size=config.train.batch_size,
-        split=dict(train=len(data["train_images"]), held_out=held, val_size=config.data.val_size),
-        classifier=dict(epochs=epochs, accuracy_r1_r2=accuracy), real_digits=real, skipped=skipped, curve=str(curve) if curve else None,
-        methods={m.name: dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps,
-                              warmup_steps=m.warmup_steps, notes=m.notes, grid=m.grid,
-                              points=[dict(at=p.label, minutes=p.minutes, steps=p.steps, images_seen=p.steps * m.batch_size, **p.scores)
-                                      for p in m.points])
-                 for m in done},
-        seconds_total=time.perf_counter() - started,
-    )
-    path = write_json(name, payload, args.out)
-    print(format_table(table_rows(done, real, samples),
-                       ["method", "at", "params", "minutes", "steps", "images seen", "confident", "agreement", "FD", "FD / real"]))
-    print(f"JSON: {path}; sample grids: {RESULTS_DIR}/{name}_<method>.png" + (f"; curve: {curve}" if curve else "")
-          + f". {time.perf_counter() - started:.0f} s in all.")
-    return 0
+    return run_bench("quality_gen", __doc__, options, measure, argv, timed=False)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Segmentation quality on the ISBI 2012 EM membranes at equal training wall time: our U-Net (the
 config's network) against segmentation-models-pytorch's U-Net, both trained by our loop.
 
-    UNET_DATA_DIR=/work/shared/data python bench/quality_seg.py --quick --threads 1   # smoke test, 1-1.5 minutes
-    UNET_DATA_DIR=/work/shared/data python bench/quality_seg.py --threads 1          # 15 training minutes per method
-    UNET_DATA_DIR=/data python bench/quality_seg.py --device cuda --minutes 30 --set train.mixed_precision=bf16
+    UNET_DATA_DIR=/work/shared/data python -m bench.quality_seg --quick --threads 1   # smoke test, 1-1.5 minutes
+    UNET_DATA_DIR=/work/shared/data python -m bench.quality_seg --threads 1          # 15 training minutes per method
+    UNET_DATA_DIR=/data python -m bench.quality_seg --device cuda --minutes 30 --set train.mixed_precision=bf16
 
 Everything about the training comes from ``--config`` (default ``configs/isbi2012.yaml``: network,
 crop, batch, loss, weight map, augmentation, optimizer, schedule), with ``--set key=value`` overrides
@@ -21,7 +21,7 @@ the output folder, the seed, the training set, and no mid-run evaluation, checkp
   config uses them) are computed once, before any timing, and shared.
 - **ours**: ``train.train`` on the config. **smp**: ``segmentation_models_pytorch.Unet``
   (``--smp-encoder``, random initialisation: nothing is downloaded) through the same loop, data,
-  augmentation, loss and optimizer (``bench/smp_unet.py``). It takes sides that are multiples of 32,
+  augmentation, loss and optimizer (``bench.smp_unet``). It takes sides that are multiples of 32,
   so its crop is the config's rounded down to one (388 -> 384; the run says so).
 - **Scoring**, identical for every method: the 5 held-out 512x512 images go whole through
   ``SegmentationPipeline`` (ours: the run's saved pipeline folder, overlap-tile for valid padding;
@@ -44,20 +44,17 @@ there is one; ``CUDA_VISIBLE_DEVICES=`` keeps it on the CPU).
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-
-import diffusers
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
-from bench.common import PROJECT_ROOT, RESULTS_DIR, base_parser, data_dir, describe, format_table, machine_info, setup_device, write_json
+from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
+from bench.equal_time import add_options, budget_minutes, loop_seconds, probe_seconds, quiet, steps_for_budget
 from bench.metrics import cell_components, dice, pixel_error, rand_error
 from bench.smp_unet import SmpTask, load_smp_pipeline, smp_available, smp_crop
 from pipelines import SegmentationPipeline
@@ -71,7 +68,7 @@ CONFIG = PROJECT_ROOT / "configs" / "isbi2012.yaml"
 PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}   # Ronneberger et al. 2015, ISBI 2012 test set
 METHODS = ("ours", "smp")
 PAIRS, TRAINING = 25, 20                                 # the ISBI 2012 pairs; the first 20 by name train
-QUICK = dict(minutes=0.1, channel_divisor=8, crop=100, smp_encoder="resnet18", probe_steps=3)
+QUICK = dict(channel_divisor=8, crop=100, smp_encoder="resnet18", probe_steps=3)
 PROBE_STEPS = 6
 # Keys the benchmark sets itself (run_overrides); --set may not change them.
 CONTROLLED = ("train.steps", "train.max_minutes", "train.output_dir", "train.seed", "train.eval_every",
@@ -80,15 +77,6 @@ CONTROLLED = ("train.steps", "train.max_minutes", "train.output_dir", "train.see
 
 
 # ---------------------------------------------------------------------------- pure helpers
-def parse_methods(text: str) -> list[str]:
-    """``"ours,smp"`` -> ``["ours", "smp"]``, checking the names."""
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"--methods takes a comma-separated list of {', '.join(METHODS)}; got {text!r}.")
-    return list(dict.fromkeys(methods))
-
-
 def check_sets(sets: list[str]) -> None:
     """Refuse ``--set`` overrides of what the benchmark controls."""
     for item in sets:
@@ -116,23 +104,9 @@ def run_overrides(run_dir: Path, steps: int, max_minutes: float | None, seed: in
     return items
 
 
-def seconds_per_step(records: list[dict]) -> float:
-    """Mean step time of a probe run's log (one record per step), leaving out the first (warm-up) step."""
-    times = [r["seconds"] for r in records if "seconds" in r]
-    if len(times) < 2:
-        raise ValueError(f"the probe run logged {len(times)} timed steps; it needs at least 2.")
-    return (times[-1] - times[0]) / (len(times) - 1)
-
-
 def plan_steps(minutes: float, step_seconds: float) -> int:
     """Steps that fill ``minutes`` at ``step_seconds`` each (at least 2: one per half)."""
-    return max(2, int(60 * minutes / step_seconds))
-
-
-def training_seconds(records: list[dict]) -> float:
-    """Seconds the training loop ran in one invocation: its last logged step's clock."""
-    times = [r["seconds"] for r in records if "seconds" in r]
-    return times[-1] if times else 0.0
+    return max(2, steps_for_budget(minutes, step_seconds))
 
 
 def shrunk_channels(channels, divisor: int) -> list[int]:
@@ -209,93 +183,164 @@ class Method:
         return task
 
     def pipeline(self, run_dir: Path, device: torch.device) -> SegmentationPipeline:
-        pipe = SegmentationPipeline.from_pretrained(str(run_dir / "pipeline")) if self.name == "ours" else load_smp_pipeline(run_dir)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe.to(device)
+        return open_pipeline(run_dir / "pipeline" if self.name == "ours" else load_smp_pipeline(run_dir), device)
 
 
-def score(pipe: SegmentationPipeline, source, held_out: list[int], cell: int, tta: str | None = None) -> tuple[dict, list[dict], np.ndarray]:
-    """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
-    per_image, first = [], None
-    for index in held_out:
-        raw = source.load(index)
-        pred = np.asarray(pipe(raw.image, tta=tta).masks[0])
-        per_image.append(dict(image=Path(source.name(index)).name, **segmentation_scores(raw.mask, pred, cell)))
-        first = pred if first is None else first
-    mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
-    return mean, per_image, first
+@dataclass
+class Experiment:
+    """What every method shares: the config with the overrides, the data, its split and the weight maps."""
+
+    path: Path                                   # --config
+    sets: list[str]                              # --quick's overrides, then --set's
+    base: object                                 # the config they give
+    source: object                               # the 25 ISBI 2012 pairs
+    held_out: list[int]
+    names: list[str]                             # file names of the pairs
+    weight_maps: dict                            # example index -> boundary weight map (when the config uses them)
+    seed: int
+    threads: int | None
+
+    @property
+    def cell(self) -> int:
+        return self.base.segmentation.object_class
+
+    def config(self, run_dir: Path, steps: int, max_minutes: float | None):
+        """The config of one training invocation (``run_overrides`` on top of the shared overrides)."""
+        return load_config(self.path, [*self.sets, *run_overrides(run_dir, steps, max_minutes, self.seed, self.threads)])
+
+    def score(self, pipe: SegmentationPipeline, tta: str | None = None) -> tuple[dict, list[dict], np.ndarray]:
+        """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
+        per_image, first = [], None
+        for index in self.held_out:
+            raw = self.source.load(index)
+            pred = np.asarray(pipe(raw.image, tta=tta).masks[0])
+            per_image.append(dict(image=Path(self.source.name(index)).name, **segmentation_scores(raw.mask, pred, self.cell)))
+            first = pred if first is None else first
+        mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
+        return mean, per_image, first
 
 
-def run_method(method: Method, make_config, run_dir: Path, minutes: float, probe_steps: int, source, held_out, cell, device, say):
-    """Probe, train two halves of ``minutes`` (scoring after each) and return what happened."""
-    quiet = lambda text: None
+def prepare(bench: Bench) -> Experiment:
+    """Read the config and the data, fix the split and compute the weight maps once, before any timing."""
+    args = bench.args
+    sets = [*(quick_overrides(args.config, args.sets) if args.quick else []), *args.sets]
+    base = load_config(args.config, sets)
+    if base.task != "segmentation":
+        raise ValueError(f"{args.config} is a {base.task} config; this benchmark needs task: segmentation.")
+    source = open_source(base)
+    train_idx, held_out = fixed_split(len(source))
+    probe_task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
+    if probe_task.num_classes != 2:
+        raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has "
+                         f"{probe_task.num_classes}.")
+    if base.segmentation.weight_map:
+        for index in train_idx:
+            probe_task.weight_map(source.load(index).mask, index)
+    return Experiment(args.config, sets, base, source, held_out, [Path(source.name(i)).name for i in range(len(source))],
+                      probe_task._weight_maps, args.seed, args.threads)
+
+
+def open_pipeline(folder: Path | SegmentationPipeline, device: torch.device) -> SegmentationPipeline:
+    """A trained pipeline (a folder, or one already built) on ``device``, without progress bars."""
+    pipe = folder if isinstance(folder, SegmentationPipeline) else SegmentationPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: float, probe_steps: int, device,
+               say) -> tuple[dict, np.ndarray]:
+    """Probe, train two halves of ``minutes`` (scoring after each); what happened, and the last first mask."""
     with tempfile.TemporaryDirectory(prefix=f"probe-{method.name}-") as tmp:
-        config = make_config(Path(tmp), probe_steps, None)
-        train(config, task=method.task(config), log=quiet)
-        step_seconds = seconds_per_step(read_log(tmp))
+        config = experiment.config(Path(tmp), probe_steps, None)
+        step_seconds = probe_seconds(config, method.task(config))
     steps = plan_steps(minutes, step_seconds)
     say(f"{method.label}: {step_seconds:.3f} s a step in the probe -> train.steps={steps} for {minutes:g} min")
-
-    points, used, done = [], 0.0, 0
+    points, used = [], 0.0
     for point in ("half", "end"):
         limit = minutes / 2 if point == "half" else max(minutes - used / 60, 1e-3)  # the end: what the half left
-        config = make_config(run_dir, steps, limit)
+        config = experiment.config(run_dir, steps, limit)
         task = method.task(config)
         before = len(read_log(run_dir))
         result = train(config, resume="latest" if point == "end" else None, task=task, log=quiet)
         if task.trainer.train_examples.indices != list(range(TRAINING)) or task.trainer.val_examples is not None:
-            raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs (a bad image skipped?).")
-        used += training_seconds(read_log(run_dir)[before:])
-        done = result.step
+            raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs "
+                               "(a bad image skipped?).")
+        used += loop_seconds(read_log(run_dir)[before:])
         started = time.perf_counter()
         pipe = method.pipeline(run_dir, device)
-        mean, per_image, first = score(pipe, source, held_out, cell)
-        points.append(dict(point=point, max_minutes=limit, minutes=used / 60, steps=done, mean=mean, per_image=per_image,
+        mean, per_image, first = experiment.score(pipe)
+        points.append(dict(point=point, max_minutes=limit, minutes=used / 60, steps=result.step, mean=mean, per_image=per_image,
                            eval_seconds=time.perf_counter() - started))
-        say(f"{method.label}, {point}: {used / 60:.2f} min, {done} steps, pixel error {mean['pixel_error']:.4f}, "
+        say(f"{method.label}, {point}: {used / 60:.2f} min, {result.step} steps, pixel error {mean['pixel_error']:.4f}, "
             f"Rand error {mean['rand_error']:.4f}")
     losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
-    return dict(method=method.name, label=method.label, parameters=sum(p.numel() for p in pipe.unet.parameters()),
+    return dict(method=method.name, label=method.label, parameters=pipe.unet.num_parameters(),
                 crop=method.crop, note=method.note, probe_seconds_per_step=step_seconds, planned_steps=steps,
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                 points=points), first
 
 
-def score_pipelines(folders: list[Path], source, held_out: list[int], cell: int, device, tta: str | None, info: dict, out) -> int:
+def train_methods(bench: Bench, experiment: Experiment, methods: list[str]) -> tuple[list[dict], list[str]]:
+    """Train and score each method for the budget; their results and the notes worth printing."""
+    args, minutes, name = bench.args, budget_minutes(bench.args), bench.results_name()
+    smp_encoder = args.smp_encoder or (QUICK["smp_encoder"] if args.quick else "resnet34")
+    clock = time.perf_counter()
+    say = lambda text: print(f"[{time.perf_counter() - clock:4.0f} s] {text}", flush=True)
+    names, sets = experiment.names, experiment.sets
+    say(f"ISBI 2012 membranes, {minutes:g} training minutes per method; {describe(bench.info)}. Config {args.config}"
+        + (f" with {' '.join(sets)}" if sets else "") + f". Training: {names[0]}..{names[TRAINING - 1]}; "
+        f"held out: {', '.join(names[i] for i in experiment.held_out)}.")
+    results, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="isbi2012-") as tmp:
+        for method_name in methods:
+            method = Method(method_name, experiment.base, smp_encoder, experiment.weight_maps)
+            if method.note:
+                say(f"note: {method.note}.")
+                notes.append(method.note)
+            run_dir = (args.keep_run or Path(tmp)) / method_name
+            result, first = run_method(method, experiment, run_dir, minutes,
+                                       QUICK["probe_steps"] if args.quick else PROBE_STEPS, bench.device, say)
+            result["overlay"] = str(bench.results_dir / f"{name}_overlay_{method_name}.png")
+            save_overlay(experiment.source, experiment.held_out[0], first, Path(result["overlay"]))
+            results.append(result)
+    return results, notes
+
+
+def score_cells(mean: dict) -> dict:
+    """The table cells of mean scores."""
+    return {"pixel error": f"{mean['pixel_error']:.4f}", "Rand error": f"{mean['rand_error']:.4f}",
+            "membrane Dice": f"{mean['membrane_dice']:.4f}"}
+
+
+def score_pipelines(bench: Bench, experiment: Experiment) -> None:
     """Score trained pipeline folders on the held-out pairs (no training): a table and JSON."""
-    rows, results = [], []
-    for folder in folders:
-        pipe = SegmentationPipeline.from_pretrained(str(folder)).to(device)
-        pipe.set_progress_bar_config(disable=True)
+    rows, results, tta = [], [], bench.args.tta
+    for folder in bench.args.pipelines:
+        pipe = open_pipeline(folder, bench.device)
         started = time.perf_counter()
-        mean, per_image, _ = score(pipe, source, held_out, cell, tta)
+        mean, per_image, _ = experiment.score(pipe, tta)
         results.append(dict(pipeline=str(folder), tta=tta, mean=mean, per_image=per_image, seconds=time.perf_counter() - started))
-        rows.append({"pipeline": f"{folder}" + (f" (TTA {tta})" if tta else ""), "pixel error": f"{mean['pixel_error']:.4f}",
-                     "Rand error": f"{mean['rand_error']:.4f}", "membrane Dice": f"{mean['membrane_dice']:.4f}"})
-    path = write_json("quality_seg_pipelines" + (f"_tta_{tta}" if tta else ""), dict(machine=info, results=results, paper=PAPER), out)
-    print(f"held out: pairs {held_out[0]}-{held_out[-1]}; JSON: {path}")
-    print(format_table(rows, ["pipeline", "pixel error", "Rand error", "membrane Dice"]))
-    return 0
+        rows.append({"pipeline": f"{folder}" + (f" (TTA {tta})" if tta else ""), **score_cells(mean)})
+    held_out, name = experiment.held_out, bench.results_name("pipelines" + (f"_tta_{tta}" if tta else ""))
+    bench.report(dict(results=results, paper=PAPER), rows, ["pipeline", "pixel error", "Rand error", "membrane Dice"],
+                 f"held out: pairs {held_out[0]}-{held_out[-1]}", name=name)
 
 
-# ---------------------------------------------------------------------------- pictures
+# ---------------------------------------------------------------------------- pictures and report
 def save_overlay(source, index: int, pred: np.ndarray, path: Path) -> None:
     """Image | truth | prediction (classes above 0 tinted), at half size."""
     raw = source.load(index)
     image = torch.from_numpy(np.asarray(raw.image.convert("L"), dtype=np.float32) / 127.5 - 1)[None]  # (1, H, W) in [-1, 1]
-    pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(raw.mask)), overlay(image, torch.from_numpy(pred))]
+    pictures = [(image + 1).expand(3, -1, -1) / 2, overlay(image, torch.from_numpy(raw.mask)),
+                overlay(image, torch.from_numpy(pred))]
     grid = torch.nn.functional.interpolate(torch.stack(pictures), scale_factor=0.5, mode="area")
-    save_image(grid, path, nrow=3, padding=4, pad_value=1.0)
+    save_grid(grid, path, nrow=3, padding=4)
 
 
 def plot_curves(results: list[dict], path: Path) -> Path | None:
     """Pixel error and Rand error against training minutes, a line per method; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, title in zip(axes, ("pixel_error", "rand_error"), ("pixel error", "Rand error")):
@@ -303,126 +348,76 @@ def plot_curves(results: list[dict], path: Path) -> Path | None:
             points = result["points"]
             ax.plot([p["minutes"] for p in points], [p["mean"][key] for p in points], marker="o", label=result["label"])
         ax.axhline(PAPER[key], color="gray", linestyle="--", linewidth=1, label="paper (test set)")
-        ax.set_xlabel("training minutes")
-        ax.set_title(f"{title} (5 held-out images)")
+        ax.set(xlabel="training minutes", title=f"{title} (5 held-out images)")
         ax.set_xlim(left=0)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-# ---------------------------------------------------------------------------- main
-def main(argv=None) -> int:
-    parser = base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=None, help=f"training wall time per method (default 15; --quick {QUICK['minutes']})")
-    parser.add_argument("--methods", default="ours,smp", help="comma-separated: ours, smp (default ours,smp)")
-    parser.add_argument("--config", type=Path, default=CONFIG, help="training config (default configs/isbi2012.yaml)")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every method, e.g. --set optim.lr=3e-4 (repeatable)")
+def report(bench: Bench, experiment: Experiment, results: list[dict], notes: list[str]) -> None:
+    """The JSON, the curve, and the table of every method's points with the paper's row."""
+    args, name = bench.args, bench.results_name()
+    curve = plot_curves(results, bench.results_dir / f"{name}_curve.png")
+    if curve is None:
+        notes.append("matplotlib is not installed: no curve picture")
+    names = experiment.names
+    payload = dict(quick=args.quick, minutes=budget_minutes(args), config=str(args.config), overrides=experiment.sets,
+                   bench_overrides=run_overrides(Path("RUN"), "STEPS", "MINUTES", args.seed, args.threads), seed=args.seed,
+                   training=names[:TRAINING], held_out=[names[i] for i in experiment.held_out],
+                   results=results, paper=PAPER, curve=str(curve) if curve else None, notes=notes)
+    rows = [{"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M",
+             "minutes": f"{p['minutes']:.2f}", "steps": p["steps"], **score_cells(p["mean"])}
+            for r in results for p in r["points"]]
+    rows.append({"method": "paper (challenge test set, full training, rotation averaging)",
+                 "pixel error": f"{PAPER['pixel_error']:.4f}", "Rand error": f"{PAPER['rand_error']:.4f}"})
+    lines = ["--quick: narrowed networks and a few seconds of training; the numbers say the benchmark runs end to end."
+             ] if args.quick else []
+    lines += [f"note: {note}." for note in notes]
+    lines.append(f"overlays (image | truth | prediction): {', '.join(r['overlay'] for r in results)}"
+                 + (f"; curve: {curve}" if curve else ""))
+    bench.report(payload, rows, ["method", "params", "minutes", "steps", "pixel error", "Rand error", "membrane Dice"], *lines)
+
+
+# ---------------------------------------------------------------------------- the entry
+def options(parser) -> None:
+    add_options(parser, CONFIG, METHODS, seed_help="train.seed of every run (default 0)",
+                pipelines_help="score these trained pipeline folders (e.g. runs/isbi2012/pipeline) on pairs 20-24 "
+                               "instead of training")
     parser.add_argument("--smp-encoder", default=None, help="smp encoder (default resnet34; --quick resnet18)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--keep-run", type=Path, default=None, help="train into DIR/<method> and keep the runs (default: temporary folders)")
-    parser.add_argument("--pipelines", nargs="+", type=Path, default=None, metavar="DIR",
-                        help="score these trained pipeline folders (e.g. runs/isbi2012/pipeline) on pairs 20-24 instead of training")
-    parser.add_argument("--tta", choices=["flip", "d4"], default=None, help="with --pipelines: test-time augmentation while scoring")
-    args = parser.parse_args(argv)
-    if args.clock != "wall":
-        parser.error("this benchmark budgets wall time; --clock cpu does not apply.")
-    methods = parse_methods(args.methods)
-    if args.minutes is not None and not args.minutes > 0:
-        parser.error(f"--minutes must be positive; got {args.minutes}.")
-    check_sets(args.sets)
-    minutes = args.minutes or (QUICK["minutes"] if args.quick else 15.0)
-    smp_encoder = args.smp_encoder or (QUICK["smp_encoder"] if args.quick else "resnet34")
+    parser.add_argument("--keep-run", type=Path, default=None,
+                        help="train into DIR/<method> and keep the runs (default: temporary folders)")
+    parser.add_argument("--tta", choices=["flip", "d4"], default=None,
+                        help="with --pipelines: test-time augmentation while scoring")
 
-    folder = data_dir() / "isbi2012-membrane"
-    if not (folder / "image").is_dir() or not (folder / "label").is_dir():
-        print(f"skipped: the ISBI 2012 data is not at {folder} (image/ and label/ folders of 25 PNGs each). "
-              "Set UNET_DATA_DIR to the folder that holds isbi2012-membrane/.")
-        return 0
-    os.environ["UNET_DATA_DIR"] = str(data_dir())  # the config reads ${UNET_DATA_DIR}
-    diffusers.utils.logging.disable_progress_bar()  # no "Loading pipeline components" bars between the lines
+
+def measure(bench: Bench) -> None:
+    args = bench.args
+    try:
+        check_sets(args.sets)
+    except ValueError as err:
+        bench.error(str(err))
+    if not bench.has_data("isbi2012-membrane/image", "isbi2012-membrane/label",
+                          what="the ISBI 2012 data (isbi2012-membrane/: image/ and label/ folders of 25 PNGs each)"):
+        return
+    quiet_progress_bars()  # no "Loading pipeline components" bars between the lines
+    methods = list(args.methods)
     if "smp" in methods and not smp_available():
         print("note: segmentation-models-pytorch is not installed (pip install -e '.[bench]'); skipping smp.")
         methods.remove("smp")
     if not methods:
-        return 0
-    device = setup_device(args.device, args.threads)
-    info = machine_info(device)
-
-    sets = [*(quick_overrides(args.config, args.sets) if args.quick else []), *args.sets]
-    base = load_config(args.config, sets)
-    if base.task != "segmentation":
-        raise ValueError(f"{args.config} is a {base.task} config; this benchmark needs task: segmentation.")
-    source = open_source(base)
-    train_idx, held_out = fixed_split(len(source))
-    names = [Path(source.name(i)).name for i in range(len(source))]
-    probe_task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
-    if probe_task.num_classes != 2:
-        raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has {probe_task.num_classes}.")
-    cell = base.segmentation.object_class
-    if base.segmentation.weight_map:
-        for index in train_idx:
-            probe_task.weight_map(source.load(index).mask, index)
-
+        return
+    experiment = prepare(bench)
     if args.pipelines:
-        return score_pipelines(args.pipelines, source, held_out, cell, device, args.tta, info, args.out)
+        score_pipelines(bench, experiment)
+        return
+    results, notes = train_methods(bench, experiment, methods)
+    report(bench, experiment, results, notes)
 
-    def make_config(run_dir: Path, steps: int, max_minutes: float | None):
-        return load_config(args.config, [*sets, *run_overrides(run_dir, steps, max_minutes, args.seed, args.threads)])
 
-    name = "quality_seg_quick" if args.quick else "quality_seg"
-    out_dir = args.out.parent if args.out else RESULTS_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clock = time.perf_counter()
-    say = lambda text: print(f"[{time.perf_counter() - clock:4.0f} s] {text}", flush=True)
-    say(f"ISBI 2012 membranes, {minutes:g} training minutes per method; {describe(info)}. Config {args.config}"
-        + (f" with {' '.join(sets)}" if sets else "") + f". Training: {names[0]}..{names[TRAINING - 1]}; "
-        f"held out: {', '.join(names[i] for i in held_out)}.")
-    results, notes = [], []
-    with tempfile.TemporaryDirectory(prefix="isbi2012-") as tmp:
-        for method_name in methods:
-            method = Method(method_name, base, smp_encoder, probe_task._weight_maps)
-            if method.note:
-                say(f"note: {method.note}.")
-                notes.append(method.note)
-            run_dir = (args.keep_run or Path(tmp)) / method_name
-            result, first = run_method(method, make_config, run_dir, minutes,
-                                             QUICK["probe_steps"] if args.quick else PROBE_STEPS, source, held_out, cell, device, say)
-            result["overlay"] = str(out_dir / f"{name}_overlay_{method_name}.png")
-            save_overlay(source, held_out[0], first, Path(result["overlay"]))
-            results.append(result)
-
-    curve = plot_curves(results, out_dir / f"{name}_curve.png")
-    if curve is None:
-        notes.append("matplotlib is not installed: no curve picture")
-    payload = dict(machine=info, quick=args.quick, minutes=minutes, config=str(args.config), overrides=sets,
-                   bench_overrides=run_overrides(Path("RUN"), "STEPS", "MINUTES", args.seed, args.threads), seed=args.seed,
-                   training=[names[i] for i in train_idx], held_out=[names[i] for i in held_out],
-                   results=results, paper=PAPER, curve=str(curve) if curve else None, notes=notes)
-    path = write_json(name, payload, args.out)
-
-    rows = []
-    for r in results:
-        for p in r["points"]:
-            m = p["mean"]
-            rows.append({"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M",
-                         "minutes": f"{p['minutes']:.2f}", "steps": p["steps"], "pixel error": f"{m['pixel_error']:.4f}",
-                         "Rand error": f"{m['rand_error']:.4f}", "membrane Dice": f"{m['membrane_dice']:.4f}"})
-    rows.append({"method": "paper (challenge test set, full training, rotation averaging)",
-                 "pixel error": f"{PAPER['pixel_error']:.4f}", "Rand error": f"{PAPER['rand_error']:.4f}"})
-    if args.quick:
-        print("--quick: narrowed networks and a few seconds of training; the numbers say the benchmark runs end to end.")
-    for note in notes:
-        print(f"note: {note}.")
-    print(f"JSON: {path}; overlays (image | truth | prediction): {', '.join(r['overlay'] for r in results)}"
-          + (f"; curve: {curve}" if curve else ""))
-    print(format_table(rows, ["method", "params", "minutes", "steps", "pixel error", "Rand error", "membrane Dice"]))
-    return 0
+def main(argv=None) -> int:
+    return run_bench("quality_seg", __doc__, options, measure, argv, timed=False)
 
 
 if __name__ == "__main__":

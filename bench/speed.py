@@ -20,23 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from bench.common import (
-    base_parser,
+    Bench,
     count_flops,
     describe,
-    fmt_spread,
+    fmt_rate,
     format_table,
-    machine_info,
     matmul_peak_flops,
     peak_memory,
-    setup_device,
+    run_bench,
     time_interleaved,
-    write_json,
 )
 from unet_diffusion import UNet, to_diffusers
 from unet_diffusion.presets import preset_config
@@ -103,10 +102,11 @@ def make_step(model, mode: str, variant: dict, x, t, noise, device):
     return step
 
 
-def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str, warmup: int = 1) -> tuple[list, dict]:
+def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str,
+                 warmup: int = 1) -> tuple[list, dict]:
     config = CONFIGS[name]
     ours, theirs, diff = build_pair(config, device)
-    print(f"{name}: {sum(p.numel() for p in ours.parameters()):,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
+    print(f"{name}: {ours.num_parameters():,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
     size = config["sample_size"]
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, config["in_channels"], size, size, generator=g).to(device)
@@ -138,7 +138,7 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
             peak = peaks["bf16" if variant["bf16"] else "fp32"]
             row = dict(config=name, batch=batch, variant=variant_name, mode=mode)
             for k in ("ours", "diffusers"):
-                row[f"{k} img/s"] = fmt_spread({s: batch / v for s, v in (("median", times[k]["median"]), ("min", times[k]["max"]), ("max", times[k]["min"]))})
+                row[f"{k} img/s"] = fmt_rate(times[k], batch)
                 row[f"{k} MFU"] = f"{100 * flops[mode] / times[k]['median'] / peak:.1f}%"
                 if mem:
                     row[f"{k} MB"] = f"{mem[k] / 2**20:.0f}"
@@ -149,7 +149,7 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
             rows.append(row)
             print(format_table([row], COLUMNS), flush=True)
             del models, steps
-    return rows, dict(parameters=sum(p.numel() for p in ours.parameters()), max_abs_diff=diff, flops=flops)
+    return rows, dict(parameters=ours.num_parameters(), max_abs_diff=diff, flops=flops)
 
 
 COLUMNS = [
@@ -158,37 +158,44 @@ COLUMNS = [
 ]
 
 
-def main(argv=None):
-    parser = base_parser(__doc__.split("\n\n")[0])
+def options(parser) -> None:
     parser.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS))
     parser.add_argument("--variants", nargs="+", default=None, help=f"default: {' '.join(DEFAULT_VARIANTS)}")
     parser.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 8 on CPU, 128 on CUDA; 2 with --quick)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender (default 7, 2 with --quick)")
-    args = parser.parse_args(argv)
-    device = setup_device(args.device, args.threads)
-    quick = args.quick
+
+
+def measure(bench: Bench) -> None:
+    args, device, quick = bench.args, bench.device, bench.args.quick
     configs = args.configs or (["ddpm-cifar10"] if quick else list(CONFIGS))
     variants = args.variants or (["fp32"] if quick else DEFAULT_VARIANTS + (["bf16-compile"] if device.type == "cuda" else []))
     for v in variants:
-        parse_variant(v)
+        try:
+            parse_variant(v)
+        except ValueError as err:
+            bench.error(str(err))
     batch = args.batch or (2 if quick else 8 if device.type == "cpu" else 128)
     repeats = args.repeats or (2 if quick else 7)
-    info = machine_info(device)
-    print(f"machine: {describe(info)}", flush=True)
+    print(f"machine: {describe(bench.info)}", flush=True)
 
-    peaks = {dt: matmul_peak_flops(device, getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dt]), clock=args.clock) for dt in ("fp32", "bf16")}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {dt: matmul_peak_flops(device, dtype, clock=args.clock) for dt, dtype in dtypes.items()}
     print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
     rows, checks = [], {}
     for name in configs:
-        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock, warmup=0 if quick else 1)
+        r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock,
+                                       warmup=0 if quick else 1)
         rows += r
-        payload = dict(machine=info, args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
-        path = write_json("speed", payload, args.out)  # after each config, so a cut-short run keeps what it measured
-    print(f"\nwrote {path}")
-    print(f"\n{describe(info)}; images/s ({args.clock} clock) median (min-max) of {repeats} interleaved repeats; ratio = ours / diffusers\n")
-    print(format_table(rows, COLUMNS))
+        payload = dict(args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
+        bench.save(payload)  # after each config, so a cut-short run keeps what it measured
+    bench.report(payload, rows, COLUMNS, f"\n{describe(bench.info)}; images/s ({args.clock} clock) median (min-max) of {repeats} "
+                 "interleaved repeats; ratio = ours / diffusers")
+
+
+def main(argv=None) -> int:
+    return run_bench("speed", __doc__, options, measure, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.peers_gen import parameter_count, scaled_warmup, seconds_per_step, steps_for_budget
+from bench.equal_time import scaled_warmup, seconds_per_step, steps_for_budget
+from bench.peers_gen import parameter_count
 from bench.quality_gen import check_held_out, classifier_scores, requested_labels, score_samples
 from tests.trainkit import TINY_DIFFUSION, merged, write_config
 from train import load_config, train

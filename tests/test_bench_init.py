@@ -1,4 +1,4 @@
-"""bench/init_effect.py: the loss windows it reports."""
+"""bench.init_effect: the loss windows it reports."""
 
 import pytest
 

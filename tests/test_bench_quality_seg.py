@@ -6,8 +6,19 @@ import torch
 import yaml
 from trainkit import TINY_SEGMENTATION, merged
 
-from bench.quality_seg import (check_sets, fixed_split, nearest_crop, parse_methods, plan_steps, plot_curves, quick_overrides,
-                               run_overrides, seconds_per_step, segmentation_scores, shrunk_channels, training_seconds)
+from bench.equal_time import loop_seconds, parse_methods, seconds_per_step, step_clock
+from bench.quality_seg import (
+    METHODS,
+    check_sets,
+    fixed_split,
+    nearest_crop,
+    plan_steps,
+    plot_curves,
+    quick_overrides,
+    run_overrides,
+    segmentation_scores,
+    shrunk_channels,
+)
 from bench.smp_unet import SmpTask, SmpUNet, check_side, load_smp_pipeline, smp_available, smp_crop
 from train import load_config, train
 from train.config import config_from_dict
@@ -56,10 +67,10 @@ def test_smp_sides():
 
 # ---------------------------------------------------------------------------- helpers
 def test_methods_sets_and_split():
-    assert parse_methods("ours, smp,ours") == ["ours", "smp"] and parse_methods("smp") == ["smp"]
+    assert parse_methods("ours, smp,ours", METHODS) == ["ours", "smp"] and parse_methods("smp", METHODS) == ["smp"]
     for bad in ("", "ours,fcn"):
         with pytest.raises(ValueError, match="--methods"):
-            parse_methods(bad)
+            parse_methods(bad, METHODS)
     check_sets(["optim.lr=3e-4", "model.args.channels=[8, 16]"])
     with pytest.raises(ValueError, match="sets train.steps itself"):
         check_sets(["train.steps=10"])
@@ -81,10 +92,10 @@ def test_run_overrides_fix_the_training_set_and_budget(tmp_path):
 
 def test_budget_arithmetic():
     records = [{"step": 1, "seconds": 2.0}, {"step": 2, "seconds": 2.5}, {"eval": {}}, {"step": 3, "seconds": 3.1}]
-    assert seconds_per_step(records) == pytest.approx(0.55)  # the first (warm-up) step left out
-    assert training_seconds(records) == 3.1 and training_seconds([]) == 0.0
+    assert seconds_per_step(step_clock(records)) == pytest.approx(0.55)  # the first (warm-up) step left out
+    assert loop_seconds(records) == 3.1 and loop_seconds([]) == 0.0
     with pytest.raises(ValueError, match="at least 2"):
-        seconds_per_step(records[:1])
+        seconds_per_step(step_clock(records[:1]))
     assert plan_steps(15, 0.5) == 1800 and plan_steps(0.001, 10) == 2
 
 

@@ -4,8 +4,8 @@ import shlex
 
 from readme import code_blocks, section
 
-from unet_diffusion.cli import build_parser
 from train.config import PROJECT_ROOT, load_config
+from unet_diffusion.cli import build_parser
 
 
 def test_readme_training_commands_parse_and_their_configs_load():
@@ -17,8 +17,8 @@ def test_readme_training_commands_parse_and_their_configs_load():
         argv = shlex.split(line, comments=True)
         while "=" in argv[0]:                  # environment settings such as UNET_DATA_DIR=...
             argv = argv[1:]
-        if argv[0] == "python":                # a benchmark that scores the trained run
-            assert (PROJECT_ROOT / argv[1]).is_file(), argv[1]
+        if argv[0] == "python":                # a benchmark that scores the trained run: python -m bench.NAME
+            assert argv[1] == "-m" and (PROJECT_ROOT / f"{argv[2].replace('.', '/')}.py").is_file(), argv[1:3]
             continue
         if argv[0] == "accelerate":
             argv = argv[argv.index("unet_diffusion.cli") + 1:]
