@@ -7,10 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.tiling import mirror_pad
 from train.config import AugmentConfig, load_config
-from train.data import (BadImageError, DatasetsSource, ExampleOrder, Examples, ImageMaskPairs, SyntheticShapes,
-                        check_images, split_indices)
-from train.transforms import JointTransform, mirror_pad
+from train.data import (
+    BadImageError,
+    DatasetsSource,
+    ExampleOrder,
+    Examples,
+    ImageMaskPairs,
+    SyntheticShapes,
+    check_images,
+    split_indices,
+)
+from train.transforms import JointTransform
 
 
 def blobs(size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -60,8 +69,30 @@ def test_rotation_corners_are_marked_invalid():
 
 def test_mirror_pad_reflects_beyond_the_image():
     x = torch.arange(4.0).reshape(1, 1, 4)
-    assert mirror_pad(x.expand(1, 4, 4).clone(), 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
-    assert mirror_pad(torch.rand(1, 3, 3), 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+    assert mirror_pad(x.expand(1, 4, 4).clone(), 2, 2, 2, 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
+    assert mirror_pad(torch.rand(1, 3, 3), 7, 7, 7, 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+
+
+def test_training_crops_are_mirrored_like_the_pipelines_tiles():
+    """One mirror_pad (pipelines.tiling) for the valid-padding training crops and the overlap-tile inference."""
+    image, mask = torch.rand(1, 8, 8), torch.zeros(8, 8, dtype=torch.long)
+    crop, _, _ = JointTransform(out_size=8, in_size=14, augment=AugmentConfig())(image, mask)
+    assert torch.equal(crop, mirror_pad(image[None], 3, 3, 3, 3)[0])
+
+
+def test_training_overlays_use_the_pipelines_palette():
+    """train.segmentation.overlay and the `segment --overlay` pictures tint a class in the same colour."""
+    from pipelines.images import PALETTE
+    from pipelines.images import overlay as pipeline_overlay
+    from train.segmentation import overlay
+
+    classes = torch.tensor([[0, 1, 2], [3, 9, 0]])
+    image = torch.rand(3, 2, 3) * 2 - 1                                    # [-1, 1], as training sees it
+    picture = overlay(image, classes)                                      # (3, H, W) in [0, 1]
+    pil = Image.fromarray((((image + 1) / 2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    theirs = np.asarray(pipeline_overlay(pil, classes.numpy()), dtype=np.float32) / 255
+    np.testing.assert_allclose(picture.permute(1, 2, 0).numpy(), theirs, atol=1.5 / 255)
+    assert torch.allclose(picture[:, 0, 1], 0.5 * (image[:, 0, 1] + 1) / 2 + 0.5 * PALETTE[0])
 
 
 def test_grid_elastic_draws_the_papers_displacements():
