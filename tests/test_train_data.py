@@ -214,3 +214,30 @@ def test_parquet_dataset_source_reads_images_and_labels_and_names_bad_rows(tmp_p
     with pytest.raises(ValueError, match=r"data.label_column='digit' is not a column .* its columns are \['image', 'label'\]"):
         DatasetsSource(load_config(None, ["data.source=datasets", "data.path=parquet", "data.label_column=digit",
                                           f"data.data_files={tmp_path / 'good.parquet'}"]).data)
+
+
+def test_diffusion_examples_are_checked_by_the_networks_rules():
+    """A label or context the model cannot take fails on reading the example, with the network's message."""
+    from diffusers.training_utils import compute_snr
+
+    from train.data import RawExample
+    from train.diffusion import DiffusionTask
+
+    args = ("{channels: [8, 16], blocks_per_level: 1, attention_levels: [1], mid_attention: false, norm_groups: 4, "
+            "attention_head_channels: 4, num_class_labels: 3, cross_attention_levels: [1], context_dim: 8}")
+    task = DiffusionTask(load_config(None, ["task=diffusion", "data.image_size=8", "model.preset=tiny", f"model.args={args}"]))
+    image, context = Image.new("RGB", (8, 8)), np.zeros((2, 8), dtype=np.float32)
+    example = task.prepare(RawExample(image, label=2, context=context), 0)
+    assert example["label"].item() in (2, 3) and example["context"].shape == (2, 8)
+    with pytest.raises(ValueError, match=r"^example 5: this model is class-conditional: pass class_labels.*data.label_column"):
+        task.prepare(RawExample(image, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5: class_labels must lie in \[0, 4\)"):
+        task.prepare(RawExample(image, label=7, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5 has label 3, the null label"):
+        task.prepare(RawExample(image, label=3, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5: encoder_hidden_states must have shape \(1, L, 8\); got \(1, 2, 6\)"):
+        task.prepare(RawExample(image, label=0, context=np.zeros((2, 6), dtype=np.float32)), 5)
+    # Min-SNR weighting reads diffusers' compute_snr: alpha_bar / (1 - alpha_bar).
+    t = torch.arange(task.scheduler.config.num_train_timesteps)
+    alpha_bar = task.scheduler.alphas_cumprod
+    torch.testing.assert_close(compute_snr(task.scheduler, t), alpha_bar / (1 - alpha_bar), rtol=1e-6, atol=0)
