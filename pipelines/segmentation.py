@@ -18,6 +18,12 @@ from .inference import eval_mode, fail_if
 from .tiling import mirror_pad, overlap_tile, sliding_window, whole_image
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
+CONDITIONING = ("time_embedding", "num_class_labels", "context_dim")  # config fields of inputs other than the image
+
+
+def conditioned_through(config) -> list[str]:
+    """The conditioning a U-Net config asks for; a segmenter of the pipeline (and of training) takes only the image."""
+    return [field for field in CONDITIONING if config[field] is not None]
 
 
 @dataclass
@@ -84,7 +90,7 @@ class SegmentationPipeline(DiffusionPipeline):
                 f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. "
                 "Sample from denoisers with DenoisePipeline (or `unet-diffusion sample`)."
             )
-        conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
+        conditioned = conditioned_through(config)
         if conditioned:
             raise InputError(
                 f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. "

@@ -17,6 +17,7 @@ from torchvision.utils import save_image
 
 from pipelines import SegmentationPipeline
 from pipelines.images import tint
+from pipelines.segmentation import conditioned_through
 from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
@@ -92,9 +93,9 @@ class SegmentationTask:
         if c.head != "segment":
             raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
                               "or use a preset such as seg-small or ronneberger2015.")
-        if c.time_embedding is not None or c.num_class_labels is not None or c.context_dim is not None:
-            raise ConfigError("a segmentation model here takes only the image: set time_embedding=null, num_class_labels=null "
-                              "and no cross-attention in model.args.")
+        if conditioned_through(c):
+            raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
+                              f"{', '.join(conditioned_through(c))}: set them to null in model.args.")
         self.num_classes = c.out_channels
         s = config.segmentation
         if s.class_weights is not None and len(s.class_weights) != self.num_classes:
