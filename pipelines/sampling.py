@@ -240,9 +240,9 @@ class DenoisePipeline(DiffusionPipeline):
         labels, context = _as_batch(class_labels), _as_batch(context, ndim=3)
         init = None if image is None else self._init_image(image)
         batch_size = self._batch_size(batch_size, labels, context, init)
-        fail_if((isinstance(generator, list) and len(generator) != batch_size,
-                 f"generator is a list of {len(generator) if isinstance(generator, list) else 1} for a batch of {batch_size}; "
-                 "give one generator, or one per image."))
+        generators = len(generator) if isinstance(generator, list) else None
+        fail_if((generators not in (None, batch_size),
+                 f"generator is a list of {generators} for a batch of {batch_size}; give one generator, or one per image."))
         labels, context = _expand(labels, batch_size), _expand(context, batch_size)
         check_conditioning(self.unet.config, labels, context, batch_size)  # the network's rules, before any noise is drawn
         labels = None if labels is None else labels.long().to(device)
@@ -293,50 +293,42 @@ class DenoisePipeline(DiffusionPipeline):
         return null_labels, negative.to(context)
 
     def _sample_size(self, height, width, init) -> tuple[int, int]:
+        """The sample's ``(H, W)``: the init image's, else ``height`` / ``width`` or the U-Net's ``sample_size``."""
         if init is not None:
             image_size = tuple(init.shape[2:])
-            if (height or image_size[0], width or image_size[1]) != image_size:
-                raise InputError(
-                    f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
-                    "leave them out or resize the image."
-                )
+            fail_if(((height or image_size[0], width or image_size[1]) != image_size,
+                     f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
+                     "leave them out or resize the image."))
             height, width = image_size
         if height is None or width is None:
             size = self.unet.config.sample_size
-            if size is None:
-                raise InputError("the U-Net config has no sample_size; pass height and width.")
+            fail_if((size is None, "the U-Net config has no sample_size; pass height and width."))
             size = (size, size) if isinstance(size, int) else tuple(size)
             height, width = height or size[0], width or size[1]
         out = self.unet.output_size((int(height), int(width)))  # raises naming valid sizes nearby
-        if tuple(out) != (height, width):
-            raise InputError(
-                f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this valid-padding U-Net; "
-                "a denoiser must keep the size (use padding='same')."
-            )
+        fail_if((tuple(out) != (height, width), f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this "
+                                                "valid-padding U-Net; a denoiser must keep the size (use padding='same')."))
         return int(height), int(width)
 
     def _init_image(self, image) -> torch.Tensor:
-        channels = self.unet.config.in_channels
-        pixels = to_tensor(image, channels=channels, name="image")
+        pixels = to_tensor(image, channels=self.unet.config.in_channels, name="image")
         low, high = pixels.min().item(), pixels.max().item()
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise InputError(
-                f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
-                "Images in [-1, 1] convert with (x + 1) / 2."
-            )
+        fail_if((low < -1e-3 or high > 1 + 1e-3,
+                 f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
+                 "Images in [-1, 1] convert with (x + 1) / 2."))
         return pixels * 2 - 1  # the denoiser works in [-1, 1]
 
     def _mask(self, mask_image, init, batch_size) -> torch.Tensor:
         if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 2:
             mask_image = mask_image[None]
         mask = to_tensor(mask_image, channels=1, name="mask_image")
-        if mask.shape[2:] != init.shape[2:]:
-            raise InputError(
-                f"mask_image is {mask.shape[2]} x {mask.shape[3]} (H x W) but the image is {init.shape[2]} x {init.shape[3]}; "
-                "give a mask of the image's size (white = generate, black = keep)."
-            )
-        if len(mask) not in (1, batch_size):
-            raise InputError(f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image.")
+        (h, w), (image_h, image_w) = mask.shape[2:], init.shape[2:]
+        fail_if(
+            ((h, w) != (image_h, image_w), f"mask_image is {h} x {w} (H x W) but the image is {image_h} x {image_w}; "
+                                           "give a mask of the image's size (white = generate, black = keep)."),
+            (len(mask) not in (1, batch_size),
+             f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image."),
+        )
         return (mask >= 0.5).float().expand(batch_size, -1, -1, -1)
 
     def _check_variance(self, scheduler) -> bool:
@@ -344,13 +336,11 @@ class DenoisePipeline(DiffusionPipeline):
         # Only schedulers with a variance_type setting (DDPM) read it; a config copied from DDPM to
         # another sampler may still carry the key.
         reads_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-        scheduler_learns = reads_variance and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
-        if scheduler_learns and not self.unet.config.learned_variance:
-            raise InputError(
-                f"the scheduler has variance_type={scheduler.config.variance_type!r} but the U-Net predicts no variance "
-                "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."
-            )
-        return scheduler_learns
+        variance_type = scheduler.config.get("variance_type") if reads_variance else None
+        fail_if((variance_type in LEARNED_VARIANCE_TYPES and not self.unet.config.learned_variance,
+                 f"the scheduler has variance_type={variance_type!r} but the U-Net predicts no variance "
+                 "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."))
+        return variance_type in LEARNED_VARIANCE_TYPES
 
     def _timesteps(self, scheduler, num_inference_steps, strength, run: _Run) -> torch.Tensor:
         """The schedule; image-to-image and inpainting run only its last ``strength`` part."""
@@ -369,8 +359,8 @@ class DenoisePipeline(DiffusionPipeline):
     @staticmethod
     def _truncate(scheduler, timesteps, num_inference_steps: int, strength: float):
         """The last ``strength`` part of the schedule, for starting from a noised image."""
-        if not 0.0 <= strength <= 1.0:
-            raise InputError(f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}.")
+        fail_if((not 0.0 <= strength <= 1.0,
+                 f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}."))
         start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
         begin = start * scheduler.order
         if hasattr(scheduler, "set_begin_index"):
@@ -381,15 +371,9 @@ class DenoisePipeline(DiffusionPipeline):
     @staticmethod
     def _step_kwargs(scheduler, eta: float, generator) -> dict:
         accepted = inspect.signature(scheduler.step).parameters
-        kwargs = {}
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        elif eta:
-            raise InputError(
-                f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'."
-            )
-        if "generator" in accepted:
-            kwargs["generator"] = generator
+        fail_if((eta and "eta" not in accepted, f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. "
+                                                "Leave eta at 0 or use sampler='ddim'."))
+        kwargs = {name: value for name, value in (("eta", eta), ("generator", generator)) if name in accepted}
         if "use_clipped_model_output" in accepted:
             # DDIM: when x0 is clipped, re-derive the noise from the clipped x0. Left unclipped (diffusers'
             # default), the step mixes a clipped x0 with the noise of the unclipped one; under guidance,
