@@ -8,8 +8,8 @@ from conftest import tiny_config
 from diffusers import DDIMScheduler
 
 from pipelines import DenoisePipeline, SegmentationPipeline
-from unet_diffusion.cli import main
 from unet_diffusion import UNet, save_weights
+from unet_diffusion.cli import main
 
 
 def pixels(path) -> np.ndarray:
