@@ -1,6 +1,6 @@
 """The ``sample`` and ``segment`` subcommands (entry points of the group ``unet_diffusion.commands``).
 
-Each ``add_*(subparsers)`` adds its parser with ``set_defaults(func=handler)``; a handler takes the
+Each ``add_*(subparsers)`` adds its parser with ``unet_diffusion.cli.add_command``; a handler takes the
 parsed arguments and returns an exit status. torch, diffusers and the pipelines load inside the handlers.
 """
 
@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from unet_diffusion.cli import add_command
 from unet_diffusion.errors import InputError
 
 from .samplers import SAMPLER_SCHEDULERS
@@ -22,16 +23,8 @@ MODEL_HELP = (
 
 def add_sample(subparsers) -> None:
     """The ``sample`` subcommand."""
-    sample = subparsers.add_parser(
-        "sample",
-        help="sample images from noise with a trained denoiser",
-        description=(
-            "Sample images from noise and write each as a PNG, plus grid.png. A pipeline folder brings its own "
-            "scheduler, and so does a weights file written by training (the schedule it was trained with travels "
-            "in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps, "
-            "linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."
-        ),
-    )
+    sample = add_command(subparsers, "sample", run_sample, "sample images from noise with a trained denoiser",
+                         api_flags=API_FLAGS)
     sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
     sample.add_argument("--num-images", type=int, default=16, metavar="N", help="images to sample (default 16)")
@@ -51,23 +44,12 @@ def add_sample(subparsers) -> None:
     sample.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
                         help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
     _device_options(sample)
-    sample.set_defaults(func=run_sample, api_flags=API_FLAGS)
 
 
 def add_segment(subparsers) -> None:
     """The ``segment`` subcommand."""
-    segment = subparsers.add_parser(
-        "segment",
-        help="segment images with a trained segmentation U-Net",
-        description=(
-            "Segment an image or every image of a folder and write the masks as PNG (class k as the gray value "
-            "round(k * 255 / (K - 1)), so two classes are black and white; --mask-values index writes k itself). "
-            "--probabilities also writes the class probabilities: NAME_prob.png, p(class 1) as a 16-bit grayscale PNG "
-            "(0..65535 = 0..1), for two-class models; NAME_prob.npy, a float32 (K, H, W) array, for K > 2 classes. "
-            "Valid-padding models are overlap-tiled, same-padding ones run on the whole image. A bare U-Net is fed "
-            "pixels in [0, 1]."
-        ),
-    )
+    segment = add_command(subparsers, "segment", run_segment, "segment images with a trained segmentation U-Net",
+                          api_flags=API_FLAGS)
     segment.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images")
     segment.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
@@ -85,7 +67,6 @@ def add_segment(subparsers) -> None:
     segment.add_argument("--overlap", type=int, default=None, metavar="N", help="sliding-window overlap for same-padding models (default a quarter tile)")
     segment.add_argument("--strict", action="store_true", help="stop at the first image that cannot be read (default: skip it, exit 1 at the end)")
     _device_options(segment)
-    segment.set_defaults(func=run_segment, api_flags=API_FLAGS)
 
 
 def _device_options(parser: argparse.ArgumentParser) -> None:
@@ -127,22 +108,26 @@ def _progress(total: int, unit: str, quiet: bool):
 
 
 def run_sample(args) -> int:
-    """``unet-diffusion sample``: write ``--num-images`` PNGs and ``grid.png`` to ``--out``."""
+    """Sample images from noise and write each as a PNG, plus grid.png. A pipeline folder brings its own
+    scheduler, and so does a weights file written by training (the schedule it was trained with travels
+    in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps,
+    linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."""
     import torch
 
     from unet_diffusion.outputs import staged_output
 
     from .images import load_image, make_grid
+    from .inference import fail_if
     from .loading import load_denoise_pipeline
 
-    for name in ("num_images", "batch_size"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(args, name)}.")
     labels = args.class_label
-    if labels is not None and len(labels) not in (1, args.num_images):
-        raise InputError(f"--class-label takes one label or one per image ({args.num_images}); got {len(labels)}.")
-    if (args.strength is not None or args.mask) and not args.image:
-        raise InputError("--strength and --mask work on an init image; pass --image FILE too.")
+    fail_if(
+        (args.num_images < 1, f"--num-images must be at least 1; got {args.num_images}."),
+        (args.batch_size < 1, f"--batch-size must be at least 1; got {args.batch_size}."),
+        (labels is not None and len(labels) not in (1, args.num_images),
+         f"--class-label takes one label or one per image ({args.num_images}); got {len(labels or [])}."),
+        ((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."),
+    )
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
 
@@ -173,13 +158,13 @@ def run_sample(args) -> int:
 
 
 def run_segment(args) -> int:
-    """``unet-diffusion segment``: write a mask PNG per input image, optionally an overlay and the probabilities.
-
-    Probabilities: ``NAME_prob.png`` (p(class 1), 16-bit grayscale, 0..65535 = 0..1) for a two-class
-    model, ``NAME_prob.npy`` (float32 ``(K, H, W)``) for more classes. ``--threshold`` goes to the
-    pipeline, which refuses it for more than two classes or outside (0, 1). An image that cannot be
-    read is skipped with a warning (exit status 1 at the end), or stops the run with ``--strict``.
-    """
+    """Segment an image or every image of a folder and write the masks as PNG (class k as the gray value
+    round(k * 255 / (K - 1)), so two classes are black and white; --mask-values index writes k itself).
+    --probabilities also writes the class probabilities: NAME_prob.png, p(class 1) as a 16-bit grayscale PNG
+    (0..65535 = 0..1), for two-class models; NAME_prob.npy, a float32 (K, H, W) array, for K > 2 classes.
+    Valid-padding models are overlap-tiled, same-padding ones run on the whole image. A bare U-Net is fed
+    pixels in [0, 1]. An image that cannot be read is skipped with a warning (exit status 1 at the end),
+    or stops the run with --strict."""
     from unet_diffusion.outputs import staged_output
 
     from .images import image_files, load_image

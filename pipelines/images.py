@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.utils import make_image_grid
 from einops import rearrange
 
 from unet_diffusion.errors import InputError, InputTypeError
@@ -141,24 +142,23 @@ def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
 
 
 def make_grid(images: list[PIL.Image.Image], columns: int | None = None) -> PIL.Image.Image:
-    """Tile same-sized PIL images into one picture, row by row (a square-ish grid by default)."""
+    """Tile same-sized PIL images into one picture, row by row (a square-ish grid by default, the last row
+    filled with black), in the images' mode; diffusers' ``make_image_grid`` lays them out."""
     if not images:
         raise InputError("make_grid needs at least one image.")
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    grid = PIL.Image.new(images[0].mode, (columns * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
+    blanks = [PIL.Image.new(images[0].mode, images[0].size)] * (rows * columns - len(images))
+    return make_image_grid([*images, *blanks], rows, columns).convert(images[0].mode)
 
 
 # ---------------------------------------------------------------------------- masks
-# Overlay colours for classes 1, 2, ...; class 0 is taken as background and left uncoloured.
-PALETTE = np.array(
+# Overlay colours for classes 1, 2, ... (RGB in [0, 1]), of the command's overlays and the training pictures;
+# class 0 is taken as background and left uncoloured.
+PALETTE = torch.tensor(
     [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240), (245, 130, 48), (240, 50, 230)],
-    dtype=np.float32,
-)
+    dtype=torch.float32,
+) / 255
 
 
 def mask_to_pil(mask: np.ndarray, num_classes: int, spread: bool = True) -> PIL.Image.Image:
@@ -184,12 +184,16 @@ def probability_to_pil(probability: np.ndarray) -> PIL.Image.Image:
     return PIL.Image.fromarray(values.astype(np.uint16))  # 2-D uint16: mode "I;16"
 
 
+def tint(rgb: torch.Tensor, mask: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """``(3, H, W)`` pixels in [0, 1] with classes 1, 2, ... of the ``(H, W)`` class map ``mask`` tinted in the palette colours."""
+    if tuple(mask.shape) != tuple(rgb.shape[1:]):
+        raise InputError(f"the mask is {tuple(mask.shape)} but the image is {tuple(rgb.shape[1:])} (H, W).")
+    mask = mask.to(rgb.device).long()
+    colours = rearrange(PALETTE.to(rgb)[(mask - 1) % len(PALETTE)], "h w c -> c h w")
+    return torch.where(mask > 0, (1 - alpha) * rgb + alpha * colours, rgb)
+
+
 def overlay(image: PIL.Image.Image, mask: np.ndarray, alpha: float = 0.5) -> PIL.Image.Image:
     """``image`` (RGB) with classes 1, 2, ... of ``mask`` tinted in the palette colours."""
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
-    mask = np.asarray(mask)
-    if mask.shape != rgb.shape[:2]:
-        raise InputError(f"the mask is {mask.shape} but the image is {rgb.shape[:2]} (H, W).")
-    colours = PALETTE[(mask - 1) % len(PALETTE)]
-    tinted = np.where((mask > 0)[..., None], (1 - alpha) * rgb + alpha * colours, rgb)
-    return PIL.Image.fromarray(tinted.round().clip(0, 255).astype(np.uint8))
+    rgb = to_tensor(image.convert("RGB"))[0]
+    return to_pil(tint(rgb, torch.as_tensor(np.asarray(mask)), alpha)[None])[0]

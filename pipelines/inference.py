@@ -1,4 +1,4 @@
-"""What every pipeline call does around the network."""
+"""What every pipeline call does around the network: its own argument rules, and eval mode."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from torch import nn
+
+from unet_diffusion.errors import InputError
+
+
+def fail_if(*rules: tuple[bool, str]) -> None:
+    """Raise ``InputError`` with the message of the first ``(broken, message)`` rule that is broken.
+
+    The pipelines check here only what belongs to them (steps, guidance, batch, output type, ...);
+    what the network accepts is checked by ``unet_diffusion.inputs``.
+    """
+    for broken, message in rules:
+        if broken:
+            raise InputError(message)
 
 
 @contextmanager

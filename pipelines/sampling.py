@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,9 +22,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from unet_diffusion import UNet
 from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError, InputTypeError
+from unet_diffusion.inputs import check_conditioning
 
 from .images import to_pil, to_tensor
-from .inference import eval_mode
+from .inference import eval_mode, fail_if
 from .samplers import SAMPLER_SCHEDULERS, scheduler_class
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {name: scheduler_class(cls, 'SAMPLER_SCHEDULERS') for name, cls in SAMPLER_SCHEDULERS.items()}
@@ -52,6 +54,34 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
         raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
     config = like.config if like is not None else DDPMScheduler().config
     return sampler.from_config(config)
+
+
+@dataclass
+class _Run:
+    """One call's inputs, checked and on the device."""
+
+    shape: tuple[int, int, int, int]      # (B, C, H, W) of the sample
+    labels: torch.Tensor | None           # (B,)
+    context: torch.Tensor | None          # (B, L, D)
+    guidance_scale: float | None
+    null: tuple | None                    # the unconditional (labels, context) of guidance
+    init: torch.Tensor | None             # (B, C, H, W) in [-1, 1], the init image
+    mask: torch.Tensor | None             # (B, 1, H, W), 1 = generate
+
+
+def _as_batch(value, ndim: int = 1):
+    """Class labels (an int, a sequence, a tensor) or a context as a tensor with a batch axis; a single label or an
+    ``(L, D)`` context becomes one entry, shared by the batch. The network checks the rest (``check_conditioning``)."""
+    if value is not None and ndim == 1:
+        value = torch.as_tensor(value)
+    return value[None] if isinstance(value, torch.Tensor) and value.ndim == ndim - 1 else value
+
+
+def _expand(value, batch_size: int):
+    """A tensor with one entry repeated to ``batch_size``; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.ndim and len(value) == 1:
+        return value.expand(batch_size, *value.shape[1:])
+    return value
 
 
 class DenoisePipeline(DiffusionPipeline):
@@ -103,24 +133,12 @@ class DenoisePipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------ sampling
     @torch.no_grad()
     def __call__(
-        self,
-        batch_size: int | None = None,
-        *,
-        num_inference_steps: int | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        sampler=None,
-        eta: float = 0.0,
-        class_labels=None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        negative_encoder_hidden_states: torch.Tensor | None = None,
-        guidance_scale: float | None = None,
-        image=None,
-        strength: float | None = None,
-        mask_image=None,
-        height: int | None = None,
-        width: int | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
+        self, batch_size: int | None = None, *, num_inference_steps: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None, sampler=None, eta: float = 0.0,
+        class_labels=None, encoder_hidden_states: torch.Tensor | None = None,
+        negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float | None = None,
+        image=None, strength: float | None = None, mask_image=None, height: int | None = None, width: int | None = None,
+        output_type: str = "pil", return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Sample ``batch_size`` images.
 
@@ -155,216 +173,162 @@ class DenoisePipeline(DiffusionPipeline):
                 ``"pt"`` (``(B, C, H, W)`` float in [0, 1]) or ``"latent"`` (the raw final sample).
             return_dict: return an ``ImagePipelineOutput`` (``.images``) or a one-element tuple.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}.")
+        fail_if(
+            (output_type not in OUTPUT_TYPES,
+             f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}; got {output_type!r}."),
+            (image is None and (strength is not None or mask_image is not None),
+             "strength and mask_image work on an init image: pass image= too."),
+            (guidance_scale is None and negative_encoder_hidden_states is not None,
+             "negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too."),
+        )
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
-        config = self.unet.config
-        device, dtype = self._execution_device, self.unet.dtype
-
-        # Conditioning, batch size and sample size.
-        labels = self._class_labels(class_labels)
-        context = self._context(encoder_hidden_states, "encoder_hidden_states")
-        init = None if image is None else self._init_image(image)
-        batch_size = self._batch_size(batch_size, labels, context, init)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise InputError(f"generator is a list of {len(generator)} for a batch of {batch_size}; give one generator, or one per image.")
-        if init is None and (strength is not None or mask_image is not None):
-            raise InputError("strength and mask_image work on an init image: pass image= too.")
-        labels = None if labels is None else labels.expand(batch_size).to(device)
-        context = None if context is None else context.expand(batch_size, -1, -1).to(device=device, dtype=dtype)
-        null = self._null_condition(guidance_scale, labels, context, negative_encoder_hidden_states, batch_size)
-        height, width = self._sample_size(height, width, init)
-        shape = (batch_size, config.in_channels, height, width)
-        if init is not None:
-            init = init.expand(batch_size, -1, -1, -1).to(device=device, dtype=dtype)
-        mask = None if mask_image is None else self._mask(mask_image, init, batch_size).to(device=device, dtype=dtype)
+        run = self._prepare(batch_size, generator, class_labels, encoder_hidden_states, negative_encoder_hidden_states,
+                            guidance_scale, image, mask_image, height, width)
         learned_variance = self._check_variance(scheduler)
-
-        # The schedule; image-to-image and inpainting run only its last `strength` part.
-        if num_inference_steps is None:
-            num_inference_steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
-        training_steps = scheduler.config.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= training_steps:
-            raise InputError(f"num_inference_steps must be an integer from 1 to the {training_steps} training steps; "
-                             f"got {num_inference_steps!r}.")
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        if init is None:
+        timesteps = self._timesteps(scheduler, num_inference_steps, strength, run)
+        noise = randn_tensor(run.shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
+        if run.init is None:
             sample = noise * scheduler.init_noise_sigma
+        elif len(timesteps) == 0:
+            return self._output(run.init, output_type, return_dict)
         else:
-            strength = (1.0 if mask is not None else 0.8) if strength is None else strength
-            timesteps = self._truncate(scheduler, timesteps, num_inference_steps, strength)
-            if len(timesteps) == 0:
-                return self._output(init, output_type, return_dict)
-            sample = scheduler.add_noise(init, noise, timesteps[:1].repeat(batch_size))
-
+            sample = scheduler.add_noise(run.init, noise, timesteps[:1].repeat(len(run.init)))
         step_kwargs = self._step_kwargs(scheduler, eta, generator)
-        with eval_mode(self.unet):
-            for i, t in enumerate(self.progress_bar(timesteps)):
-                model_input = scheduler.scale_model_input(sample, t)
-                prediction = self._predict(model_input, t, labels, context, null, guidance_scale)
-                if not learned_variance and config.learned_variance:
-                    prediction = prediction[:, : config.in_channels]  # the mean part; this sampler fixes the variance
-                sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
-                if mask is not None:
-                    # Keep the known pixels: noised to the level of the next step, or exact after the last.
-                    known = init if i == len(timesteps) - 1 else scheduler.add_noise(init, noise, timesteps[i + 1 : i + 2])
-                    sample = mask * sample + (1 - mask) * known
-
+        sample = self._denoise(scheduler, timesteps, sample, noise, run, step_kwargs, learned_variance)
         self.maybe_free_model_hooks()
         return self._output(sample, output_type, return_dict)
 
-    # ------------------------------------------------------------------------ the model, guided
-    def _predict(self, sample, t, labels, context, null, guidance_scale):
+    # ------------------------------------------------------------------------ the loop
+    def _denoise(self, scheduler, timesteps, sample, noise, run: _Run, step_kwargs: dict, learned_variance: bool) -> torch.Tensor:
+        """Step ``sample`` down ``timesteps``; with a mask, re-impose the known pixels after every step."""
+        config = self.unet.config
+        with eval_mode(self.unet):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                prediction = self._predict(scheduler.scale_model_input(sample, t), t, run)
+                if not learned_variance and config.learned_variance:
+                    prediction = prediction[:, : config.in_channels]  # the mean part; this sampler fixes the variance
+                sample = scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+                if run.mask is not None:
+                    # Keep the known pixels: noised to the level of the next step, or exact after the last.
+                    last = i == len(timesteps) - 1
+                    known = run.init if last else scheduler.add_noise(run.init, noise, timesteps[i + 1 : i + 2])
+                    sample = run.mask * sample + (1 - run.mask) * known
+        return sample
+
+    def _predict(self, sample, t, run: _Run) -> torch.Tensor:
         """The U-Net output at ``t``, with classifier-free guidance when a scale is given."""
-        if guidance_scale is None:
-            return self.unet(sample, t, class_labels=labels, encoder_hidden_states=context).sample
-        null_labels, null_context = null
+        if run.guidance_scale is None:
+            return self.unet(sample, t, class_labels=run.labels, encoder_hidden_states=run.context).sample
+        null_labels, null_context = run.null
 
         def both(cond, uncond):
             return None if cond is None else torch.cat([uncond, cond])
 
         # One forward over the batch twice, (uncond, cond), rather than two forwards.
-        out = self.unet(
-            torch.cat([sample, sample]), t, class_labels=both(labels, null_labels), encoder_hidden_states=both(context, null_context)
-        ).sample
+        labels, context = both(run.labels, null_labels), both(run.context, null_context)
+        out = self.unet(torch.cat([sample, sample]), t, class_labels=labels, encoder_hidden_states=context).sample
         uncond, cond = out.chunk(2)
         channels = self.unet.config.in_channels
-        guided = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
+        guided = uncond[:, :channels] + run.guidance_scale * (cond[:, :channels] - uncond[:, :channels])
         # A learned variance is not guided: it comes from the conditional prediction (as in GLIDE / ADM).
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
-    # ------------------------------------------------------------------------ argument checks
-    def _class_labels(self, class_labels) -> torch.Tensor | None:
-        n = self.unet.config.num_class_labels
-        if n is None:
-            if class_labels is not None:
-                raise InputError("this model is not class-conditional (num_class_labels=None); sample without class_labels.")
-            return None
-        null = self.unet.config.null_class_label
-        if class_labels is None:
-            hint = f", or class_labels={n} (the null label) to sample unconditionally" if null else ""
-            raise InputError(f"this model is class-conditional: pass class_labels, labels in [0, {n}){hint}.")
-        labels = torch.as_tensor(class_labels)
-        if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim > 1:
-            raise InputTypeError(f"class_labels must be an int, a sequence of ints or a (B,) integer tensor; got {class_labels!r}.")
-        labels = labels.reshape(-1).long()
-        top = n + int(null)
-        if len(labels) == 0 or labels.min() < 0 or labels.max() >= top:
-            classes = f"{n} classes" + (" + the null label" if null else "")
-            raise InputError(f"class_labels must lie in [0, {top}) for this model ({classes}); got {labels.tolist()}.")
-        return labels
-
-    def _context(self, context, name: str) -> torch.Tensor | None:
-        width = self.unet.config.context_dim
-        if width is None:
-            if context is not None:
-                raise InputError(f"this model has no cross-attention (context_dim=None); sample without {name}.")
-            return None
-        if context is None:
-            raise InputError(f"this model cross-attends: pass {name} of shape (B, L, {width}) (or (L, {width}) for one shared context).")
-        if not isinstance(context, torch.Tensor) or not context.is_floating_point():
-            raise InputTypeError(f"{name} must be a floating-point tensor of shape (B, L, {width}).")
-        if context.ndim == 2:
-            context = context[None]
-        if context.ndim != 3 or context.shape[2] != width:
-            raise InputError(f"{name} must have shape (B, L, {width}) or (L, {width}); got {tuple(context.shape)}.")
-        return context
+    # ------------------------------------------------------------------------ the call's inputs
+    def _prepare(self, batch_size, generator, class_labels, context, negative, guidance_scale, image, mask_image, height, width):
+        """The call's inputs, checked and on the device; the network's own rules checked by ``check_conditioning``."""
+        device, dtype = self._execution_device, self.unet.dtype
+        labels, context = _as_batch(class_labels), _as_batch(context, ndim=3)
+        init = None if image is None else self._init_image(image)
+        batch_size = self._batch_size(batch_size, labels, context, init)
+        generators = len(generator) if isinstance(generator, list) else None
+        fail_if((generators not in (None, batch_size),
+                 f"generator is a list of {generators} for a batch of {batch_size}; give one generator, or one per image."))
+        labels, context = _expand(labels, batch_size), _expand(context, batch_size)
+        check_conditioning(self.unet.config, labels, context, batch_size)  # the network's rules, before any noise is drawn
+        labels = None if labels is None else labels.long().to(device)
+        context = None if context is None else context.to(device=device, dtype=dtype)
+        null = self._null_condition(guidance_scale, labels, context, negative, batch_size)
+        height, width = self._sample_size(height, width, init)
+        if init is not None:
+            init = init.expand(batch_size, -1, -1, -1).to(device=device, dtype=dtype)
+        mask = None if mask_image is None else self._mask(mask_image, init, batch_size).to(device=device, dtype=dtype)
+        shape = (batch_size, self.unet.config.in_channels, height, width)
+        return _Run(shape, labels, context, guidance_scale, null, init, mask)
 
     @staticmethod
     def _batch_size(batch_size, labels, context, init) -> int:
         inputs = (("class_labels", labels), ("encoder_hidden_states", context), ("image", init))
-        given = {name: len(x) for name, x in inputs if x is not None and len(x) > 1}  # entries of 1 are shared
+        given = {name: len(x) for name, x in inputs if isinstance(x, torch.Tensor) and x.ndim and len(x) > 1}  # 1 is shared
         if batch_size is None:
             batch_size = max(given.values(), default=1)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise InputError(f"batch_size must be a positive int; got {batch_size!r}.")
-        wrong = {name: n for name, n in given.items() if n != batch_size}
-        if wrong:
-            listing = ", ".join(f"{name} has {n}" for name, n in wrong.items())
-            raise InputError(f"batch_size is {batch_size} but {listing}; give one entry per image, or a single shared one.")
+        fail_if((not isinstance(batch_size, int) or batch_size < 1, f"batch_size must be a positive int; got {batch_size!r}."))
+        wrong = ", ".join(f"{name} has {n}" for name, n in given.items() if n != batch_size)
+        fail_if((bool(wrong), f"batch_size is {batch_size} but {wrong}; give one entry per image, or a single shared one."))
         return batch_size
 
     def _null_condition(self, guidance_scale, labels, context, negative, batch_size):
-        """The unconditional labels and context for guidance, or an error when there are none."""
+        """The unconditional ``(labels, context)`` for guidance: the null label, and zeros or ``negative``."""
         if guidance_scale is None:
-            if negative is not None:
-                raise InputError("negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too.")
-            return None, None
+            return None
         config = self.unet.config
-        if labels is None and context is None:
-            raise InputError("guidance_scale needs a conditional model (class labels or a context); this model is unconditional.")
-        null_labels = None
-        if labels is not None:
-            if not config.null_class_label:
-                raise InputError(
-                    "this model was built without a null class label (null_class_label=False), so it has no "
-                    "unconditional prediction for classifier-free guidance; sample without guidance_scale."
-                )
-            null_labels = torch.full_like(labels, config.num_class_labels)
-        null_context = None
-        if context is not None:
-            if negative is None:
-                null_context = torch.zeros_like(context)
-            else:
-                negative = self._context(negative, "negative_encoder_hidden_states")
-                if len(negative) not in (1, batch_size):
-                    raise InputError(f"negative_encoder_hidden_states has {len(negative)} entries for a batch of {batch_size}.")
-                null_context = negative.to(context).expand(batch_size, -1, -1)
-                if null_context.shape[1] != context.shape[1]:
-                    # Both halves go through one batched forward, so they need one sequence length.
-                    raise InputError(
-                        f"negative_encoder_hidden_states has length {null_context.shape[1]} but encoder_hidden_states has "
-                        f"{context.shape[1]}; pad one of them to the other's length."
-                    )
-        return null_labels, null_context
+        fail_if(
+            (labels is None and context is None,
+             "guidance_scale needs a conditional model (class labels or a context); this model is unconditional."),
+            (labels is not None and not config.null_class_label,
+             "this model was built without a null class label (null_class_label=False), so it has no unconditional "
+             "prediction for classifier-free guidance; sample without guidance_scale."),
+        )
+        null_labels = None if labels is None else torch.full_like(labels, config.num_class_labels)
+        if context is None or negative is None:
+            return null_labels, None if context is None else torch.zeros_like(context)
+        negative = _expand(_as_batch(negative, ndim=3), batch_size)
+        try:
+            check_conditioning(config, null_labels, negative, batch_size)
+        except InputError as err:
+            raise type(err)(f"negative_encoder_hidden_states: {err}") from None
+        # Both halves go through one batched forward, so they need one sequence length.
+        fail_if((negative.shape[1] != context.shape[1],
+                 f"negative_encoder_hidden_states has length {negative.shape[1]} but encoder_hidden_states has "
+                 f"{context.shape[1]}; pad one of them to the other's length."))
+        return null_labels, negative.to(context)
 
     def _sample_size(self, height, width, init) -> tuple[int, int]:
+        """The sample's ``(H, W)``: the init image's, else ``height`` / ``width`` or the U-Net's ``sample_size``."""
         if init is not None:
             image_size = tuple(init.shape[2:])
-            if (height or image_size[0], width or image_size[1]) != image_size:
-                raise InputError(
-                    f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
-                    "leave them out or resize the image."
-                )
+            fail_if(((height or image_size[0], width or image_size[1]) != image_size,
+                     f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
+                     "leave them out or resize the image."))
             height, width = image_size
         if height is None or width is None:
             size = self.unet.config.sample_size
-            if size is None:
-                raise InputError("the U-Net config has no sample_size; pass height and width.")
+            fail_if((size is None, "the U-Net config has no sample_size; pass height and width."))
             size = (size, size) if isinstance(size, int) else tuple(size)
             height, width = height or size[0], width or size[1]
         out = self.unet.output_size((int(height), int(width)))  # raises naming valid sizes nearby
-        if tuple(out) != (height, width):
-            raise InputError(
-                f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this valid-padding U-Net; "
-                "a denoiser must keep the size (use padding='same')."
-            )
+        fail_if((tuple(out) != (height, width), f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this "
+                                                "valid-padding U-Net; a denoiser must keep the size (use padding='same')."))
         return int(height), int(width)
 
     def _init_image(self, image) -> torch.Tensor:
-        channels = self.unet.config.in_channels
-        pixels = to_tensor(image, channels=channels, name="image")
+        pixels = to_tensor(image, channels=self.unet.config.in_channels, name="image")
         low, high = pixels.min().item(), pixels.max().item()
-        if low < -1e-3 or high > 1 + 1e-3:
-            raise InputError(
-                f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
-                "Images in [-1, 1] convert with (x + 1) / 2."
-            )
+        fail_if((low < -1e-3 or high > 1 + 1e-3,
+                 f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
+                 "Images in [-1, 1] convert with (x + 1) / 2."))
         return pixels * 2 - 1  # the denoiser works in [-1, 1]
 
     def _mask(self, mask_image, init, batch_size) -> torch.Tensor:
         if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 2:
             mask_image = mask_image[None]
         mask = to_tensor(mask_image, channels=1, name="mask_image")
-        if mask.shape[2:] != init.shape[2:]:
-            raise InputError(
-                f"mask_image is {mask.shape[2]} x {mask.shape[3]} (H x W) but the image is {init.shape[2]} x {init.shape[3]}; "
-                "give a mask of the image's size (white = generate, black = keep)."
-            )
-        if len(mask) not in (1, batch_size):
-            raise InputError(f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image.")
+        (h, w), (image_h, image_w) = mask.shape[2:], init.shape[2:]
+        fail_if(
+            ((h, w) != (image_h, image_w), f"mask_image is {h} x {w} (H x W) but the image is {image_h} x {image_w}; "
+                                           "give a mask of the image's size (white = generate, black = keep)."),
+            (len(mask) not in (1, batch_size),
+             f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image."),
+        )
         return (mask >= 0.5).float().expand(batch_size, -1, -1, -1)
 
     def _check_variance(self, scheduler) -> bool:
@@ -372,19 +336,31 @@ class DenoisePipeline(DiffusionPipeline):
         # Only schedulers with a variance_type setting (DDPM) read it; a config copied from DDPM to
         # another sampler may still carry the key.
         reads_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-        scheduler_learns = reads_variance and scheduler.config.get("variance_type") in LEARNED_VARIANCE_TYPES
-        if scheduler_learns and not self.unet.config.learned_variance:
-            raise InputError(
-                f"the scheduler has variance_type={scheduler.config.variance_type!r} but the U-Net predicts no variance "
-                "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."
-            )
-        return scheduler_learns
+        variance_type = scheduler.config.get("variance_type") if reads_variance else None
+        fail_if((variance_type in LEARNED_VARIANCE_TYPES and not self.unet.config.learned_variance,
+                 f"the scheduler has variance_type={variance_type!r} but the U-Net predicts no variance "
+                 "(learned_variance=False); use a fixed variance_type such as 'fixed_small'."))
+        return variance_type in LEARNED_VARIANCE_TYPES
+
+    def _timesteps(self, scheduler, num_inference_steps, strength, run: _Run) -> torch.Tensor:
+        """The schedule; image-to-image and inpainting run only its last ``strength`` part."""
+        training_steps = scheduler.config.num_train_timesteps
+        if num_inference_steps is None:
+            num_inference_steps = training_steps if isinstance(scheduler, DDPMScheduler) else 50
+        fail_if((not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= training_steps,
+                 f"num_inference_steps must be an integer from 1 to the {training_steps} training steps; "
+                 f"got {num_inference_steps!r}."))
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        if run.init is None:
+            return scheduler.timesteps
+        strength = (1.0 if run.mask is not None else 0.8) if strength is None else strength
+        return self._truncate(scheduler, scheduler.timesteps, num_inference_steps, strength)
 
     @staticmethod
     def _truncate(scheduler, timesteps, num_inference_steps: int, strength: float):
         """The last ``strength`` part of the schedule, for starting from a noised image."""
-        if not 0.0 <= strength <= 1.0:
-            raise InputError(f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}.")
+        fail_if((not 0.0 <= strength <= 1.0,
+                 f"strength must lie in [0, 1] (1 = start from noise, 0 = keep the image); got {strength}."))
         start = num_inference_steps - min(int(num_inference_steps * strength), num_inference_steps)
         begin = start * scheduler.order
         if hasattr(scheduler, "set_begin_index"):
@@ -395,15 +371,9 @@ class DenoisePipeline(DiffusionPipeline):
     @staticmethod
     def _step_kwargs(scheduler, eta: float, generator) -> dict:
         accepted = inspect.signature(scheduler.step).parameters
-        kwargs = {}
-        if "eta" in accepted:
-            kwargs["eta"] = eta
-        elif eta:
-            raise InputError(
-                f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. Leave eta at 0 or use sampler='ddim'."
-            )
-        if "generator" in accepted:
-            kwargs["generator"] = generator
+        fail_if((eta and "eta" not in accepted, f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. "
+                                                "Leave eta at 0 or use sampler='ddim'."))
+        kwargs = {name: value for name, value in (("eta", eta), ("generator", generator)) if name in accepted}
         if "use_clipped_model_output" in accepted:
             # DDIM: when x0 is clipped, re-derive the noise from the clipped x0. Left unclipped (diffusers'
             # default), the step mixes a clipped x0 with the noise of the unclipped one; under guidance,

@@ -14,10 +14,16 @@ from unet_diffusion import UNet
 from unet_diffusion.errors import InputError
 
 from .images import to_image_list, to_tensor
-from .inference import eval_mode
-from .tiling import mirror_pad, overlap_tile, sliding_window
+from .inference import eval_mode, fail_if
+from .tiling import mirror_pad, overlap_tile, sliding_window, whole_image
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
+CONDITIONING = ("time_embedding", "num_class_labels", "context_dim")  # config fields of inputs other than the image
+
+
+def conditioned_through(config) -> list[str]:
+    """The conditioning a U-Net config asks for; a segmenter of the pipeline (and of training) takes only the image."""
+    return [field for field in CONDITIONING if config[field] is not None]
 
 
 @dataclass
@@ -43,6 +49,13 @@ def _dihedral(tta) -> list[tuple[int, bool]]:
     if tta == "flip":
         return [(0, False), (0, True), (2, False), (2, True)]  # identity, h-flip, both flips, v-flip
     return [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+def _gather(batches: list[torch.Tensor], output_type: str):
+    """One batch as it is; batches of differently sized images as a list of per-image entries; numpy for ``"np"``."""
+    if output_type == "np":
+        batches = [b.cpu().numpy() for b in batches]
+    return batches[0] if len(batches) == 1 else [item for batch in batches for item in batch]
 
 
 class SegmentationPipeline(DiffusionPipeline):
@@ -77,7 +90,7 @@ class SegmentationPipeline(DiffusionPipeline):
                 f"SegmentationPipeline needs a segmentation U-Net (head='segment'); this one has head={config.head!r}. "
                 "Sample from denoisers with DenoisePipeline (or `unet-diffusion sample`)."
             )
-        conditioned = [field for field in ("time_embedding", "num_class_labels", "context_dim") if config[field] is not None]
+        conditioned = conditioned_through(config)
         if conditioned:
             raise InputError(
                 f"SegmentationPipeline runs unconditioned networks; this one is conditioned through {', '.join(conditioned)}. "
@@ -125,12 +138,13 @@ class SegmentationPipeline(DiffusionPipeline):
             output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
             return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
         """
-        if output_type not in ("np", "pt"):
-            raise InputError(f"output_type must be 'np' or 'pt'; got {output_type!r}.")
         transforms = _dihedral(tta)
         self._check_threshold(threshold)
-        if not isinstance(tiles_per_batch, int) or tiles_per_batch < 1:
-            raise InputError(f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}.")
+        fail_if(
+            (output_type not in ("np", "pt"), f"output_type must be 'np' or 'pt'; got {output_type!r}."),
+            (not isinstance(tiles_per_batch, int) or tiles_per_batch < 1,
+             f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}."),
+        )
         channels = self.unet.config.in_channels
         batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
         if len({tuple(b.shape[1:]) for b in batches}) == 1:
@@ -142,29 +156,21 @@ class SegmentationPipeline(DiffusionPipeline):
                 probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
                 probabilities.append(probs)
                 masks.append(probs.argmax(dim=1) if threshold is None else (probs[:, 1] >= threshold).long())
-        if output_type == "np":
-            masks = [m.cpu().numpy() for m in masks]
-            probabilities = [p.float().cpu().numpy() for p in probabilities]
-        if len(masks) == 1:
-            masks, probabilities = masks[0], probabilities[0]
-        else:  # differently sized images: one entry per image
-            masks = [m for group in masks for m in group]
-            probabilities = [p for group in probabilities for p in group]
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return masks, probabilities
-        return SegmentationOutput(masks=masks, probabilities=probabilities)
+        masks, probabilities = _gather(masks, output_type), _gather(probabilities, output_type)
+        return SegmentationOutput(masks=masks, probabilities=probabilities) if return_dict else (masks, probabilities)
 
     # ------------------------------------------------------------------------ steps
     def _check_threshold(self, threshold) -> None:
         if threshold is None:
             return
         classes = max(self.unet.config.out_channels, 2)  # one logit: two classes through a sigmoid
-        if classes != 2:
-            raise InputError(f"threshold works on two-class models (class 1 where p(class 1) >= threshold); this one has "
-                             f"{classes} classes. Leave it out to take the most probable class.")
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1:
-            raise InputError(f"threshold must be a number strictly between 0 and 1; got {threshold!r}.")
+        fail_if(
+            (classes != 2, f"threshold works on two-class models (class 1 where p(class 1) >= threshold); this one has "
+                           f"{classes} classes. Leave it out to take the most probable class."),
+            (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1,
+             f"threshold must be a number strictly between 0 and 1; got {threshold!r}."),
+        )
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
@@ -210,9 +216,7 @@ class SegmentationPipeline(DiffusionPipeline):
         f = 1 if self.unet.config.pad_input else self.unet.downsampling_factor
         height, width = image.shape[-2:]
         if tile_size is None or (height <= self._tile(tile_size)[0] and width <= self._tile(tile_size)[1]):
-            # One pass over the whole image, mirror-padded up to a size the model takes.
-            padded = mirror_pad(image, 0, -height % f, 0, -width % f)
-            return self._predict(padded)[:, :, :height, :width]
+            return whole_image(self._predict, self.unet, image)  # mirror-padded up to a size the model takes
         tile = self._tile(tile_size)
         bad = [t for t in tile if t % f]
         if bad:

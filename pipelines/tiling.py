@@ -22,6 +22,7 @@ from unet_diffusion.errors import InputError
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[Iterable], Iterable]  # wraps the loop over tile batches, e.g. a tqdm bar
+Size = tuple[int, int]  # (h, w)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -35,7 +36,10 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Mirror-extrapolate ``(B, C, H, W)`` by any amount (reflecting again when a pad exceeds the image)."""
+    """Mirror-extrapolate ``(B, C, H, W)`` or ``(C, H, W)`` by any amount (reflecting again when a pad exceeds the image).
+
+    The one mirror padding of the project: the pipelines' tiles and the training crops use it.
+    """
     if min(x.shape[-2:]) < 2:
         return F.pad(x, (left, right, top, bottom), mode="replicate")  # nothing to reflect
     while top or bottom or left or right:
@@ -46,8 +50,10 @@ def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) ->
     return x
 
 
-def _run_tiles(predict: Predict, windows: list[torch.Tensor], tiles_per_batch: int, progress: Progress | None) -> list[torch.Tensor]:
-    """``predict`` over a list of same-shaped ``(B, C, h, w)`` windows, several windows per call."""
+def _run_tiles(predict: Predict, image: torch.Tensor, positions: list[Size], tile: Size, tiles_per_batch: int,
+               progress: Progress | None) -> list[torch.Tensor]:
+    """``predict`` over the ``tile``-sized windows of ``(B, C, H, W)`` images at ``positions``, several windows per call."""
+    windows = [image[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
     outputs: list[torch.Tensor] = []
     starts = range(0, len(windows), tiles_per_batch)
     for i in progress(starts) if progress is not None and len(starts) > 1 else starts:
@@ -56,9 +62,7 @@ def _run_tiles(predict: Predict, windows: list[torch.Tensor], tiles_per_batch: i
     return outputs
 
 
-def overlap_tile_grid(
-    size: tuple[int, int], tile: tuple[int, int], out: tuple[int, int], stride_multiple: int = 1
-) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+def overlap_tile_grid(size: Size, tile: Size, out: Size, stride_multiple: int = 1) -> tuple[list[Size], Size]:
     """Where the output tiles of ``overlap_tile`` go: their ``(y, x)`` corners and the ``(h, w)``
     canvas they cover (at least ``size``; the image is mirrored out to it)."""
     strides, canvas = [], []
@@ -69,19 +73,13 @@ def overlap_tile_grid(
         count = max(math.ceil((side - o) / stride), 0) + 1
         strides.append(stride)
         canvas.append((count - 1) * stride + o)
-    positions = [(y, x) for y in range(0, canvas[0] - out[0] + 1, strides[0]) for x in range(0, canvas[1] - out[1] + 1, strides[1])]
+    ys, xs = (range(0, c - o + 1, stride) for c, o, stride in zip(canvas, out, strides))
+    positions = [(y, x) for y in ys for x in xs]
     return positions, (canvas[0], canvas[1])
 
 
-def overlap_tile(
-    predict: Predict,
-    image: torch.Tensor,
-    tile: tuple[int, int],
-    out: tuple[int, int],
-    stride_multiple: int = 1,
-    tiles_per_batch: int = 4,
-    progress: Progress | None = None,
-) -> torch.Tensor:
+def overlap_tile(predict: Predict, image: torch.Tensor, tile: Size, out: Size, stride_multiple: int = 1,
+                 tiles_per_batch: int = 4, progress: Progress | None = None) -> torch.Tensor:
     """Valid-padding inference of any-sized ``(B, C, H, W)`` images; returns ``(B, K, H, W)``.
 
     Args:
@@ -100,9 +98,8 @@ def overlap_tile(
     padded = mirror_pad(image, mh, mh + ch - height, mw, mw + cw - width)
     # Output pixel (y, x) sits at (y + mh, x + mw) of the padded image, so the input window of the
     # output tile at (y, x) starts at (y, x).
-    windows = [padded[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
     result = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch, progress)):
+    for (y, x), tile_out in zip(positions, _run_tiles(predict, padded, positions, tile, tiles_per_batch, progress)):
         if result is None:
             result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], ch, cw)
         result[:, :, y : y + out[0], x : x + out[1]] = tile_out
@@ -115,14 +112,8 @@ def blend_weights(size: int, ramp: int) -> torch.Tensor:
     return (torch.minimum(i + 1, size - i) / max(ramp, 1)).clamp(max=1.0)
 
 
-def sliding_window(
-    predict: Predict,
-    image: torch.Tensor,
-    tile: tuple[int, int],
-    overlap: tuple[int, int],
-    tiles_per_batch: int = 4,
-    progress: Progress | None = None,
-) -> torch.Tensor:
+def sliding_window(predict: Predict, image: torch.Tensor, tile: Size, overlap: Size, tiles_per_batch: int = 4,
+                   progress: Progress | None = None) -> torch.Tensor:
     """Same-padding inference of ``(B, C, H, W)`` images no smaller than ``tile``; returns ``(B, K, H, W)``.
 
     Windows of size ``tile`` step by ``tile - overlap``; where they overlap, outputs are averaged
@@ -134,9 +125,8 @@ def sliding_window(
     ys = tile_starts(height, tile[0], max(tile[0] - overlap[0], 1))
     xs = tile_starts(width, tile[1], max(tile[1] - overlap[1], 1))
     positions = [(y, x) for y in ys for x in xs]
-    windows = [image[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
     result = total = weight = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, windows, tiles_per_batch, progress)):
+    for (y, x), tile_out in zip(positions, _run_tiles(predict, image, positions, tile, tiles_per_batch, progress)):
         if result is None:
             weight = torch.outer(blend_weights(tile[0], overlap[0]), blend_weights(tile[1], overlap[1])).to(tile_out)
             result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], height, width)
@@ -144,3 +134,20 @@ def sliding_window(
         result[:, :, y : y + tile[0], x : x + tile[1]] += weight * tile_out
         total[y : y + tile[0], x : x + tile[1]] += weight
     return result / total
+
+
+def covering_input(unet, side: int) -> int:
+    """The smallest input side ``unet`` takes whose output side is at least ``side``."""
+    if unet.config.padding == "same":
+        f = 1 if unet.config.pad_input else unet.downsampling_factor
+        return -(-side // f) * f
+    probe = unet.valid_input_sizes(side + 200, count=1)[0]
+    shrink = probe - unet.output_size(probe)  # valid convolutions take the same margin at any valid size
+    return next(n for n in unet.valid_input_sizes(side + shrink, count=16) if n - shrink >= side)
+
+
+def whole_image(predict: Predict, unet, image: torch.Tensor) -> torch.Tensor:
+    """One forward over whole ``(B, C, H, W)`` images, mirror-padded to the smallest input whose output covers them
+    (by the valid-padding margin on the top and left, so output pixel (0, 0) is image pixel (0, 0)); ``(B, K, H, W)``."""
+    tile = tuple(covering_input(unet, side) for side in image.shape[-2:])
+    return overlap_tile(predict, image, tile, unet.output_size(tile), unet.downsampling_factor)

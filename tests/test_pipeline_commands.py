@@ -8,8 +8,8 @@ from conftest import tiny_config
 from diffusers import DDIMScheduler
 
 from pipelines import DenoisePipeline, SegmentationPipeline
-from unet_diffusion.cli import main
 from unet_diffusion import UNet, save_weights
+from unet_diffusion.cli import main
 
 
 def pixels(path) -> np.ndarray:
@@ -68,6 +68,11 @@ def test_sample_from_a_bare_unet_with_labels_and_guidance(tmp_path, capsys):
         assert code == 0
         assert pixels(out / "00001.png").shape == (8, 24, 3)
     assert "wrote 2 images and grid.png" in capsys.readouterr().out
+    # A label the model cannot take: the network's rule, in one line that names the flag; no output folder.
+    code = main(["sample", str(tmp_path / "unet"), "--class-label", "9", "--steps", "2", "--out", str(tmp_path / "bad"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and not (tmp_path / "bad").exists()
+    assert "--class-label must lie in [0, 5)" in err and "class_labels" not in err
 
 
 def test_sample_image_to_image_and_inpainting(denoiser_folder, tmp_path):

@@ -226,7 +226,7 @@ def test_conditioning_the_model_cannot_take():
     with pytest.raises(ValueError, match="unconditional"):
         plain(guidance_scale=3.0)
     labelled = pipeline(num_class_labels=3)
-    with pytest.raises(ValueError, match=r"pass class_labels.*class_labels=3 \(the null label\)"):
+    with pytest.raises(ValueError, match=r"pass class_labels.*the null label is 3"):
         labelled()
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         labelled(class_labels=[7])
@@ -235,8 +235,28 @@ def test_conditioning_the_model_cannot_take():
     context = pipeline(cross_attention_levels=(1,), context_dim=8)
     with pytest.raises(ValueError, match=r"pass encoder_hidden_states of shape \(B, L, 8\)"):
         context()
-    with pytest.raises(ValueError, match=r"\(B, L, 8\) or \(L, 8\); got \(1, 4, 6\)"):
+    with pytest.raises(ValueError, match=r"\(1, L, 8\); got \(1, 4, 6\)"):
         context(encoder_hidden_states=torch.randn(1, 4, 6))
+
+
+def test_bad_conditioning_fails_before_sampling_with_the_networks_message():
+    """The pipeline leaves the conditioning rules to unet_diffusion.inputs, and calls them before any noise is drawn."""
+    from unet_diffusion.inputs import check_conditioning
+
+    labelled = pipeline(num_class_labels=3)
+    calls = count_calls(labelled.unet)
+    with pytest.raises(ValueError) as by_pipeline:
+        labelled(2, class_labels=[0, 9], num_inference_steps=3)
+    with pytest.raises(ValueError) as by_network:
+        check_conditioning(labelled.unet.config, torch.tensor([0, 9]), None, 2)
+    assert str(by_pipeline.value) == str(by_network.value) and not calls
+    with pytest.raises(TypeError, match="integer tensor"):
+        labelled(class_labels=[0.5])
+    context = pipeline(cross_attention_levels=(1,), context_dim=8)
+    calls = count_calls(context.unet)
+    with pytest.raises(ValueError, match=r"^negative_encoder_hidden_states: .*\(2, L, 8\); got \(2, 4, 5\)"):
+        context(encoder_hidden_states=torch.randn(2, 4, 8), negative_encoder_hidden_states=torch.randn(4, 5), guidance_scale=2.0)
+    assert not calls
 
 
 def test_guidance_without_a_null_condition():

@@ -48,6 +48,19 @@ def test_overlap_tile_equals_one_forward_over_the_mirrored_image():
     np.testing.assert_allclose(one_tile.probabilities.numpy(), tiled.probabilities.numpy(), atol=1e-5)
 
 
+def test_training_validation_sees_the_pipelines_whole_image_logits():
+    """train.segmentation.predict_logits is the pipeline's tiling (one tile over the whole mirrored image)."""
+    from train.segmentation import predict_logits
+
+    unet = valid_unet()
+    image = torch.rand(2, 1, 50, 70)
+    with torch.no_grad():
+        logits = predict_logits(unet, image)
+    tiled = SegmentationPipeline(unet=unet)(image, tile_size=60, output_type="pt")
+    assert logits.shape == (2, 3, 50, 70)
+    np.testing.assert_allclose(softmax(logits), tiled.probabilities.numpy(), atol=1e-5)
+
+
 def test_images_smaller_than_an_output_tile():
     out = SegmentationPipeline(unet=valid_unet())(np.random.rand(7, 3).astype(np.float32))
     assert out.masks.shape == (1, 7, 3) and np.allclose(out.probabilities.sum(1), 1, atol=1e-5)

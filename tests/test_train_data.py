@@ -7,10 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines.tiling import mirror_pad
 from train.config import AugmentConfig, load_config
-from train.data import (BadImageError, DatasetsSource, ExampleOrder, Examples, ImageMaskPairs, SyntheticShapes,
-                        check_images, split_indices)
-from train.transforms import JointTransform, mirror_pad
+from train.data import (
+    BadImageError,
+    DatasetsSource,
+    ExampleOrder,
+    Examples,
+    ImageMaskPairs,
+    SyntheticShapes,
+    check_images,
+    split_indices,
+)
+from train.transforms import JointTransform
 
 
 def blobs(size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -60,8 +69,30 @@ def test_rotation_corners_are_marked_invalid():
 
 def test_mirror_pad_reflects_beyond_the_image():
     x = torch.arange(4.0).reshape(1, 1, 4)
-    assert mirror_pad(x.expand(1, 4, 4).clone(), 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
-    assert mirror_pad(torch.rand(1, 3, 3), 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+    assert mirror_pad(x.expand(1, 4, 4).clone(), 2, 2, 2, 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
+    assert mirror_pad(torch.rand(1, 3, 3), 7, 7, 7, 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+
+
+def test_training_crops_are_mirrored_like_the_pipelines_tiles():
+    """One mirror_pad (pipelines.tiling) for the valid-padding training crops and the overlap-tile inference."""
+    image, mask = torch.rand(1, 8, 8), torch.zeros(8, 8, dtype=torch.long)
+    crop, _, _ = JointTransform(out_size=8, in_size=14, augment=AugmentConfig())(image, mask)
+    assert torch.equal(crop, mirror_pad(image[None], 3, 3, 3, 3)[0])
+
+
+def test_training_overlays_use_the_pipelines_palette():
+    """train.segmentation.overlay and the `segment --overlay` pictures tint a class in the same colour."""
+    from pipelines.images import PALETTE
+    from pipelines.images import overlay as pipeline_overlay
+    from train.segmentation import overlay
+
+    classes = torch.tensor([[0, 1, 2], [3, 9, 0]])
+    image = torch.rand(3, 2, 3) * 2 - 1                                    # [-1, 1], as training sees it
+    picture = overlay(image, classes)                                      # (3, H, W) in [0, 1]
+    pil = Image.fromarray((((image + 1) / 2).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    theirs = np.asarray(pipeline_overlay(pil, classes.numpy()), dtype=np.float32) / 255
+    np.testing.assert_allclose(picture.permute(1, 2, 0).numpy(), theirs, atol=1.5 / 255)
+    assert torch.allclose(picture[:, 0, 1], 0.5 * (image[:, 0, 1] + 1) / 2 + 0.5 * PALETTE[0])
 
 
 def test_grid_elastic_draws_the_papers_displacements():
@@ -183,3 +214,30 @@ def test_parquet_dataset_source_reads_images_and_labels_and_names_bad_rows(tmp_p
     with pytest.raises(ValueError, match=r"data.label_column='digit' is not a column .* its columns are \['image', 'label'\]"):
         DatasetsSource(load_config(None, ["data.source=datasets", "data.path=parquet", "data.label_column=digit",
                                           f"data.data_files={tmp_path / 'good.parquet'}"]).data)
+
+
+def test_diffusion_examples_are_checked_by_the_networks_rules():
+    """A label or context the model cannot take fails on reading the example, with the network's message."""
+    from diffusers.training_utils import compute_snr
+
+    from train.data import RawExample
+    from train.diffusion import DiffusionTask
+
+    args = ("{channels: [8, 16], blocks_per_level: 1, attention_levels: [1], mid_attention: false, norm_groups: 4, "
+            "attention_head_channels: 4, num_class_labels: 3, cross_attention_levels: [1], context_dim: 8}")
+    task = DiffusionTask(load_config(None, ["task=diffusion", "data.image_size=8", "model.preset=tiny", f"model.args={args}"]))
+    image, context = Image.new("RGB", (8, 8)), np.zeros((2, 8), dtype=np.float32)
+    example = task.prepare(RawExample(image, label=2, context=context), 0)
+    assert example["label"].item() in (2, 3) and example["context"].shape == (2, 8)
+    with pytest.raises(ValueError, match=r"^example 5: this model is class-conditional: pass class_labels.*data.label_column"):
+        task.prepare(RawExample(image, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5: class_labels must lie in \[0, 4\)"):
+        task.prepare(RawExample(image, label=7, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5 has label 3, the null label"):
+        task.prepare(RawExample(image, label=3, context=context), 5)
+    with pytest.raises(ValueError, match=r"^example 5: encoder_hidden_states must have shape \(1, L, 8\); got \(1, 2, 6\)"):
+        task.prepare(RawExample(image, label=0, context=np.zeros((2, 6), dtype=np.float32)), 5)
+    # Min-SNR weighting reads diffusers' compute_snr: alpha_bar / (1 - alpha_bar).
+    t = torch.arange(task.scheduler.config.num_train_timesteps)
+    alpha_bar = task.scheduler.alphas_cumprod
+    torch.testing.assert_close(compute_snr(task.scheduler, t), alpha_bar / (1 - alpha_bar), rtol=1e-6, atol=0)

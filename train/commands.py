@@ -1,6 +1,6 @@
 """The ``train`` and ``demo`` subcommands (entry points of the group ``unet_diffusion.commands``).
 
-Each ``add_*(subparsers)`` adds its parser with ``set_defaults(func=handler)``; a handler takes the
+Each ``add_*(subparsers)`` adds its parser with ``unet_diffusion.cli.add_command``; a handler takes the
 parsed arguments and returns an exit status. The training stack loads inside the handlers.
 
 - ``train --config NAME|FILE [--resume latest|PATH] [--quiet] [key.sub=value ...]``
@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 
+from unet_diffusion.cli import add_command
 from unet_diffusion.errors import InputError
 
 from .config import load_config, shipped_config_names
@@ -29,27 +30,18 @@ def _common_options(parser) -> None:
 
 def add_train(subparsers) -> None:
     """The ``train`` subcommand."""
-    train = subparsers.add_parser(
-        "train", help="train a denoiser or a segmenter from a config file",
-        description="Train from a YAML config; key.sub=value arguments override it (e.g. optim.lr=1e-4 train.steps=500). "
-                    "Runs on any number of processes under `accelerate launch`.",
-    )
+    train = add_command(subparsers, "train", run_train, "train a denoiser or a segmenter from a config file")
     train.add_argument("--config", required=True, metavar="NAME|FILE",
                        help=f"a YAML config file, or a shipped config by name: {', '.join(shipped_config_names())}")
     _common_options(train)
-    train.set_defaults(func=run_train)
 
 
 def add_demo(subparsers) -> None:
     """The ``demo`` subcommand."""
-    demo = subparsers.add_parser(
-        "demo", help="train the quick-start denoiser (a few minutes on a CPU) and write a sample grid",
-        description="Train the shipped quickstart config on built-in shapes, then write samples.png and model.safetensors. "
-                    "Ctrl-C saves a checkpoint; run the same command with --resume latest to continue.",
-    )
+    demo = add_command(subparsers, "demo", run_demo,
+                       "train the quick-start denoiser (a few minutes on a CPU) and write a sample grid")
     demo.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     _common_options(demo)
-    demo.set_defaults(func=run_demo)
 
 
 def _train(config, resume) -> int:
@@ -71,12 +63,14 @@ def _load(config_name, args, *overrides):
 
 
 def run_train(args) -> int:
-    """``unet-diffusion train``."""
+    """Train from a YAML config; key.sub=value arguments override it (e.g. optim.lr=1e-4 train.steps=500).
+    Runs on any number of processes under `accelerate launch`."""
     return _train(_load(args.config, args), args.resume)
 
 
 def run_demo(args) -> int:
-    """``unet-diffusion demo``: train the quick start and report where the results are."""
+    """Train the shipped quickstart config on built-in shapes, then write samples.png and model.safetensors.
+    Ctrl-C saves a checkpoint; run the same command with --resume latest to continue."""
     config = _load(QUICKSTART, args, f"train.output_dir={args.output}")
     from .checkpoint import list_checkpoints
 

@@ -22,11 +22,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipelines.images import image_files
 from unet_diffusion.errors import InputError
 
 from .config import Config, DataConfig, expand_path
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif"}
 
 
 class BadImageError(InputError):
@@ -199,14 +198,11 @@ class ImageMaskPairs:
         for key, folder in (("image_dir", image_dir), ("mask_dir", mask_dir)):
             if not folder.is_dir():
                 raise FileNotFoundError(f"data.{key} {folder} is not a folder (set UNET_DATA_DIR if the config uses it).")
-        images = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
-        masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+        images, masks = ({p.stem: p for p in image_files(folder)} for folder in (image_dir, mask_dir))
         unpaired = sorted(set(images) ^ set(masks))
         if unpaired:
             raise InputError(f"images and masks must pair up by file name; without a partner: {unpaired[:10]} "
                              f"(in {image_dir} / {mask_dir}).")
-        if not images:
-            raise InputError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {image_dir}.")
         self.pairs = [(images[k], masks[k]) for k in sorted(images)]
         self.data = data
 

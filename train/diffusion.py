@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.training_utils import compute_snr
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from pipelines import DenoisePipeline
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
+from unet_diffusion.inputs import check_conditioning
 from unet_diffusion.weights import check_config
 
 from .checkpoint import ema_weights
@@ -62,7 +64,6 @@ class DiffusionTask:
             raise ConfigError("diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample': at the last step the "
                               "image is pure noise and cannot be recovered from an epsilon prediction.")
         self.scheduler = noise_scheduler(config)
-        self.snr = self.scheduler.alphas_cumprod / (1 - self.scheduler.alphas_cumprod)  # (T,)
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
@@ -104,22 +105,26 @@ class DiffusionTask:
         x0 = self.transform(TF.pil_to_tensor(raw.image))                     # (C, S, S) in [-1, 1]
         example = {"x0": x0, "noise": torch.randn_like(x0), "t": torch.randint(d.num_train_timesteps, ())}
         drop = bool(torch.rand(()) < d.condition_dropout)
-        if c.num_class_labels is not None:
-            if raw.label is None:
-                raise InputError(f"the model is class-conditional (num_class_labels={c.num_class_labels}) but example "
-                                 f"{index} has no label; set data.label_column.")
-            if not 0 <= raw.label < c.num_class_labels:
-                raise InputError(f"example {index} has label {raw.label}, outside [0, {c.num_class_labels}) (model.args.num_class_labels).")
+        label, context = self._condition(raw, index)
+        if label is not None:
             example["label"] = torch.tensor(c.num_class_labels if drop else raw.label)
-        if c.context_dim is not None:
-            if raw.context is None:
-                raise InputError(f"the model cross-attends (context_dim={c.context_dim}) but example {index} has no context; "
-                                 "set data.context_column.")
-            context = torch.as_tensor(raw.context, dtype=torch.float32)
-            if context.ndim != 2 or context.shape[1] != c.context_dim:
-                raise InputError(f"example {index}: the context must be (L, {c.context_dim}); got {tuple(context.shape)}.")
+        if context is not None:
             example["context"] = torch.zeros_like(context) if drop else context
         return example
+
+    def _condition(self, raw, index: int):
+        """The example's label and ``(L, D)`` context that the model takes, checked by the network's own rules."""
+        c = self.unet_config
+        label = None if c.num_class_labels is None or raw.label is None else torch.tensor([raw.label])
+        context = None if c.context_dim is None or raw.context is None else torch.as_tensor(raw.context, dtype=torch.float32)
+        try:
+            check_conditioning(c, label, None if context is None else context[None], 1)
+        except InputError as err:
+            raise type(err)(f"example {index}: {err} (the data gives them through data.label_column / data.context_column)") from None
+        if label is not None and raw.label == c.num_class_labels:
+            raise InputError(f"example {index} has label {raw.label}, the null label kept for condition dropout; "
+                             f"data labels lie in [0, {c.num_class_labels}).")
+        return label, context
 
     def prepare_eval(self, raw, index: int) -> dict:
         return self.prepare(raw, index)
@@ -139,7 +144,7 @@ class DiffusionTask:
         per_example = (pred - target.float()).pow(2).mean(dim=(1, 2, 3))       # (B,)
         gamma = self.config.diffusion.min_snr_gamma
         if gamma:
-            per_example = per_example * min_snr_weights(self.snr.to(t.device)[t], gamma, prediction)
+            per_example = per_example * min_snr_weights(compute_snr(self.scheduler, t), gamma, prediction)
         return per_example.mean()
 
     # ------------------------------------------------------------------------ evaluation and pictures

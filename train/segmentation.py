@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from pipelines import SegmentationPipeline
+from pipelines.images import tint
+from pipelines.segmentation import conditioned_through
+from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 
@@ -26,49 +28,25 @@ from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
 from .transforms import JointTransform
 
-# Overlay colours of the classes (RGB in [0, 1]); class 0 is left uncoloured.
-PALETTE = torch.tensor([[0, 0, 0], [1.0, 0.2, 0.2], [0.2, 0.9, 0.3], [0.2, 0.4, 1.0], [1.0, 0.85, 0.2], [0.8, 0.3, 0.9]])
-
 
 def input_size_for(model: UNet, output: int) -> int:
     """The input side whose output side is ``output`` (equal with same padding); ValueError if none."""
     if model.config.padding == "same":
         model.output_size(output)  # raises, naming valid sizes, if the side does not fit
         return output
-    probe = model.valid_input_sizes(2 * output + 256, count=1)[0]
-    shrink = probe - model.output_size(probe)  # valid convolutions take the same margin at any valid size
-    candidates = model.valid_input_sizes(output + shrink, count=8)
-    for n in candidates:
-        if model.output_size(n) == output:
-            return n
-    outputs = sorted({model.output_size(n) for n in candidates})
+    n = covering_input(model, output)
+    if model.output_size(n) == output:
+        return n
+    outputs = sorted({model.output_size(m) for m in model.valid_input_sizes(n, count=8)})
     raise ConfigError(f"no input size of this valid-padding model gives a {output}-pixel output; "
                       f"valid output sides near it: {outputs}. Set data.image_size to one of them.")
 
 
 def predict_logits(model, image: torch.Tensor) -> torch.Tensor:
-    """Logits ``(B, K, H, W)`` for whole images ``(B, C, H, W)``, padding the input so the output covers them.
-
-    The input is mirror-padded: by the valid-padding shrink on the top/left (so output pixel (0, 0)
-    sits on image pixel (0, 0)) and up to the next valid input size on the bottom/right.
-    """
+    """Logits ``(B, K, H, W)`` for whole images ``(B, C, H, W)``: one forward, the input mirror-padded so the output
+    covers them (the segmentation pipeline's ``whole_image``). ``model`` may be wrapped (DDP)."""
     net = model.module if hasattr(model, "module") else model
-    height, width = image.shape[-2:]
-    pads = []
-    for side in (height, width):
-        if net.config.padding == "same":
-            n = -(-side // net.downsampling_factor) * net.downsampling_factor
-            before = 0
-        else:
-            probe = net.valid_input_sizes(side + 200, count=1)[0]
-            shrink = probe - net.output_size(probe)
-            n = next(n for n in net.valid_input_sizes(side + shrink, count=16) if n - shrink >= side)
-            before = shrink // 2
-        pads.append((before, n - side - before))
-    (top, bottom), (left, right) = pads
-    mode = "reflect" if max(top, bottom) < height and max(left, right) < width else "replicate"
-    padded = F.pad(image, (left, right, top, bottom), mode=mode)
-    return model(padded).sample[..., :height, :width]
+    return whole_image(lambda x: model(x).sample, net, image)
 
 
 def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -99,13 +77,9 @@ def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
 
 
 def overlay(image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """An RGB picture ``(3, H, W)`` of a [-1, 1] image with the classes tinted over it."""
-    gray = ((image[:1] if image.shape[0] == 1 else image.mean(0, keepdim=True)) + 1) / 2
-    rgb = gray.expand(3, -1, -1).clone()
-    colors = PALETTE[classes.clamp(max=len(PALETTE) - 1)].permute(2, 0, 1)    # (3, H, W)
-    tinted = classes > 0
-    rgb[:, tinted] = 0.5 * rgb[:, tinted] + 0.5 * colors[:, tinted]
-    return rgb
+    """An RGB picture ``(3, H, W)`` of a [-1, 1] image ``(C, H, W)`` with the classes tinted in the pipelines' palette."""
+    rgb = image if image.shape[0] == 3 else image.mean(0, keepdim=True).expand(3, -1, -1)
+    return tint((rgb + 1) / 2, classes)
 
 
 class SegmentationTask:
@@ -119,9 +93,9 @@ class SegmentationTask:
         if c.head != "segment":
             raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
                               "or use a preset such as seg-small or ronneberger2015.")
-        if c.time_embedding is not None or c.num_class_labels is not None or c.context_dim is not None:
-            raise ConfigError("a segmentation model here takes only the image: set time_embedding=null, num_class_labels=null "
-                              "and no cross-attention in model.args.")
+        if conditioned_through(c):
+            raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
+                              f"{', '.join(conditioned_through(c))}: set them to null in model.args.")
         self.num_classes = c.out_channels
         s = config.segmentation
         if s.class_weights is not None and len(s.class_weights) != self.num_classes:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from pipelines.tiling import mirror_pad
 from unet_diffusion.errors import InputError
 
 from .config import AugmentConfig
@@ -114,14 +115,7 @@ class JointTransform:
         top = int(torch.randint(height - self.out_size + 1, ()).item())
         left = int(torch.randint(width - self.out_size + 1, ()).item())
         out = (slice(top, top + self.out_size), slice(left, left + self.out_size))
-        image = mirror_pad(image, self.margin)[:, top:top + self.in_size, left:left + self.in_size]
+        m = self.margin
+        image = mirror_pad(image, m, m, m, m)[:, top:top + self.in_size, left:left + self.in_size]
         return image, mask[out], (weights * valid)[out]
 
-
-def mirror_pad(image: torch.Tensor, margin: int) -> torch.Tensor:
-    """Mirror ``(C, H, W)`` by ``margin`` pixels on each side (repeatedly if the margin exceeds the image)."""
-    while margin > 0:
-        step = min(margin, image.shape[-1] - 1, image.shape[-2] - 1)
-        image = F.pad(image.unsqueeze(0), (step,) * 4, mode="reflect").squeeze(0)
-        margin -= step
-    return image

@@ -1,7 +1,7 @@
 """The ``unet-diffusion`` command line.
 
 Each subcommand is an entry point of the group ``unet_diffusion.commands`` (see ``pyproject.toml``):
-a function ``add(subparsers)`` that adds its parser with ``set_defaults(func=handler)``. The rooms
+a function ``add(subparsers)`` that adds its parser with ``add_command`` (which records its handler). The rooms
 register themselves there, so this package never imports ``pipelines`` or ``train``; and only the
 subcommand being run is loaded, so ``unet-diffusion sample`` never imports the training stack.
 Command modules import nothing heavy at module level: torch and friends load inside the handlers.
@@ -10,6 +10,7 @@ Command modules import nothing heavy at module level: torch and friends load ins
 from __future__ import annotations
 
 import argparse
+import inspect
 import re
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -20,6 +21,15 @@ GROUP = "unet_diffusion.commands"
 # The mistakes of the user, printed as one line with exit status 1: the project's InputError (every
 # check of user input raises it) and the missing files.
 USER_ERRORS = (InputError, FileNotFoundError, NotADirectoryError)
+
+
+def add_command(subparsers, name: str, handler, help: str, **defaults) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``: ``handler(args)`` runs it and returns the exit status, and its docstring is the
+    command's description in ``--help``; ``defaults`` are set on the parsed arguments too (``api_flags``: the flags
+    of the Python names its errors may use)."""
+    parser = subparsers.add_parser(name, help=help, description=inspect.getdoc(handler))
+    parser.set_defaults(func=handler, **defaults)
+    return parser
 
 
 def command_entry_points() -> dict[str, EntryPoint]:

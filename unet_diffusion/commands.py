@@ -1,6 +1,6 @@
 """The ``convert`` subcommand (an entry point of the group ``unet_diffusion.commands``, see ``cli.py``).
 
-``add_convert(subparsers)`` adds its parser with ``set_defaults(func=run_convert)``; torch and the
+``add_convert(subparsers)`` adds its parser, run by ``run_convert``; torch and the
 network load inside the handler.
 """
 
@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .cli import add_command
 from .errors import InputError
 
 TO_OURS, TO_DIFFUSERS = "unet-diffusion", "diffusers"
@@ -18,25 +19,19 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 def add_convert(subparsers) -> None:
     """The ``convert`` subcommand."""
-    convert = subparsers.add_parser(
-        "convert",
-        help="convert a U-Net folder between diffusers' format and ours (same outputs)",
-        description=(
-            "Convert a save_pretrained folder: a diffusers UNet2DModel / UNet2DConditionModel becomes our UNet, "
-            "our UNet becomes the diffusers model with the same outputs. The direction is read from SRC/config.json."
-        ),
-    )
+    convert = add_command(subparsers, "convert", run_convert,
+                          "convert a U-Net folder between diffusers' format and ours (same outputs)")
     convert.add_argument("src", metavar="SRC", help="folder with config.json and safetensors weights")
     convert.add_argument("dst", metavar="DST", help="new folder to write")
     convert.add_argument("--to", choices=(TO_OURS, TO_DIFFUSERS), help="target format (default: the other one than SRC's)")
     convert.add_argument("--variant", help="read SRC's weights of this variant, e.g. fp16")
     convert.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the written weights (default float32)")
     convert.add_argument("--overwrite", action="store_true", help="write into DST even if it is not empty")
-    convert.set_defaults(func=run_convert)
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """``unet-diffusion convert SRC DST``: load SRC in either format, write DST in the other."""
+    """Convert a save_pretrained folder: a diffusers UNet2DModel / UNet2DConditionModel becomes our UNet,
+    our UNet becomes the diffusers model with the same outputs. The direction is read from SRC/config.json."""
     import torch
 
     from .convert import DIFFUSERS_CLASSES, to_diffusers
