@@ -37,7 +37,7 @@ from bench.speed import CONFIGS
 def measure(config_name: str, model_kind: str, checkpointing: bool, batch: int, device: torch.device) -> dict:
     """One training step of one freshly built model; bytes needed above the model's own (child process)."""
     from unet_diffusion import UNet
-    from unet_diffusion.convert import _diffusers_class, diffusers_config
+    from unet_diffusion.convert import diffusers_class, diffusers_config
 
     config = CONFIGS[config_name]
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def measure(config_name: str, model_kind: str, checkpointing: bool, batch: int, 
         with torch.device("meta"):
             skeleton = UNet(**config)
         class_name, fields = diffusers_config(skeleton.config)
-        model = _diffusers_class(class_name)(**fields)
+        model = diffusers_class(class_name)(**fields)
     model = model.to(device).train()
     if checkpointing:
         model.enable_gradient_checkpointing()
