@@ -17,7 +17,8 @@ from .samplers import SAMPLER_SCHEDULERS
 
 MODEL_HELP = (
     "a pipeline folder (model_index.json, from save_pretrained), a U-Net folder (config.json + "
-    "diffusion_pytorch_model.safetensors) or a .safetensors file written by save_weights"
+    "diffusion_pytorch_model.safetensors), a .safetensors file written by save_weights, or a Hub id (org/name; "
+    "HF_HUB_OFFLINE=1 reads the cache only)"
 )
 
 

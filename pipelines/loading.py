@@ -11,6 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
+from unet_diffusion.hub import resolve
 from unet_diffusion.loading import load_unet
 from unet_diffusion.weights import read_scheduler_config
 
@@ -55,7 +56,7 @@ def load_denoise_pipeline(path: str | os.PathLike, prediction_type: str | None =
     ``prediction_type`` (epsilon / v_prediction / sample) says what a bare U-Net was trained to
     predict; for a pipeline folder it overrides what the saved scheduler says.
     """
-    path = Path(path)
+    path = resolve(path)
     if path.is_dir() and _pipeline_folder(path, "sample"):
         pipe = DenoisePipeline.from_pretrained(path)
         if prediction_type is not None and prediction_type != pipe.scheduler.config.prediction_type:
@@ -78,7 +79,7 @@ def stored_scheduler(path: Path, prediction_type: str | None = None) -> Schedule
 
 def load_segmentation_pipeline(path: str | os.PathLike) -> SegmentationPipeline:
     """A ``SegmentationPipeline`` from a pipeline folder, or from a bare U-Net (pixels fed in [0, 1])."""
-    path = Path(path)
+    path = resolve(path)
     if path.is_dir() and _pipeline_folder(path, "segment"):
         return SegmentationPipeline.from_pretrained(path)
     return SegmentationPipeline(unet=load_unet(path))

@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unet_diffusion import UNet
 from unet_diffusion.convert import DIFFUSERS_CLASSES
+from unet_diffusion.hub import resolve
 from unet_diffusion.errors import InputError, InputTypeError
 from unet_diffusion.inputs import check_conditioning
 
@@ -118,13 +119,15 @@ class DenoisePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """diffusers' ``from_pretrained``; a diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, ...) whose
+        """diffusers' ``from_pretrained`` of a local folder or a Hub id (resolved through the cache first, see
+        ``unet_diffusion.hub``); a diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, ...) whose
         ``unet/`` is a ``UNet2DModel`` loads too: the U-Net is converted (same outputs), the scheduler kept."""
-        folder = Path(str(pretrained_model_name_or_path))
+        source = {key: kwargs.pop(key) for key in ("revision", "cache_dir", "local_files_only", "token") if key in kwargs}
+        folder = resolve(pretrained_model_name_or_path, **source)
         index = folder / "model_index.json"
         components = json.loads(index.read_text()) if index.is_file() else {}
         if components.get("unet", [None, None])[1] not in DIFFUSERS_CLASSES:
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+            return super().from_pretrained(folder, **kwargs)
         scheduler = scheduler_class(components.get("scheduler", [None, "DDPMScheduler"])[1], str(index))
         dtype = kwargs.get("torch_dtype")
         unet = UNet.from_pretrained(folder / "unet", **({"torch_dtype": dtype} if dtype is not None else {}))

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from diffusers import UNet2DConditionModel, UNet2DModel
 from safetensors.torch import load_file, save_file
 
-from unet_diffusion import CheckpointMismatchError, UNet, from_diffusers
+from unet_diffusion import CheckpointMismatchError, InputError, UNet, from_diffusers
 from unet_diffusion.convert import UnsupportedConversionError, config_from_diffusers, to_diffusers
 
 TOLERANCE = 1e-5
@@ -160,6 +160,31 @@ def test_ours_to_diffusers_to_ours_same_outputs(config):
     assert max_diff(theirs, ours, kwargs) <= TOLERANCE
     again = from_diffusers(theirs)
     assert max_diff(again, ours, kwargs) == 0
+
+
+def test_encoder_attention_mask_ignores_padding_as_diffusers_does():
+    cls, config = CASES["cond_sd_like_conv_projection"]
+    theirs = randomized(cls(**config))
+    ours = from_diffusers(theirs)
+    kwargs = inputs(config)
+    mask = torch.ones(2, 5)
+    mask[0, 3:] = 0  # the first example's last two tokens are padding
+    with torch.no_grad():
+        masked = ours(**kwargs, encoder_attention_mask=mask.bool()).sample
+        assert (masked - theirs(**kwargs, encoder_attention_mask=mask).sample).abs().max() <= TOLERANCE
+        assert (masked - ours(**kwargs).sample)[0].abs().max() > 1e-3  # the mask matters
+        kwargs["encoder_hidden_states"][0, 3:] = torch.randn(2, 24)  # ... and what is masked does not
+        torch.testing.assert_close(ours(**kwargs, encoder_attention_mask=mask).sample, masked, atol=1e-6, rtol=0)
+    with pytest.raises(InputError, match=r"encoder_attention_mask must have shape \(2, 5\)"):
+        ours(**kwargs, encoder_attention_mask=mask[:, :4])
+
+
+def test_attention_processors_are_answered_not_ignored():
+    ours = UNet(**tiny_config())
+    assert ours.attn_processors == {}
+    ours.set_default_attn_processor()
+    with pytest.raises(InputError, match="does not run diffusers attention processors"):
+        ours.set_attn_processor(object())
 
 
 # ---------------------------------------------------------------------------- folders and the command line

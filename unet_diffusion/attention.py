@@ -7,10 +7,15 @@ picks the flash / memory-efficient kernel for the device. Heads are always a *co
 
 from __future__ import annotations
 
+import warnings
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from .errors import InputError
 
 # Latent diffusion normalises the input of its transformers with this epsilon whatever the
 # ResNet epsilon is; converted Stable-Diffusion-style models need the same value.
@@ -18,10 +23,11 @@ TRANSFORMER_NORM_EPS = 1e-6
 
 
 # ---------------------------------------------------------------------------- multi-head attention
-def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-    """Attention of ``(B, N, C)`` queries over ``(B, M, C)`` keys/values split into ``heads`` heads."""
+def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of ``(B, N, C)`` queries over ``(B, M, C)`` keys/values split into ``heads`` heads;
+    ``bias`` ``(B, 1, 1, M)`` is added to the scores (a large negative value masks a key)."""
     q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=heads) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return rearrange(out, "b h n d -> b n (h d)")
 
 
@@ -51,6 +57,23 @@ class SelfAttention(nn.Module):
 
 
 # ---------------------------------------------------------------------------- transformer blocks
+# diffusers' UNet2DConditionModel turns encoder_attention_mask (1 keep, 0 discard) into this additive bias.
+MASKED_SCORE = -10000.0
+
+
+class Context(NamedTuple):
+    """What cross-attention attends to: ``states`` ``(B, L, C)`` and an additive ``bias`` ``(B, 1, 1, L)``
+    that hides padding tokens (``None``: every token counts)."""
+
+    states: torch.Tensor
+    bias: torch.Tensor | None = None
+
+
+def context_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """The additive bias ``(B, 1, 1, L)`` of an ``encoder_attention_mask`` ``(B, L)`` (1 or True: keep; 0 or False: ignore)."""
+    return None if mask is None else ((1 - mask.to(dtype)) * MASKED_SCORE)[:, None, None, :]
+
+
 class Attention(nn.Module):
     """Multi-head attention of a token sequence over itself (``context=None``) or over a context."""
 
@@ -65,12 +88,12 @@ class Attention(nn.Module):
             self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.to_out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Context | None = None) -> torch.Tensor:
         if self.is_cross:
             q = self.to_q(x)
-            k, v = self.to_kv(context).chunk(2, dim=-1)
-        else:
-            q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+            k, v = self.to_kv(context.states).chunk(2, dim=-1)
+            return self.to_out(multihead_attention(q, k, v, self.heads, context.bias))
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         return self.to_out(multihead_attention(q, k, v, self.heads))
 
 
@@ -100,7 +123,7 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Context) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x))
         x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
@@ -119,7 +142,7 @@ class SpatialTransformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth))
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: Context) -> torch.Tensor:
         height = x.shape[2]
         h = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
         for block in self.blocks:
@@ -146,3 +169,35 @@ class AttentionGate(nn.Module):
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         alpha = torch.sigmoid(self.psi(F.relu(self.skip_proj(skip) + self.gate_proj(gate))))  # (B, 1, H, W)
         return skip * alpha
+
+
+# ---------------------------------------------------------------------------- diffusers' attention interface
+class AttentionProcessorsMixin:
+    """diffusers' attention-processor interface, answered for a network without diffusers ``Attention`` modules.
+
+    Every attention here calls ``scaled_dot_product_attention`` on fused projections (one q/k/v
+    matrix), so diffusers' processors, which call ``to_q`` / ``to_k`` / ``to_v`` of its own modules,
+    have nothing to run on. Asking for one says so; asking for the default is already granted.
+    """
+
+    @property
+    def attn_processors(self) -> dict:
+        """No diffusers processors: every attention is ``scaled_dot_product_attention`` (``{}``)."""
+        return {}
+
+    def set_attn_processor(self, processor) -> None:
+        raise InputError(
+            "UNet's attention does not run diffusers attention processors: it calls torch's scaled_dot_product_attention on "
+            "fused q/k/v projections, which already picks a flash or memory-efficient kernel. To change the attention, "
+            "convert the model with unet_diffusion.to_diffusers and set processors on that."
+        )
+
+    def set_default_attn_processor(self) -> None:
+        """The default (scaled-dot-product attention) is the only one: nothing to change."""
+
+    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
+        """No xformers here: ``scaled_dot_product_attention`` picks a memory-efficient (or flash) kernel by itself.
+        Says so instead of silently doing nothing."""
+        if valid:
+            warnings.warn("UNet does not use xformers: its attention is torch's scaled_dot_product_attention, which "
+                          "already selects a memory-efficient or flash kernel where the device has one.", stacklevel=3)

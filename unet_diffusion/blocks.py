@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import AttentionGate, SelfAttention, SpatialTransformer
+from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
 from .errors import InputError
 from .fused import norm_act_conv
 
@@ -242,7 +242,7 @@ class UNetBlock(nn.Module):
         self,
         x: torch.Tensor,
         emb: torch.Tensor | None = None,
-        context: torch.Tensor | None = None,
+        context: Context | None = None,
         skip: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if skip is not None:

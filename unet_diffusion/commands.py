@@ -21,7 +21,7 @@ def add_convert(subparsers) -> None:
     """The ``convert`` subcommand."""
     convert = add_command(subparsers, "convert", run_convert,
                           "convert a U-Net folder between diffusers' format and ours (same outputs)")
-    convert.add_argument("src", metavar="SRC", help="folder with config.json and safetensors weights")
+    convert.add_argument("src", metavar="SRC", help="folder with config.json and safetensors weights, or a Hub id (org/name)")
     convert.add_argument("dst", metavar="DST", help="new folder to write")
     convert.add_argument("--to", choices=(TO_OURS, TO_DIFFUSERS), help="target format (default: the other one than SRC's)")
     convert.add_argument("--variant", help="read SRC's weights of this variant, e.g. fp16")
@@ -35,10 +35,11 @@ def run_convert(args: argparse.Namespace) -> int:
     import torch
 
     from .convert import DIFFUSERS_CLASSES, to_diffusers
+    from .hub import resolve
     from .outputs import staged_output
     from .unet import UNet
 
-    src, dst = Path(args.src), Path(args.dst)
+    src, dst = resolve(args.src), Path(args.dst)  # a folder, or a Hub id read through the cache
     config_path = src / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")

@@ -53,10 +53,13 @@ def timestep_tensor(config, timestep, batch: int, device: torch.device) -> torch
     return t
 
 
-def check_conditioning(config, class_labels, encoder_hidden_states, batch: int) -> None:
-    """Class labels and cross-attention context are present exactly when the model uses them, well shaped."""
+def check_conditioning(config, class_labels, encoder_hidden_states, batch: int, encoder_attention_mask=None) -> None:
+    """Class labels and cross-attention context are present exactly when the model uses them, well shaped;
+    a context mask is ``(B, L)`` for a ``(B, L, C)`` context."""
     _check_class_labels(config, class_labels, batch)
     _check_context(config, encoder_hidden_states, batch)
+    if encoder_attention_mask is not None:
+        _check_context_mask(encoder_attention_mask, encoder_hidden_states)
 
 
 def _check_class_labels(config, class_labels, batch: int) -> None:
@@ -92,3 +95,13 @@ def _check_context(config, context, batch: int) -> None:
         raise InputTypeError("encoder_hidden_states must be a floating-point tensor of shape (B, L, context_dim).")
     if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != width:
         raise InputError(f"encoder_hidden_states must have shape ({batch}, L, {width}); got {tuple(context.shape)}.")
+
+
+def _check_context_mask(mask, context) -> None:
+    if context is None:
+        raise InputError("encoder_attention_mask masks encoder_hidden_states; pass the context too (or leave the mask out).")
+    if not isinstance(mask, torch.Tensor) or mask.is_complex():
+        raise InputTypeError("encoder_attention_mask must be a tensor of shape (B, L): 1 or True to attend, 0 or False to ignore.")
+    if tuple(mask.shape) != tuple(context.shape[:2]):
+        raise InputError(f"encoder_attention_mask must have shape {tuple(context.shape[:2])}, one entry per context token; "
+                         f"got {tuple(mask.shape)}.")

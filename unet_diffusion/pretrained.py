@@ -8,7 +8,6 @@ loading policy for both kinds of folder: our own (``config.json`` + safetensors)
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -16,9 +15,9 @@ from torch import nn
 
 from .convert import DIFFUSERS_CLASSES, config_from_diffusers, fill_model, rename_legacy_attention, state_dict_from_diffusers
 from .errors import InputError, InputTypeError
+from .hub import resolve
 from .weights import (
     check_config,
-    check_local_folder,
     model_shapes,
     raise_if_mismatched,
     read_safetensors,
@@ -41,6 +40,19 @@ def own_aligned_storage(model: nn.Module) -> None:
                 tensor.data = tensor.data.clone()
 
 
+def one_device(device_map) -> torch.device | None:
+    """The single device a ``device_map`` names (a device, its name or index, or ``{"": device}``); ``None`` for none."""
+    if isinstance(device_map, dict) and set(device_map) == {""}:
+        device_map = device_map[""]
+    if device_map is None or isinstance(device_map, torch.device):
+        return device_map
+    try:
+        return torch.device(device_map)  # "auto", "balanced", a per-module dict: not a device
+    except (RuntimeError, TypeError):
+        raise InputError(f"device_map={device_map!r}: a converted diffusers U-Net goes to one device; pass a device such "
+                         "as 'cpu' or 'cuda:0'.") from None
+
+
 def diffusers_folder_class(folder: Path) -> str | None:
     """The diffusers U-Net class a folder's ``config.json`` names, or ``None`` for any other folder."""
     config_path = folder / "config.json"
@@ -48,6 +60,10 @@ def diffusers_folder_class(folder: Path) -> str | None:
         return None
     name = json.loads(config_path.read_text()).get("_class_name")
     return name if name in DIFFUSERS_CLASSES else None
+
+
+# diffusers' loading options that say where a model comes from: hub.resolve takes them, the loaders need not.
+SOURCE_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 
 
 class PretrainedMixin:
@@ -68,26 +84,31 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a folder written by ``save_pretrained`` (``config.json`` + safetensors weights).
+        """Load a folder written by ``save_pretrained`` (``config.json`` + safetensors weights), local or on the Hub.
 
         The folder may also hold a diffusers ``UNet2DModel`` or ``UNet2DConditionModel`` (its config's
         ``_class_name`` says so): it is converted on the fly to the same function (see
         ``unet_diffusion.convert``), legacy attention names, variants and shards included.
 
-        Accepts diffusers' loading options (``subfolder``, ``variant``, ``torch_dtype``, ...). Weights
-        are read from safetensors only. A checkpoint whose tensors do not match the config raises
-        ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
+        One policy for both kinds: the source is resolved to a local folder first (``hub.resolve``: a
+        path, or a Hub id through the cache, with ``revision``, ``cache_dir``, ``local_files_only``,
+        ``token``, ``subfolder``), then loaded with diffusers' options (``torch_dtype`` or ``dtype``,
+        ``variant``, ``device_map``, ``low_cpu_mem_usage``, ``use_safetensors``, ``output_loading_info``).
+        Weights are read from safetensors only. A checkpoint whose tensors do not match the config
+        raises ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
         """
-        check_local_folder(pretrained_model_name_or_path)
-        folder = Path(str(pretrained_model_name_or_path)) / (kwargs.get("subfolder") or "")
-        if folder.is_dir():
-            if diffusers_folder_class(folder):
-                kwargs.pop("subfolder", None)
-                return cls.from_diffusers_folder(folder, **kwargs)
-            cls._check_folder(folder, kwargs.get("variant"))
+        source = {key: kwargs.pop(key) for key in SOURCE_OPTIONS if key in kwargs}
+        folder = resolve(pretrained_model_name_or_path, **source) / (source.get("subfolder") or "")
+        if "dtype" in kwargs:  # newer diffusers' name for torch_dtype
+            kwargs["torch_dtype"] = kwargs.pop("dtype")
+        if kwargs.get("use_safetensors") is False:
+            raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
+        if diffusers_folder_class(folder):
+            return cls.from_diffusers_folder(folder, **kwargs)
+        cls._check_folder(folder, kwargs.get("variant"))
         want_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
-        model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(folder, output_loading_info=True, **kwargs)
         mismatched = [(name, tuple(model_shape), tuple(ckpt_shape)) for name, ckpt_shape, model_shape in info["mismatched_keys"]]
         raise_if_mismatched(info["missing_keys"], info["unexpected_keys"], mismatched, source=str(folder))
         own_aligned_storage(model)
@@ -117,23 +138,28 @@ class PretrainedMixin:
     @classmethod
     def from_diffusers_folder(
         cls, folder: str | Path, variant: str | None = None, torch_dtype: torch.dtype | None = None,
-        output_loading_info: bool = False, use_safetensors: bool | None = None, **unsupported,
+        output_loading_info: bool = False, use_safetensors: bool | None = None, low_cpu_mem_usage: bool = True,
+        device_map: str | torch.device | dict | None = None, **unsupported,
     ):
-        """A ``UNet`` from a diffusers ``save_pretrained`` folder (``config.json`` + safetensors weights).
+        """A ``UNet`` from a local diffusers ``save_pretrained`` folder (``config.json`` + safetensors weights).
 
         Single files, shards and variants (``variant="fp16"``) are read; the weights are cast to
-        ``torch_dtype`` (default float32). ``from_pretrained`` calls this for diffusers folders.
+        ``torch_dtype`` (default float32) and placed on ``device_map`` (a device, or ``{"": device}``).
+        The network is always built without memory of its own first (``low_cpu_mem_usage`` is accepted
+        for diffusers' sake). ``from_pretrained`` calls this for diffusers folders.
         """
         if unsupported:
-            raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; it takes variant and torch_dtype.")
+            raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; see UNet.from_pretrained.")
         if use_safetensors is False:
             raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
+        device = one_device(device_map)
         folder = Path(folder)
         config = json.loads((folder / "config.json").read_text())
         state_dict: dict[str, torch.Tensor] = {}
         for file in safetensors_files(folder, variant):
             state_dict.update(read_safetensors(file))
         model = cls.from_diffusers_state_dict(config, state_dict, source=str(folder), dtype=torch_dtype or torch.float32)
+        model = model.to(device) if device is not None else model
         if output_loading_info:
             return model, dict(missing_keys=[], unexpected_keys=[], mismatched_keys=[], error_msgs=[])
         return model
@@ -158,10 +184,3 @@ class PretrainedMixin:
             raise InputError("safe_serialization=False would write pickled weights, which UNet.from_pretrained refuses "
                              "(unpickling can run code); leave it at True.")
         return super().save_pretrained(save_directory, *args, safe_serialization=True, **kwargs)
-
-    def set_use_memory_efficient_attention_xformers(self, valid: bool, attention_op=None) -> None:
-        """No xformers here: every attention is torch's ``scaled_dot_product_attention``, which picks a
-        memory-efficient (or flash) kernel by itself. Says so instead of silently doing nothing."""
-        if valid:
-            warnings.warn("UNet does not use xformers: its attention is torch's scaled_dot_product_attention, which "
-                          "already selects a memory-efficient or flash kernel where the device has one.", stacklevel=3)

@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .attention import AttentionProcessorsMixin, Context, context_bias
 from .blocks import BlockKind, Downsample, Downsampling, Padding, TimeInjection, UNetBlock, Upsample, Upsampling, conv_padding
 from .embeddings import TimeFeatures, embeddings
 from .errors import InputError
@@ -35,7 +36,7 @@ class UNetOutput(BaseOutput):
     sample: torch.Tensor
 
 
-class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
+class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
     """Time-conditioned U-Net with residual blocks, self-attention, cross-attention and class
     conditioning, whose encoder-decoder core also serves segmentation.
 
@@ -235,6 +236,8 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         class_labels: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        encoder_attention_mask: torch.Tensor | None = None,
     ) -> UNetOutput | tuple[torch.Tensor]:
         """Run the network on ``sample`` ``(B, C, H, W)``.
 
@@ -246,6 +249,8 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
             class_labels: ``(B,)`` integer labels for class-conditional models.
             encoder_hidden_states: ``(B, L, context_dim)`` context for cross-attention.
             return_dict: return a ``UNetOutput`` (default) or a one-element tuple.
+            encoder_attention_mask: ``(B, L)``, 1 (or True) for the context tokens to attend to, 0 for padding
+                to ignore, as in diffusers' ``UNet2DConditionModel``.
 
         Returns:
             ``.sample``: ``(B, out_channels, H', W')`` (same size as the input unless valid padding).
@@ -253,12 +258,14 @@ class UNet(PretrainedMixin, ModelMixin, ConfigMixin):
         check_sample(self, sample)
         batch, height, width = sample.shape[0], sample.shape[2], sample.shape[3]
         t = timestep_tensor(self.config, timestep, batch, sample.device)
-        check_conditioning(self.config, class_labels, encoder_hidden_states, batch)
+        check_conditioning(self.config, class_labels, encoder_hidden_states, batch, encoder_attention_mask)
         # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
         dtype = self.compute_dtype
         x = self._prepare(sample.to(dtype))
         emb = self._embedding(t, class_labels, dtype)
-        context = None if encoder_hidden_states is None else encoder_hidden_states.to(dtype)
+        context = None
+        if encoder_hidden_states is not None:
+            context = Context(encoder_hidden_states.to(dtype), context_bias(encoder_attention_mask, dtype))
 
         skips: list[torch.Tensor] = []
         if self.stem is not None:

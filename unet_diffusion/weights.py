@@ -127,25 +127,6 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
-def looks_local(name: str | os.PathLike) -> bool:
-    """Whether ``name`` is meant as a local path rather than a Hub id (``org/name``: one slash, no suffix).
-
-    Local: absolute, ``./``, ``~``, backslashes, not exactly one slash, a file suffix, or a first part
-    that is a local folder (``runs/demo`` beside ``runs/``). A local path that does not exist must
-    fail at once, not after the Hub client's retries.
-    """
-    text = os.fspath(name)
-    path = Path(text).expanduser()
-    return (path.is_absolute() or text.startswith((".", "~")) or "\\" in text or text.count("/") != 1
-            or path.suffix != "" or Path(path.parts[0]).is_dir())
-
-
-def check_local_folder(name: str | os.PathLike) -> None:
-    """Raise ``FileNotFoundError`` at once for a local-looking ``name`` that is not an existing folder or file."""
-    if looks_local(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"no such file or folder: {name} (a Hub id looks like org/name).")
-
-
 def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> list[Path]:
     """The safetensors weight files of a ``save_pretrained`` folder: one file, or the shards of an index.
 
