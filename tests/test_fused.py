@@ -93,3 +93,38 @@ def test_hooks_on_every_norm_and_conv_fire_in_train_and_eval():
         with torch.set_grad_enabled(training):
             model(x, 3).sample.sum()
         assert set(calls) == set(layers), sorted(set(layers) - set(calls))
+
+
+def test_a_peft_lora_adapter_on_every_conv_sees_every_call_and_trains():
+    """LoRA (through peft) wraps the convolutions; the fused op must not read around the wrapper."""
+    from collections import Counter
+
+    from conftest import tiny_config
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from unet_diffusion import UNet
+
+    model = UNet(**tiny_config())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        base = model.eval()(x, 3).sample
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    model = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=2, target_modules=convs, init_lora_weights=False), model)
+    adapters = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert len(adapters) == len(convs)
+    calls = Counter()
+    for name, adapter in adapters.items():
+        adapter.register_forward_hook(lambda module, args, out, name=name: calls.update([name]))
+    for training in (True, False):
+        model.train(training)
+        calls.clear()
+        model.zero_grad()
+        with torch.set_grad_enabled(training):
+            out = model(x, 3).sample
+        assert set(calls) == set(adapters), sorted(set(adapters) - set(calls))
+        assert (out - base).abs().max() > 1e-4  # the adapters change the function
+        if training:
+            out.square().mean().backward()
+            lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
+            assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
