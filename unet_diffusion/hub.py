@@ -33,7 +33,7 @@ def looks_local(name: str | os.PathLike) -> bool:
 def check_local_folder(name: str | os.PathLike) -> None:
     """Raise ``FileNotFoundError`` at once for a local-looking ``name`` that is not an existing folder or file."""
     if looks_local(name) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"no such file or folder: {name} (a Hub id looks like org/name).")
+        raise FileNotFoundError(f"no model at {name}: no such file or folder (a Hub id looks like org/name).")
 
 
 def resolve(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None,
