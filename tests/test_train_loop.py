@@ -193,12 +193,18 @@ def test_cli_train_and_demo_in_process(tmp_path, capsys):
     assert main(["train", "--config", str(path), "optim.lrr=1"]) == 1
     assert "unknown key optim.lrr in optim. Did you mean optim.lr?" in capsys.readouterr().err
     # The demo with the quick-start config, cut down to a few steps of a tiny model.
-    overrides = ["train.steps=2", "data.image_size=8", "diffusion.num_samples=4", "diffusion.sample_steps=2",
+    overrides = ["train.steps=2", "train.log_every=1", "data.image_size=8", "diffusion.num_samples=4", "diffusion.sample_steps=2",
                  "model.args={channels: [8, 16], blocks_per_level: 1, attention_levels: [], mid_attention: false, "
                  "norm_groups: 4, attention_head_channels: 4, num_class_labels: 3}"]
     assert main(["demo", "--output", str(tmp_path / "demo"), *overrides]) == 0
     assert "demo finished" in capsys.readouterr().out
     assert (tmp_path / "demo" / "samples.png").is_file() and (tmp_path / "demo" / "model.safetensors").is_file()
+    # Watching the run (issue 13): TensorBoard by default when installed, loss.png at the end, `plot` redraws it.
+    events = list((tmp_path / "demo" / "logs" / "unet-diffusion").glob("events.out.tfevents.*"))
+    assert events and (tmp_path / "demo" / "loss.png").is_file()
+    (tmp_path / "demo" / "loss.png").unlink()
+    assert main(["plot", str(tmp_path / "demo")]) == 0 and (tmp_path / "demo" / "loss.png").is_file()
+    assert main(["plot", str(tmp_path)]) == 1 and "has no training log" in capsys.readouterr().err
     # `unet-diffusion sample` opens the saved pipeline directly (its scheduler says v-prediction, cosine betas).
     assert main(["sample", str(tmp_path / "demo" / "pipeline"), "--out", str(tmp_path / "samples"), "--num-images", "2",
                  "--steps", "2", "--sampler", "ddim", "--class-label", "1", "--no-progress"]) == 0
@@ -359,3 +365,30 @@ def test_tensorboard_logs_beside_the_jsonl_when_asked(tmp_path):
     result = train(tiny(tmp_path, train={"steps": 2, "log_with": ["tensorboard"]}))
     assert [r["step"] for r in read_log(result.run_dir)] == [1, 2]
     assert list((result.run_dir / "logs" / "unet-diffusion").glob("events.out.tfevents.*"))
+
+
+def test_tensorboard_gets_scalars_and_the_pictures(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny(tmp_path, train={"steps": 2}, diffusion={"sample_every": 1}))
+    events = EventAccumulator(str(result.run_dir / "logs" / "unet-diffusion")).Reload()
+    assert "loss" in events.Tags()["scalars"] and "pictures" in events.Tags()["images"]
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
+
+
+def test_plots_need_matplotlib_and_say_so(tmp_path, monkeypatch):
+    import builtins
+
+    from train.plots import plot_run
+
+    result = train(tiny(tmp_path, train={"steps": 2, "log_with": []}))
+    assert (result.run_dir / "loss.png").is_file() and not (result.run_dir / "logs").exists()
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert plot_run(result.run_dir) is None

@@ -5,6 +5,7 @@ parsed arguments and returns an exit status. The training stack loads inside the
 
 - ``train --config NAME|FILE [--resume latest|PATH] [--quiet] [key.sub=value ...]``
 - ``demo [--output DIR] [--resume latest] [--quiet] [key.sub=value ...]``: the quick start.
+- ``plot RUN_DIR``: ``RUN_DIR/loss.png`` from the run's log (also written at the end of every run).
 """
 
 from __future__ import annotations
@@ -42,6 +43,24 @@ def add_demo(subparsers) -> None:
                        "train the quick-start denoiser (a few minutes on a CPU) and write a sample grid")
     demo.add_argument("--output", default="runs/demo", help="output folder (default: runs/demo)")
     _common_options(demo)
+
+
+def add_plot(subparsers) -> None:
+    """The ``plot`` subcommand."""
+    plot = add_command(subparsers, "plot", run_plot, "draw a run's loss and validation curves into RUN_DIR/loss.png")
+    plot.add_argument("run_dir", metavar="RUN_DIR", help="a training run's output folder (with log.jsonl)")
+
+
+def run_plot(args) -> int:
+    """Draw RUN_DIR/loss.png from the run's log.jsonl: training loss, its running mean, the learning rate and
+    every validation metric."""
+    from .plots import plot_run
+
+    path = plot_run(args.run_dir)
+    if path is None:
+        raise InputError('drawing needs matplotlib: pip install "unet-diffusion[track]" (or pip install matplotlib).')
+    print(f"wrote {path}")
+    return 0
 
 
 def _train(config, resume) -> int:

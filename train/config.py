@@ -154,7 +154,7 @@ class TrainConfig:
     seed: int = 0                                 # Seeds the model init, the data order and every random draw.
     output_dir: str = "runs/run"                  # Where config, logs, checkpoints, samples and final weights go.
     log_every: int = 10                           # Log loss and learning rate every this many steps.
-    log_with: list = field(default_factory=list)  # Accelerate trackers besides log.jsonl, e.g. [tensorboard] (files under output_dir/logs).
+    log_with: list | None = None                 # Accelerate trackers besides log.jsonl (files under output_dir/logs); None: tensorboard if installed, []: none.
     eval_every: int = 500                         # Validate every this many steps (when there is validation data); 0 = only at the end.
     eval_batch_size: int = 4                      # Validation batch per process.
     checkpoint_every: int = 500                   # Save a checkpoint every this many steps; 0 = only at the end and on interrupt.

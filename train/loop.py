@@ -36,7 +36,8 @@ from unet_diffusion.errors import InputError
 from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_state, resolve_resume
 from .config import Config, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
-from .tracking import LOGS_DIR, read_log, trackers
+from .plots import PLOT_FILE, plot_run
+from .tracking import LOGS_DIR, log_picture, read_log, trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -223,6 +224,7 @@ class Trainer:
         result.checkpoint = self._save()
         if acc.is_main_process:
             self.task.finish(self.step)
+            self._plot()
         acc.wait_for_everyone()
         acc.end_training()
         return result
@@ -340,9 +342,19 @@ class Trainer:
             if self.accelerator.is_main_process:
                 self.model.eval()
                 with torch.no_grad():
-                    self.task.pictures(step)
+                    picture = self.task.pictures(step)
                 self.model.train()
+                if picture is not None:
+                    log_picture(self.accelerator, picture, step)
             self.accelerator.wait_for_everyone()
+
+    def _plot(self) -> None:
+        try:
+            path = plot_run(self.run_dir)
+        except FileNotFoundError:
+            self.log(f"no {PLOT_FILE}: no loss was logged (train.log_every={self.config.train.log_every})")
+            return
+        self.log(f"wrote {path}" if path else f"no {PLOT_FILE}: matplotlib is not installed (pip install \"unet-diffusion[track]\")")
 
     def _save(self) -> Path:
         counters = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches, "epoch": self._epoch(), "time": time.time()}

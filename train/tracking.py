@@ -12,8 +12,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from accelerate.tracking import GeneralTracker, get_available_trackers, on_main_process
 from accelerate.utils import LoggerType
+from PIL import Image
 
 from unet_diffusion.errors import InputError
 
@@ -42,12 +44,15 @@ class JsonlTracker(GeneralTracker):
             f.write(json.dumps(record) + "\n")
 
 
-def trackers(run_dir: str | os.PathLike, log_with: list[str]) -> list:
-    """``Accelerator(log_with=...)``: the JSONL tracker and the named Accelerate trackers (``train.log_with``).
+def trackers(run_dir: str | os.PathLike, log_with: list[str] | None) -> list:
+    """``Accelerator(log_with=...)``: the JSONL tracker and the named Accelerate trackers (``train.log_with``);
+    ``None`` names TensorBoard when it is installed.
 
     Accelerate leaves out a named tracker whose package is missing without a word; here that is an error.
     """
     available = {str(kind) for kind in get_available_trackers()}
+    if log_with is None:
+        log_with = ["tensorboard"] if "tensorboard" in available else []
     for name in log_with:
         if name not in LoggerType or name == "all":
             raise InputError(f"train.log_with: unknown tracker {name!r}; Accelerate's are "
@@ -56,6 +61,15 @@ def trackers(run_dir: str | os.PathLike, log_with: list[str]) -> list:
             raise InputError(f"train.log_with asks for {name}, which is not installed: pip install {name}, "
                              f"or remove it from train.log_with (log.jsonl is always written).")
     return [JsonlTracker(run_dir), *log_with]
+
+
+def log_picture(accelerator, path: str | os.PathLike, step: int) -> None:
+    """Show a picture the run wrote (sample grid, overlays) in the trackers that take images (TensorBoard)."""
+    tensorboard = next((t for t in accelerator.trackers if t.name == "tensorboard"), None)
+    if tensorboard is not None:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
+        tensorboard.log_images({"pictures": pixels}, step=step, dataformats="HWC")
 
 
 def read_log(run_dir: str | os.PathLike) -> list[dict]:
@@ -70,4 +84,4 @@ def read_log(run_dir: str | os.PathLike) -> list[dict]:
     return records
 
 
-__all__ = ["JsonlTracker", "LOG_FILE", "LOGS_DIR", "read_log", "trackers"]
+__all__ = ["JsonlTracker", "LOG_FILE", "LOGS_DIR", "log_picture", "read_log", "trackers"]
