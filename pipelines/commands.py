@@ -1,4 +1,4 @@
-"""The ``sample`` and ``segment`` subcommands (entry points of the group ``unet_diffusion.commands``).
+"""The ``sample``, ``segment`` and ``evaluate`` subcommands (entry points of the group ``unet_diffusion.commands``).
 
 Each ``add_*(subparsers)`` adds its parser with ``unet_diffusion.cli.add_command``; a handler takes the
 parsed arguments and returns an exit status. torch, diffusers and the pipelines load inside the handlers.
@@ -218,3 +218,57 @@ def _write_segmentation(file: Path, stem: Path, image, result, num_classes: int,
         probability_to_pil(probabilities[1]).save(f"{stem}_prob.png")
     elif args.probabilities:
         np.save(f"{stem}_prob.npy", probabilities.astype(np.float32))
+
+
+# ---------------------------------------------------------------------------- evaluate
+def add_evaluate(subparsers) -> None:
+    """The ``evaluate`` subcommand."""
+    evaluate = add_command(subparsers, "evaluate", run_evaluate, "FID and KID of a folder of samples against a reference folder")
+    evaluate.add_argument("generated", metavar="GENERATED", help="folder of generated images")
+    evaluate.add_argument("reference", metavar="REFERENCE", help="folder of reference images (its features are cached)")
+    evaluate.add_argument("--features", default=None, metavar="MODULE:FUNCTION",
+                          help="your own feature extractor: FUNCTION() in the importable MODULE returns an nn.Module mapping "
+                               "(B, 3, H, W) uint8 images to (B, D) features (default: the FID Inception-v3)")
+    evaluate.add_argument("--inception-weights", default=None, metavar="PATH",
+                          help="local FID Inception weights (weights-inception-2015-12-05-6726825d.pth); "
+                               "also $UNET_DIFFUSION_INCEPTION_WEIGHTS; else downloaded once when online")
+    evaluate.add_argument("--image-size", type=int, default=None, metavar="N", help="resize every image to N x N first")
+    evaluate.add_argument("--batch-size", type=int, default=50, metavar="N", help="images per feature batch (default 50)")
+    evaluate.add_argument("--kid-subset-size", type=int, default=1000, metavar="N", help="KID subset size (default 1000, or fewer images)")
+    evaluate.add_argument("--no-cache", action="store_true", help="recompute the reference features instead of reading the cache")
+    evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to FILE")
+    _device_options(evaluate)
+
+
+def _feature_extractor(spec: str | None, inception_weights: str | None):
+    """The extractor and a name for it (the reference cache is kept per extractor)."""
+    import importlib
+
+    from .evaluation import inception
+
+    if spec is None:
+        return inception(inception_weights), "inception-v3-compat-2048"
+    module_name, _, function = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)(), spec
+    except (ImportError, AttributeError, ValueError) as err:
+        raise InputError(f"--features {spec}: cannot load it ({err}); expected MODULE:FUNCTION, e.g. mypkg.features:make.") from None
+
+
+def run_evaluate(args) -> int:
+    """Compare a folder of generated images with a reference folder: Fréchet distance (FID) and kernel distance
+    (KID) of their features, by torchmetrics; the reference features are computed once and cached."""
+    import json
+
+    from .evaluation import distances, folder_features, reference_features
+
+    extractor, name = _feature_extractor(args.features, args.inception_weights)
+    options = dict(batch_size=args.batch_size, size=args.image_size, device=_device(args.device))
+    reference = reference_features(args.reference, extractor, name, cache=not args.no_cache, **options)
+    generated = folder_features(args.generated, extractor, **options)
+    scores = distances(generated, reference, args.kid_subset_size)
+    print(f"FID {scores['fid']:.4f}  KID {scores['kid']:.6f} +- {scores['kid_std']:.6f}  "
+          f"({scores['generated']} generated, {scores['reference']} reference images, features: {name})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**scores, "features": name}, indent=2))
+    return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
@@ -21,8 +20,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from unet_diffusion import UNet
 from unet_diffusion.convert import DIFFUSERS_CLASSES
-from unet_diffusion.hub import resolve
 from unet_diffusion.errors import InputError, InputTypeError
+from unet_diffusion.hub import resolve
 from unet_diffusion.inputs import check_conditioning
 
 from .images import to_pil, to_tensor

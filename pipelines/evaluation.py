@@ -1,0 +1,130 @@
+"""Sample quality against a reference set: FID and KID through torchmetrics (``pip install
+"unet-diffusion[eval]"``), on Inception-v3 features or on the features of any model the user gives.
+
+Why torchmetrics: it is maintained with PyTorch Lightning, computes FID and KID in torch on any
+device, takes a custom feature extractor (``feature=`` any ``nn.Module``), and reads the standard
+FID Inception weights (torch-fidelity's port of the TensorFlow graph) from a local file when asked.
+
+The reference set's features are computed once and cached (``~/.cache/unet-diffusion/features``,
+keyed by the folder's file names, sizes and times and by the extractor), so comparing many sample
+sets with one reference reads it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from unet_diffusion.errors import InputError
+
+from .images import image_files, load_image
+
+INCEPTION_WEIGHTS_ENV = "UNET_DIFFUSION_INCEPTION_WEIGHTS"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception weights
+
+
+def cache_dir() -> Path:
+    """Where reference features are kept: ``$UNET_DIFFUSION_CACHE``, else ``~/.cache/unet-diffusion/features``."""
+    return Path(os.environ.get("UNET_DIFFUSION_CACHE", Path.home() / ".cache" / "unet-diffusion")) / "features"
+
+
+def inception(weights: str | os.PathLike | None = None) -> nn.Module:
+    """The FID Inception-v3 (2048 pool features of uint8 images), from ``weights`` or ``$UNET_DIFFUSION_INCEPTION_WEIGHTS``,
+    else downloaded once by torch-fidelity; offline (``HF_HUB_OFFLINE=1``) without a file it is one clear error."""
+    try:
+        from torchmetrics.image.fid import NoTrainInceptionV3
+    except ImportError:
+        raise InputError('FID and KID need torchmetrics and torch-fidelity: pip install "unet-diffusion[eval]".') from None
+    weights = weights or os.environ.get(INCEPTION_WEIGHTS_ENV)
+    advice = (f"pass --inception-weights PATH (the file {INCEPTION_FILE}) or set {INCEPTION_WEIGHTS_ENV}, "
+              "or give your own feature extractor (--features MODULE:FUNCTION)")
+    if weights is not None and not Path(weights).is_file():
+        raise InputError(f"no Inception weights at {weights}; {advice}.")
+    if weights is None and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise InputError(f"FID/KID need the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE); {advice}.")
+    try:
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                  feature_extractor_weights_path=None if weights is None else str(weights))
+    except OSError as err:  # URLError and friends: no network, or a broken file
+        raise InputError(f"the Inception weights could not be loaded ({err}); {advice}.") from None
+
+
+def image_batches(folder: str | os.PathLike, batch_size: int, size: int | None):
+    """``(B, 3, H, W)`` uint8 batches of a folder's images (grey becomes RGB; ``size``: resized square)."""
+    files = image_files(folder)
+    for start in range(0, len(files), batch_size):
+        arrays = []
+        for path in files[start : start + batch_size]:
+            image = load_image(path).convert("RGB")
+            if size is not None and image.size != (size, size):
+                image = image.resize((size, size))
+            arrays.append(np.asarray(image))
+        if len({a.shape for a in arrays}) > 1:
+            raise InputError(f"the images of {folder} differ in size; pass --image-size to resize them to one.")
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def folder_features(folder: str | os.PathLike, extractor: nn.Module, batch_size: int = 50, size: int | None = None,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(N, D)`` float64 features of every image of ``folder``."""
+    extractor = extractor.to(device).eval()
+    parts = [extractor(batch.to(device)).double().cpu() for batch in image_batches(folder, batch_size, size)]
+    return torch.cat(parts)
+
+
+def _cache_key(folder: Path, extractor_name: str, size: int | None) -> str:
+    digest = hashlib.sha1(f"{extractor_name}|{size}".encode())
+    for path in image_files(folder):
+        stat = path.stat()
+        digest.update(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def reference_features(folder: str | os.PathLike, extractor: nn.Module, extractor_name: str, *, cache: bool = True,
+                       **options) -> torch.Tensor:
+    """``folder_features`` of a reference folder, read from the cache when the folder has not changed."""
+    path = cache_dir() / f"{_cache_key(Path(folder), extractor_name, options.get('size'))}.safetensors"
+    if cache and path.is_file():
+        return load_file(path)["features"]
+    features = folder_features(folder, extractor, **options)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        save_file({"features": features.contiguous()}, staging)
+        staging.replace(path)  # written whole or not at all
+    return features
+
+
+class _Given(nn.Module):
+    """Features that are already computed, passed through (torchmetrics calls its extractor on its input)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def distances(generated: torch.Tensor, reference: torch.Tensor, kid_subset_size: int = 1000) -> dict[str, float]:
+    """FID and KID (mean and standard deviation over subsets) between two ``(N, D)`` feature sets, by torchmetrics."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    subset = min(kid_subset_size, len(generated), len(reference))
+    if subset < 2:
+        raise InputError(f"FID/KID need at least 2 images on each side; got {len(generated)} and {len(reference)}.")
+    fid = FrechetInceptionDistance(feature=_Given(), input_img_size=(reference.shape[1],))
+    with warnings.catch_warnings():  # "KID keeps every feature": these are in memory already
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=_Given(), subset_size=subset)
+    for metric in (fid, kid):
+        metric.update(reference, real=True)
+        metric.update(generated, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": fid.compute().item(), "kid": kid_mean.item(), "kid_std": kid_std.item(),
+            "generated": len(generated), "reference": len(reference)}
