@@ -5,11 +5,11 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from trainkit import TINY_DIFFUSION, merged, write_config
 
 from bench.equal_time import scaled_warmup, seconds_per_step, steps_for_budget
 from bench.peers_gen import parameter_count
 from bench.quality_gen import check_held_out, classifier_scores, requested_labels, score_samples
-from tests.trainkit import TINY_DIFFUSION, merged, write_config
 from train import load_config, train
 
 has_lucidrains = all(importlib.util.find_spec(n) for n in ("denoising_diffusion_pytorch", "ema_pytorch"))

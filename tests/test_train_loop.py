@@ -392,3 +392,12 @@ def test_plots_need_matplotlib_and_say_so(tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert plot_run(result.run_dir) is None
+
+
+def test_validation_loss_by_timestep_range(tmp_path):
+    result = train(tiny(tmp_path, train={"steps": 2, "eval_every": 2}, data={"val_size": 8}))
+    ranges = {k: v for k, v in result.metrics.items() if k.startswith("val_loss_t")}
+    assert ranges and set(ranges) <= {"val_loss_t0-24", "val_loss_t25-49", "val_loss_t50-74", "val_loss_t75-99"}
+    assert min(ranges.values()) <= result.metrics["val_loss"] <= max(ranges.values())
+    logged = [r["eval"] for r in read_log(result.run_dir) if "eval" in r]
+    assert logged and set(ranges) <= set(logged[-1])

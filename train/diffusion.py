@@ -54,6 +54,9 @@ def noise_scheduler(config: Config) -> DDPMScheduler:
     )
 
 
+TIMESTEP_BUCKETS = 4  # the validation loss is also reported in this many equal ranges of timesteps
+
+
 class DiffusionTask:
     """Train a denoiser: the data, loss, sample grids and the saved pipeline."""
 
@@ -131,6 +134,10 @@ class DiffusionTask:
 
     # ------------------------------------------------------------------------ loss
     def loss(self, model, batch: dict) -> torch.Tensor:
+        return self.example_losses(model, batch).mean()
+
+    def example_losses(self, model, batch: dict) -> torch.Tensor:
+        """The (weighted) loss of each example, ``(B,)``."""
         x0, noise, t = batch["x0"], batch["noise"], batch["t"]
         noisy = self.scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t, class_labels=batch.get("label"), encoder_hidden_states=batch.get("context")).sample.float()
@@ -145,24 +152,35 @@ class DiffusionTask:
         gamma = self.config.diffusion.min_snr_gamma
         if gamma:
             per_example = per_example * min_snr_weights(compute_snr(self.scheduler, t), gamma, prediction)
-        return per_example.mean()
+        return per_example
 
     # ------------------------------------------------------------------------ evaluation and pictures
     def evaluate(self) -> dict:
-        """Validation loss (fixed noise per example), averaged over the validation set and all processes."""
+        """Validation loss (fixed noise and timestep per example) over the validation set and all processes, and the
+        same in ``TIMESTEP_BUCKETS`` ranges of timesteps (``val_loss_t0-249``, ...): which noise levels are learnt."""
         trainer = self.trainer
         acc, examples = trainer.accelerator, trainer.val_examples
-        total = torch.zeros(2, device=acc.device)
+        steps, buckets = self.config.diffusion.num_train_timesteps, TIMESTEP_BUCKETS
+        totals = torch.zeros(2, buckets + 1, device=acc.device)  # (loss sum, count): all, then each bucket
         batch_size = self.config.train.eval_batch_size
         model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of batches
         mine = list(range(acc.process_index, len(examples), acc.num_processes))
         for start in range(0, len(mine), batch_size):
             items = [examples[i] for i in mine[start:start + batch_size]]
             batch = {k: torch.stack([item[k] for item in items]).to(acc.device) for k in items[0]}
-            total += torch.stack([self.loss(model, batch).float() * len(items), torch.tensor(float(len(items)), device=acc.device)])
+            losses = self.example_losses(model, batch).float()
+            column = 1 + (batch["t"].long() * buckets // steps).clamp(max=buckets - 1)
+            for row, values in enumerate((losses, torch.ones_like(losses))):
+                totals[row, 0] += values.sum()
+                totals[row].index_add_(0, column, values)
         if acc.num_processes > 1:
-            total = acc.reduce(total, "sum")
-        return {"val_loss": (total[0] / total[1].clamp_min(1)).item()}
+            totals = acc.reduce(totals, "sum")
+        means = (totals[0] / totals[1].clamp_min(1)).tolist()
+        metrics = {"val_loss": means[0]}
+        for k in range(buckets):
+            if totals[1, k + 1] > 0:
+                metrics[f"val_loss_t{k * steps // buckets}-{(k + 1) * steps // buckets - 1}"] = means[k + 1]
+        return metrics
 
     def picture_every(self) -> int:
         return self.config.diffusion.sample_every
