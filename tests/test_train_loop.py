@@ -267,9 +267,9 @@ def load_weights_ok(checkpoint) -> bool:
     return all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
-    values = merged(TINY_DIFFUSION, train={"steps": 4, "batch_size": 8, "checkpoint_every": 0,
-                                           "output_dir": str(tmp_path / "two")})
+@pytest.mark.parametrize("base", [TINY_DIFFUSION, TINY_SEGMENTATION], ids=["diffusion", "segmentation"])
+def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path, base):
+    values = merged(base, train={"steps": 4, "batch_size": 8, "checkpoint_every": 0, "output_dir": str(tmp_path / "two")})
     path = write_config(tmp_path / "c.yaml", values)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
