@@ -9,7 +9,8 @@ from unet_diffusion.cli import build_parser
 
 
 def test_readme_training_commands_parse_and_their_configs_load():
-    commands = [line for block in code_blocks("Training", language="bash") for line in block.strip().splitlines()]
+    blocks = [block.replace("\\\n", " ") for block in code_blocks("Training", language="bash")]  # join continued lines
+    commands = [line for block in blocks for line in block.strip().splitlines()]
     assert commands[0] == "pip install -e . && unet-diffusion demo"
     parser = build_parser()
     trains = 0
@@ -29,7 +30,7 @@ def test_readme_training_commands_parse_and_their_configs_load():
         assert args.command == "train"
         load_config(PROJECT_ROOT / args.config, args.overrides)   # the config exists and the overrides are valid
         trains += 1
-    assert trains == 6
+    assert trains == 8
 
 
 def test_readme_training_python_example_runs(tmp_path, monkeypatch):
