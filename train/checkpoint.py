@@ -6,7 +6,7 @@ A checkpoint is ``<run>/checkpoints/step-00001234/``:
 - ``model/`` and ``ema/``: ``save_pretrained`` folders (``config.json`` + safetensors), each tensor
   once. ``Checkpoints`` hooks them into Accelerate's ``save_state`` / ``load_state`` instead of
   Accelerate's own ``model.safetensors``; ``UNet.from_pretrained``, ``unet-diffusion sample`` and
-  ``bench/quality_gen.py --pipelines`` open them as they are,
+  ``python -m bench.quality_gen --pipelines`` open them as they are,
 - Accelerate's optimizer, learning-rate schedule, gradient scaler and random states of every process
   (read back by Accelerate with ``torch.load(weights_only=True)``),
 - ``trainer.json``: the step and counters, written last.
