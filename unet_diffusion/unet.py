@@ -25,7 +25,7 @@ from .errors import InputError
 from .heads import Head, HeadKind
 from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .plan import SkipStyle, plan_unet
+from .plan import SkipStyle, UNetPlan, plan_unet
 from .pretrained import PretrainedMixin
 
 
@@ -104,36 +104,46 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         super().__init__()
         plan = plan_unet(self.config, type(self).__init__)  # every configuration rule is checked there, once
         self.time_embed, self.class_embed = embeddings(self.config, plan.shared.emb_dim)
-        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=conv_padding(padding)) if conv_in else None
-        c = channels[0] if conv_in else in_channels
-        widths = [c] if plan.dense and conv_in else []  # skip widths: the encoder pushes, the decoder pops
+        width = self._build_u(plan)  # stem, encoder, middle, decoder
+        self.out = Head(head, width, plan.head_channels, normalize=block == "residual", norm_groups=norm_groups,
+                        norm_eps=norm_eps)
+        initialize(self, block, self.out.conv, weight_init)
+        self._size_cache: dict[int, int | str] = {}
+
+    def _build_u(self, plan: UNetPlan) -> int:
+        """The blocks of the U, as the plan says: the encoder pushes the width of every output that becomes a
+        skip connection, the decoder pops them in reverse order (``forward`` pushes and pops the tensors alike).
+        Returns the decoder's output width."""
+        c = self.config
+        self.stem = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=conv_padding(c.padding)) if c.conv_in else None
+        width = c.channels[0] if c.conv_in else c.in_channels
+        widths = [width] if plan.dense and c.conv_in else []
         self.encoder = nn.ModuleDict()
         for i, level in enumerate(plan.levels):
             for j in range(level.blocks):
-                self.encoder[f"level{i}_block{j}"] = unit = plan.unet_block(c, level)
-                c = level.width
+                self.encoder[f"level{i}_block{j}"] = unit = plan.unet_block(width, level)
+                width = level.width
                 unit.push_skip = plan.dense or (j == level.blocks - 1 and level.downsample)
-                widths += [c] * unit.push_skip
+                widths += [width] * unit.push_skip
             if level.downsample:
-                self.encoder[f"level{i}_down"] = down = Downsample(c, downsample)
+                self.encoder[f"level{i}_down"] = down = Downsample(width, c.downsample)
                 down.push_skip = plan.dense
-                widths += [c] * plan.dense
+                widths += [width] * plan.dense
         self.middle = nn.ModuleDict()
         if plan.middle is not None:  # at the lowest resolution: a block with attention, then a plain one
-            self.middle["mid_block0"] = plan.unet_block(c, plan.middle, output_scale=mid_block_scale, attention_norm=mid_attention_norm)
-            self.middle["mid_block1"] = UNetBlock(c, c, plan.shared, output_scale=mid_block_scale)
+            scale = c.mid_block_scale
+            self.middle["mid_block0"] = plan.unet_block(width, plan.middle, output_scale=scale, attention_norm=c.mid_attention_norm)
+            self.middle["mid_block1"] = UNetBlock(width, width, plan.shared, output_scale=scale)
         self.decoder = nn.ModuleDict()
         for i, level in reversed(list(enumerate(plan.levels))):
             for j in range(level.decoder_blocks):
-                self.decoder[f"level{i}_block{j}"] = plan.unet_block(c, level, skip=widths.pop() if plan.dense or j == 0 else 0)
-                c = level.width
+                self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=widths.pop() if plan.dense or j == 0 else 0)
+                width = level.width
             if i > 0:
-                self.decoder[f"level{i}_up"] = Upsample(c, level.up_width, upsample)
-                c = level.up_width
+                self.decoder[f"level{i}_up"] = Upsample(width, level.up_width, c.upsample)
+                width = level.up_width
         assert not widths, "every skip connection pushed by the encoder is consumed by the decoder"
-        self.out = Head(head, c, plan.head_channels, normalize=block == "residual", norm_groups=norm_groups, norm_eps=norm_eps)
-        initialize(self, block, self.out.conv, weight_init)
-        self._size_cache: dict[int, int | str] = {}
+        return width
 
     # ------------------------------------------------------------------------ sizes
     @property
