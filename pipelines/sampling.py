@@ -103,9 +103,10 @@ class DenoisePipeline(DiffusionPipeline):
         >>> images = pipe(batch_size=2, num_inference_steps=10, sampler="ddim").images  # 2 PIL images
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
 
-    def __init__(self, unet: UNet, scheduler: SchedulerMixin | str):
+    def __init__(self, unet: UNet, scheduler: SchedulerMixin | str, vae=None):
         super().__init__()
         if getattr(unet.config, "head", "denoise") != "denoise":
             raise InputError(
@@ -114,7 +115,10 @@ class DenoisePipeline(DiffusionPipeline):
             )
         if isinstance(scheduler, str) or isinstance(scheduler, type):
             scheduler = make_scheduler(scheduler)
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
+            raise InputError(f"the VAE's latents have {vae.config.latent_channels} channels but the U-Net takes "
+                             f"{unet.config.in_channels}; train the U-Net on this VAE's latents (in_channels = latent_channels).")
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -182,6 +186,8 @@ class DenoisePipeline(DiffusionPipeline):
              "strength and mask_image work on an init image: pass image= too."),
             (guidance_scale is None and negative_encoder_hidden_states is not None,
              "negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too."),
+            (image is not None and getattr(self, "vae", None) is not None,
+             "image-to-image and inpainting are not supported yet for a latent (VAE) pipeline; sample without image=."),
         )
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
         run = self._prepare(batch_size, generator, class_labels, encoder_hidden_states, negative_encoder_hidden_states,
@@ -199,6 +205,14 @@ class DenoisePipeline(DiffusionPipeline):
         sample = self._denoise(scheduler, timesteps, sample, noise, run, step_kwargs, learned_variance)
         self.maybe_free_model_hooks()
         return self._output(sample, output_type, return_dict)
+
+    def _decoded(self, sample: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] from the final sample: itself, or with a VAE its latents decoded (latent diffusion)."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return sample
+        latents = sample / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
+        return vae.decode(latents.to(vae.dtype)).sample.float()
 
     # ------------------------------------------------------------------------ the loop
     def _denoise(self, scheduler, timesteps, sample, noise, run: _Run, step_kwargs: dict, learned_variance: bool) -> torch.Tensor:
@@ -384,12 +398,11 @@ class DenoisePipeline(DiffusionPipeline):
             kwargs["use_clipped_model_output"] = True
         return kwargs
 
-    @staticmethod
-    def _output(sample: torch.Tensor, output_type: str, return_dict: bool):
+    def _output(self, sample: torch.Tensor, output_type: str, return_dict: bool):
         if output_type == "latent":
             images = sample
         else:
-            images = (sample / 2 + 0.5).clamp(0, 1)
+            images = (self._decoded(sample) / 2 + 0.5).clamp(0, 1)
             if output_type == "np":
                 images = images.cpu().permute(0, 2, 3, 1).float().numpy()
             elif output_type == "pil":

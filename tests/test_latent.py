@@ -1,0 +1,55 @@
+"""Latent diffusion: a DenoisePipeline with a diffusers VAE samples latents and decodes them to images (issue 13)."""
+
+import pytest
+import torch
+from conftest import tiny_config
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from pipelines import DenoisePipeline
+from unet_diffusion import InputError, UNet
+from unet_diffusion.cli import main
+
+
+def tiny_vae() -> AutoencoderKL:
+    """A small random AutoencoderKL: 3-channel images, 4-channel latents at half the size."""
+    torch.manual_seed(0)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                         norm_num_groups=4, sample_size=16, scaling_factor=0.5).eval()
+
+
+@pytest.fixture
+def latent_pipeline():
+    unet = UNet(**tiny_config(in_channels=4, sample_size=8)).eval()
+    return DenoisePipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=50), vae=tiny_vae())
+
+
+def test_latents_are_decoded_to_images(latent_pipeline):
+    latents = latent_pipeline(batch_size=2, num_inference_steps=2, output_type="latent",
+                              generator=torch.Generator().manual_seed(0)).images
+    images = latent_pipeline(batch_size=2, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert latents.shape == (2, 4, 8, 8) and images.shape == (2, 3, 16, 16)
+    with torch.no_grad():
+        expected = (latent_pipeline.vae.decode(latents / 0.5).sample / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(images, expected)
+    with pytest.raises(InputError, match="not supported yet for a latent"):
+        latent_pipeline(image=torch.rand(1, 3, 16, 16), num_inference_steps=2)
+
+
+def test_a_latent_pipeline_folder_saves_loads_and_samples_from_the_cli(latent_pipeline, tmp_path):
+    latent_pipeline.save_pretrained(tmp_path / "pipe")
+    loaded = DenoisePipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(loaded.vae, AutoencoderKL)
+    kwargs = dict(batch_size=1, num_inference_steps=2, output_type="pt")
+    torch.testing.assert_close(loaded(**kwargs, generator=torch.Generator().manual_seed(3)).images,
+                               latent_pipeline(**kwargs, generator=torch.Generator().manual_seed(3)).images)
+    assert main(["sample", str(tmp_path / "pipe"), "--out", str(tmp_path / "out"), "--num-images", "2", "--steps", "2",
+                 "--quiet"]) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "out" / "00000.png").size == (16, 16)
+
+
+def test_the_vae_and_the_unet_must_agree_on_latent_channels():
+    with pytest.raises(InputError, match="latents have 4 channels but the U-Net takes 3"):
+        DenoisePipeline(unet=UNet(**tiny_config()), scheduler=DDPMScheduler(), vae=tiny_vae())
