@@ -53,3 +53,30 @@ def test_a_latent_pipeline_folder_saves_loads_and_samples_from_the_cli(latent_pi
 def test_the_vae_and_the_unet_must_agree_on_latent_channels():
     with pytest.raises(InputError, match="latents have 4 channels but the U-Net takes 3"):
         DenoisePipeline(unet=UNet(**tiny_config()), scheduler=DDPMScheduler(), vae=tiny_vae())
+
+
+def test_training_on_vae_latents_then_sampling_images_from_the_cli(tmp_path):
+    from trainkit import TINY_DIFFUSION, merged
+
+    from train.config import config_from_dict
+    from train.loop import train
+
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                        norm_num_groups=4, sample_size=16, scaling_factor=0.5)
+    vae.save_pretrained(tmp_path / "vae")
+    values = merged(TINY_DIFFUSION, data={"image_size": 16}, diffusion={"vae": str(tmp_path / "vae")},
+                    train={"steps": 3, "output_dir": str(tmp_path / "run")})
+    result = train(config_from_dict(values))
+    unet_config = UNet.from_pretrained(result.run_dir / "pipeline" / "unet").config
+    assert (unet_config.in_channels, unet_config.sample_size) == (4, 8)  # the latents' channels and size
+    assert (result.run_dir / "pipeline" / "vae" / "config.json").is_file()
+    assert main(["sample", str(result.run_dir / "pipeline"), "--out", str(tmp_path / "out"), "--num-images", "2",
+                 "--steps", "2", "--class-label", "1", "--quiet"]) == 0
+    from PIL import Image
+
+    image = Image.open(tmp_path / "out" / "00000.png")
+    assert image.size == (16, 16) and image.mode == "RGB"
+    values["diffusion"]["vae"] = str(tmp_path / "missing")
+    with pytest.raises(InputError, match="diffusion.vae="):
+        train(config_from_dict(values))

@@ -96,6 +96,7 @@ class DiffusionConfig:
     num_samples: int = 16                         # Images in each sample grid.
     sample_steps: int = 50                        # DDIM steps for the sample grids.
     guidance_scale: float = 1.0                   # Classifier-free guidance scale for conditional sample grids (1 = none).
+    vae: str | None = None                        # A diffusers AutoencoderKL / AutoencoderTiny folder or Hub id: train on its latents.
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from pipelines import DenoisePipeline
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
+from unet_diffusion.hub import resolve
 from unet_diffusion.inputs import check_conditioning
 from unet_diffusion.weights import check_config
 
@@ -67,16 +68,22 @@ class DiffusionTask:
             raise ConfigError("diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample': at the last step the "
                               "image is pure noise and cannot be recovered from an epsilon prediction.")
         self.scheduler = noise_scheduler(config)
+        self.vae = load_vae(d.vae) if d.vae else None  # latent diffusion: the denoiser works on the VAE's latents
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
         self.trainer = None
 
     def _fixed_fields(self) -> dict:
-        return {"sample_size": self.config.data.image_size, "in_channels": self.config.data.channels}
+        """What the data fixes in the model: the sample's size and channels (the latents' with a VAE)."""
+        if self.vae is None:
+            return {"sample_size": self.config.data.image_size, "in_channels": self.config.data.channels}
+        return {"sample_size": self.config.data.image_size // vae_scale(self.vae), "in_channels": self.vae.config.latent_channels}
 
     def attach(self, trainer) -> None:
         self.trainer = trainer
+        if self.vae is not None:
+            self.vae.to(trainer.accelerator.device)
 
     # ------------------------------------------------------------------------ model and data
     def build_model(self) -> UNet:
@@ -86,11 +93,11 @@ class DiffusionTask:
             raise ConfigError("the diffusion task needs a denoising model (head='denoise'); this one has head='segment'.")
         if c.learned_variance:
             raise ConfigError("learned_variance needs a variational-bound loss this trainer does not have; set model.args.learned_variance=false.")
-        if c.in_channels != self.config.data.channels:
-            raise ConfigError(f"the model takes {c.in_channels}-channel images but data.channels={self.config.data.channels}.")
+        if self.vae is not None and self.vae.config.in_channels != self.config.data.channels:
+            raise ConfigError(f"the VAE encodes {self.vae.config.in_channels}-channel images but data.channels={self.config.data.channels}.")
         if c.num_class_labels is not None and self.config.diffusion.condition_dropout > 0 and not c.null_class_label:
             raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
-        size = self.config.data.image_size
+        size = self._fixed_fields()["sample_size"]
         try:
             kept = model.output_size(size) == size
         except InputError as err:
@@ -106,7 +113,8 @@ class DiffusionTask:
     def prepare(self, raw, index: int) -> dict:
         c, d = self.unet_config, self.config.diffusion
         x0 = self.transform(TF.pil_to_tensor(raw.image))                     # (C, S, S) in [-1, 1]
-        example = {"x0": x0, "noise": torch.randn_like(x0), "t": torch.randint(d.num_train_timesteps, ())}
+        noise = torch.randn(c.in_channels, c.sample_size, c.sample_size) if self.vae is not None else torch.randn_like(x0)
+        example = {"x0": x0, "noise": noise, "t": torch.randint(d.num_train_timesteps, ())}
         drop = bool(torch.rand(()) < d.condition_dropout)
         label, context = self._condition(raw, index)
         if label is not None:
@@ -139,6 +147,8 @@ class DiffusionTask:
     def example_losses(self, model, batch: dict) -> torch.Tensor:
         """The (weighted) loss of each example, ``(B,)``."""
         x0, noise, t = batch["x0"], batch["noise"], batch["t"]
+        if self.vae is not None:
+            x0 = encode(self.vae, x0)
         noisy = self.scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t, class_labels=batch.get("label"), encoder_hidden_states=batch.get("context")).sample.float()
         prediction = self.config.diffusion.prediction
@@ -205,7 +215,7 @@ class DiffusionTask:
         labels, context = self._conditions(num, trainer.accelerator.device)
         generator = torch.Generator().manual_seed(self.config.train.seed)
         conditional = labels is not None or context is not None
-        pipe = DenoisePipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config))
+        pipe = DenoisePipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config), vae=self.vae)
         pipe.set_progress_bar_config(disable=True)
         with ema_weights(unet, trainer.ema):
             return pipe(num, num_inference_steps=d.sample_steps, generator=generator, class_labels=labels,
@@ -226,13 +236,43 @@ class DiffusionTask:
         save_grid(self.sample_grid(), run_dir / "samples.png")
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config)
-            save_pipeline(unet, self.scheduler, run_dir / "pipeline")
+            save_pipeline(unet, self.scheduler, run_dir / "pipeline", self.vae)
         trainer.log(f"wrote {run_dir / 'samples.png'}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
 
 
-def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path) -> None:
-    """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/) that ``unet-diffusion sample`` opens."""
-    DenoisePipeline(unet=unet, scheduler=scheduler).save_pretrained(str(folder), safe_serialization=True)
+def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path, vae=None) -> None:
+    """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/, vae/ for latent diffusion) that
+    ``unet-diffusion sample`` opens."""
+    DenoisePipeline(unet=unet, scheduler=scheduler, vae=vae).save_pretrained(str(folder), safe_serialization=True)
+
+
+# ---------------------------------------------------------------------------- latent diffusion
+def load_vae(source: str):
+    """A diffusers autoencoder (``AutoencoderKL``, ``AutoencoderTiny``, ...) from a folder or Hub id, frozen, in eval mode."""
+    from diffusers import AutoModel
+
+    try:
+        vae = AutoModel.from_pretrained(str(resolve(source)))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"diffusion.vae={source}: cannot load a diffusers autoencoder there ({str(err).splitlines()[0]}).") from None
+    if not hasattr(vae, "encode") or not hasattr(vae.config, "latent_channels"):
+        raise ConfigError(f"diffusion.vae={source} is a {type(vae).__name__}, not an autoencoder with latents.")
+    return vae.eval().requires_grad_(False)
+
+
+def vae_scale(vae) -> int:
+    """How many image pixels one latent pixel covers along a side (8 for Stable Diffusion's VAE)."""
+    widths = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+    return 2 ** (len(widths) - 1)
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Latents of ``(B, C, H, W)`` images in [-1, 1], scaled as the VAE's pipelines scale them (the mode, not a draw)."""
+    encoded = vae.encode(images.to(vae.dtype))
+    latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents - shift) * vae.config.scaling_factor).float()
 
 
 def save_grid(images: torch.Tensor, path: Path, min_side: int = 64) -> None:
