@@ -96,6 +96,8 @@ class DenoisePipeline(DiffusionPipeline):
         unet: a denoiser (``head="denoise"``).
         scheduler: a diffusers scheduler, or a name from ``SAMPLERS`` for that sampler on diffusers'
             default DDPM schedule (1000 linear steps, epsilon prediction).
+        vae: optional diffusers autoencoder (``AutoencoderKL``, ``AutoencoderTiny``) for latent diffusion: the
+            U-Net denoises its latents and the pipeline decodes them to images.
 
     Example:
         >>> from diffusers import DDPMScheduler
