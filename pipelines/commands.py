@@ -240,29 +240,14 @@ def add_evaluate(subparsers) -> None:
     _device_options(evaluate)
 
 
-def _feature_extractor(spec: str | None, inception_weights: str | None):
-    """The extractor and a name for it (the reference cache is kept per extractor)."""
-    import importlib
-
-    from .evaluation import inception
-
-    if spec is None:
-        return inception(inception_weights), "inception-v3-compat-2048"
-    module_name, _, function = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), function)(), spec
-    except (ImportError, AttributeError, ValueError) as err:
-        raise InputError(f"--features {spec}: cannot load it ({err}); expected MODULE:FUNCTION, e.g. mypkg.features:make.") from None
-
-
 def run_evaluate(args) -> int:
     """Compare a folder of generated images with a reference folder: Fréchet distance (FID) and kernel distance
     (KID) of their features, by torchmetrics; the reference features are computed once and cached."""
     import json
 
-    from .evaluation import distances, folder_features, reference_features
+    from .evaluation import distances, folder_features, load_extractor, reference_features
 
-    extractor, name = _feature_extractor(args.features, args.inception_weights)
+    extractor, name = load_extractor(args.features, args.inception_weights)
     options = dict(batch_size=args.batch_size, size=args.image_size, device=_device(args.device))
     reference = reference_features(args.reference, extractor, name, cache=not args.no_cache, **options)
     generated = folder_features(args.generated, extractor, **options)

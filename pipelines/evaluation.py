@@ -71,6 +71,31 @@ def image_batches(folder: str | os.PathLike, batch_size: int, size: int | None):
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
+def load_extractor(spec: str | None, inception_weights: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
+    """A feature extractor and its name: ``MODULE:FUNCTION`` (an importable factory of an ``nn.Module``), or the FID
+    Inception-v3 for ``None``."""
+    import importlib
+
+    if spec is None:
+        return inception(inception_weights), "inception-v3-compat-2048"
+    module_name, _, function = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), function)(), spec
+    except (ImportError, AttributeError, ValueError) as err:
+        raise InputError(f"features {spec}: cannot load it ({err}); expected MODULE:FUNCTION, e.g. mypkg.features:make.") from None
+
+
+@torch.no_grad()
+def tensor_features(images: torch.Tensor, extractor: nn.Module, batch_size: int = 50) -> torch.Tensor:
+    """``(N, D)`` float64 features of ``(N, C, H, W)`` images in [0, 1] (grey becomes RGB), on the extractor's device."""
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    device = next(extractor.parameters(), torch.empty(0)).device
+    extractor.eval()
+    return torch.cat([extractor(batch.to(device)).double().cpu() for batch in images.split(batch_size)])
+
+
 @torch.no_grad()
 def folder_features(folder: str | os.PathLike, extractor: nn.Module, batch_size: int = 50, size: int | None = None,
                     device: torch.device | str = "cpu") -> torch.Tensor:

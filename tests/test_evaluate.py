@@ -57,3 +57,16 @@ def test_without_inception_weights_offline_the_error_is_one_line(tmp_path, monke
     assert len(err.splitlines()) == 1 and "--inception-weights PATH" in err and "offline" in err
     assert main(["evaluate", str(folder), str(folder), "--inception-weights", str(tmp_path / "nope.pth")]) == 1
     assert "no Inception weights at" in capsys.readouterr().err
+
+
+def test_training_reports_fid_and_kid_of_ema_samples(tmp_path):
+    from trainkit import TINY_DIFFUSION, merged
+
+    from train.config import config_from_dict
+    from train.loop import read_log, train
+
+    values = merged(TINY_DIFFUSION, data={"val_size": 8}, train={"steps": 2, "eval_every": 2, "output_dir": str(tmp_path / "run")},
+                    diffusion={"eval_samples": 6, "eval_features": "feature_stand_in:small_features"})
+    result = train(config_from_dict(values))
+    assert result.metrics["fid"] > 0 and "kid" in result.metrics
+    assert any("fid" in (r.get("eval") or {}) for r in read_log(result.run_dir))

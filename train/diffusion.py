@@ -73,6 +73,7 @@ class DiffusionTask:
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
         self.trainer = None
+        self.extractor = self.reference = None  # in-training FID/KID: the feature extractor and the validation features
 
     def _fixed_fields(self) -> dict:
         """What the data fixes in the model: the sample's size and channels (the latents' with a VAE)."""
@@ -190,7 +191,24 @@ class DiffusionTask:
         for k in range(buckets):
             if totals[1, k + 1] > 0:
                 metrics[f"val_loss_t{k * steps // buckets}-{(k + 1) * steps // buckets - 1}"] = means[k + 1]
+        if self.config.diffusion.eval_samples:
+            metrics.update(self.sample_distances())
         return metrics
+
+    def sample_distances(self) -> dict:
+        """FID and KID of ``diffusion.eval_samples`` EMA samples against the validation images (the same on every
+        process: fixed seeds, the same weights)."""
+        from pipelines.evaluation import distances, load_extractor, tensor_features
+
+        d, examples = self.config.diffusion, self.trainer.val_examples
+        if self.extractor is None:
+            self.extractor = load_extractor(d.eval_features, d.inception_weights)[0].to(self.trainer.accelerator.device)
+        if self.reference is None:  # the validation images, once: fixed for the run
+            images = torch.stack([examples[i]["x0"] for i in range(len(examples))]) / 2 + 0.5
+            self.reference = tensor_features(images, self.extractor)
+        generated = tensor_features(self.sample_grid(d.eval_samples), self.extractor)
+        scores = distances(generated, self.reference)
+        return {"fid": scores["fid"], "kid": scores["kid"]}
 
     def picture_every(self) -> int:
         return self.config.diffusion.sample_every
