@@ -26,6 +26,7 @@ from unet_diffusion.inputs import check_conditioning
 
 from .images import to_pil, to_tensor
 from .inference import eval_mode, fail_if
+from .latents import decode, encode
 from .samplers import SAMPLER_SCHEDULERS, scheduler_class
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {name: scheduler_class(cls, 'SAMPLER_SCHEDULERS') for name, cls in SAMPLER_SCHEDULERS.items()}
@@ -188,8 +189,6 @@ class DenoisePipeline(DiffusionPipeline):
              "strength and mask_image work on an init image: pass image= too."),
             (guidance_scale is None and negative_encoder_hidden_states is not None,
              "negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too."),
-            (image is not None and getattr(self, "vae", None) is not None,
-             "image-to-image and inpainting are not supported yet for a latent (VAE) pipeline; sample without image=."),
         )
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
         run = self._prepare(batch_size, generator, class_labels, encoder_hidden_states, negative_encoder_hidden_states,
@@ -211,10 +210,7 @@ class DenoisePipeline(DiffusionPipeline):
     def _decoded(self, sample: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from the final sample: itself, or with a VAE its latents decoded (latent diffusion)."""
         vae = getattr(self, "vae", None)
-        if vae is None:
-            return sample
-        latents = sample / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
-        return vae.decode(latents.to(vae.dtype)).sample.float()
+        return sample if vae is None else decode(vae, sample)
 
     # ------------------------------------------------------------------------ the loop
     def _denoise(self, scheduler, timesteps, sample, noise, run: _Run, step_kwargs: dict, learned_variance: bool) -> torch.Tensor:
@@ -256,7 +252,11 @@ class DenoisePipeline(DiffusionPipeline):
         """The call's inputs, checked and on the device; the network's own rules checked by ``check_conditioning``."""
         device, dtype = self._execution_device, self.unet.dtype
         labels, context = _as_batch(class_labels), _as_batch(context, ndim=3)
+        vae = getattr(self, "vae", None)
         init = None if image is None else self._init_image(image)
+        pixel_size = None if init is None else tuple(init.shape[2:])
+        if init is not None and vae is not None:
+            init = encode(vae, init.to(device=vae.device))  # image-to-image and inpainting run on the latents
         batch_size = self._batch_size(batch_size, labels, context, init)
         generators = len(generator) if isinstance(generator, list) else None
         fail_if((generators not in (None, batch_size),
@@ -269,7 +269,7 @@ class DenoisePipeline(DiffusionPipeline):
         height, width = self._sample_size(height, width, init)
         if init is not None:
             init = init.expand(batch_size, -1, -1, -1).to(device=device, dtype=dtype)
-        mask = None if mask_image is None else self._mask(mask_image, init, batch_size).to(device=device, dtype=dtype)
+        mask = None if mask_image is None else self._mask(mask_image, pixel_size, init, batch_size).to(device=device, dtype=dtype)
         shape = (batch_size, self.unet.config.in_channels, height, width)
         return _Run(shape, labels, context, guidance_scale, null, init, mask)
 
@@ -329,25 +329,30 @@ class DenoisePipeline(DiffusionPipeline):
         return int(height), int(width)
 
     def _init_image(self, image) -> torch.Tensor:
-        pixels = to_tensor(image, channels=self.unet.config.in_channels, name="image")
+        vae = getattr(self, "vae", None)
+        pixels = to_tensor(image, channels=self.unet.config.in_channels if vae is None else vae.config.in_channels, name="image")
         low, high = pixels.min().item(), pixels.max().item()
         fail_if((low < -1e-3 or high > 1 + 1e-3,
                  f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "
                  "Images in [-1, 1] convert with (x + 1) / 2."))
         return pixels * 2 - 1  # the denoiser works in [-1, 1]
 
-    def _mask(self, mask_image, init, batch_size) -> torch.Tensor:
+    def _mask(self, mask_image, pixel_size: tuple[int, int], init, batch_size) -> torch.Tensor:
+        """The generate (1) / keep (0) mask at the sample's size: a latent pixel is generated if any of its image pixels is."""
         if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 2:
             mask_image = mask_image[None]
         mask = to_tensor(mask_image, channels=1, name="mask_image")
-        (h, w), (image_h, image_w) = mask.shape[2:], init.shape[2:]
+        (h, w), (image_h, image_w) = mask.shape[2:], pixel_size
         fail_if(
             ((h, w) != (image_h, image_w), f"mask_image is {h} x {w} (H x W) but the image is {image_h} x {image_w}; "
                                            "give a mask of the image's size (white = generate, black = keep)."),
             (len(mask) not in (1, batch_size),
              f"mask_image has {len(mask)} masks for a batch of {batch_size}; give one, or one per image."),
         )
-        return (mask >= 0.5).float().expand(batch_size, -1, -1, -1)
+        mask = (mask >= 0.5).float()
+        if tuple(init.shape[2:]) != pixel_size:  # latents: smaller than the image
+            mask = torch.nn.functional.adaptive_max_pool2d(mask, tuple(init.shape[2:]))
+        return mask.expand(batch_size, -1, -1, -1)
 
     def _check_variance(self, scheduler) -> bool:
         """Whether the scheduler reads the model's learned variance (the second half of its channels)."""

@@ -32,8 +32,24 @@ def test_latents_are_decoded_to_images(latent_pipeline):
     with torch.no_grad():
         expected = (latent_pipeline.vae.decode(latents / 0.5).sample / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(images, expected)
-    with pytest.raises(InputError, match="not supported yet for a latent"):
-        latent_pipeline(image=torch.rand(1, 3, 16, 16), num_inference_steps=2)
+
+
+def test_image_to_image_and_inpainting_run_on_the_latents(latent_pipeline):
+    from pipelines.latents import decode, encode
+
+    image = torch.rand(1, 3, 16, 16)
+    kept = latent_pipeline(image=image, strength=0.0, num_inference_steps=4, output_type="pt").images
+    with torch.no_grad():
+        round_trip = (decode(latent_pipeline.vae, encode(latent_pipeline.vae, image * 2 - 1)) / 2 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(kept, round_trip)  # strength 0: the image through the VAE and back
+    mask = torch.zeros(16, 16)
+    mask[:, 8:] = 1  # generate the right half
+    latents = latent_pipeline(image=image, mask_image=mask, num_inference_steps=3, output_type="latent",
+                              generator=torch.Generator().manual_seed(0)).images
+    with torch.no_grad():
+        known = encode(latent_pipeline.vae, image * 2 - 1)
+    torch.testing.assert_close(latents[..., :4], known[..., :4])  # the kept half's latents are the image's
+    assert (latents[..., 4:] - known[..., 4:]).abs().max() > 1e-3
 
 
 def test_a_latent_pipeline_folder_saves_loads_and_samples_from_the_cli(latent_pipeline, tmp_path):

@@ -18,6 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
 
 from pipelines import DenoisePipeline
+from pipelines.latents import encode, vae_scale
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 from unet_diffusion.hub import resolve
@@ -276,21 +277,6 @@ def load_vae(source: str):
     if not hasattr(vae, "encode") or not hasattr(vae.config, "latent_channels"):
         raise ConfigError(f"diffusion.vae={source} is a {type(vae).__name__}, not an autoencoder with latents.")
     return vae.eval().requires_grad_(False)
-
-
-def vae_scale(vae) -> int:
-    """How many image pixels one latent pixel covers along a side (8 for Stable Diffusion's VAE)."""
-    widths = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
-    return 2 ** (len(widths) - 1)
-
-
-@torch.no_grad()
-def encode(vae, images: torch.Tensor) -> torch.Tensor:
-    """Latents of ``(B, C, H, W)`` images in [-1, 1], scaled as the VAE's pipelines scale them (the mode, not a draw)."""
-    encoded = vae.encode(images.to(vae.dtype))
-    latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latents
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents - shift) * vae.config.scaling_factor).float()
 
 
 def save_grid(images: torch.Tensor, path: Path, min_side: int = 64) -> None:
