@@ -37,23 +37,46 @@ def cache_dir() -> Path:
 
 def inception(weights: str | os.PathLike | None = None) -> nn.Module:
     """The FID Inception-v3 (2048 pool features of uint8 images), from ``weights`` or ``$UNET_DIFFUSION_INCEPTION_WEIGHTS``,
-    else downloaded once by torch-fidelity; offline (``HF_HUB_OFFLINE=1``) without a file it is one clear error."""
+    else downloaded once into torch's hub cache; offline (``HF_HUB_OFFLINE=1``) without a file it is one clear error."""
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
     except ImportError:
         raise InputError('FID and KID need torchmetrics and torch-fidelity: pip install "unet-diffusion[eval]".') from None
-    weights = weights or os.environ.get(INCEPTION_WEIGHTS_ENV)
+    path = _inception_file(weights or os.environ.get(INCEPTION_WEIGHTS_ENV))
+    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+
+
+def _inception_file(weights: str | os.PathLike | None) -> Path:
+    """A local Inception weights file that holds tensors only.
+
+    torch-fidelity reads the file with ``torch.load(weights_only=False)`` (and downloads with
+    ``load_state_dict_from_url``, whose ``weights_only`` is False too), which would run any code a
+    pickle holds. So the file is fetched here and first read with ``weights_only=True``: a file that
+    passes holds nothing but tensors, and only then is it handed over.
+    """
     advice = (f"pass --inception-weights PATH (the file {INCEPTION_FILE}) or set {INCEPTION_WEIGHTS_ENV}, "
               "or give your own feature extractor (--features MODULE:FUNCTION)")
-    if weights is not None and not Path(weights).is_file():
+    if weights is None:
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+        weights = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+        if not weights.is_file():
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+                raise InputError(f"FID/KID need the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE); {advice}.")
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                torch.hub.download_url_to_file(URL_INCEPTION_V3, str(weights))  # written to a temporary file, then moved
+            except OSError as err:  # URLError and friends: no network
+                raise InputError(f"the Inception weights could not be downloaded ({err}); {advice}.") from None
+    weights = Path(weights)
+    if not weights.is_file():
         raise InputError(f"no Inception weights at {weights}; {advice}.")
-    if weights is None and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise InputError(f"FID/KID need the Inception weights, which cannot be downloaded offline (HF_HUB_OFFLINE); {advice}.")
     try:
-        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                  feature_extractor_weights_path=None if weights is None else str(weights))
-    except OSError as err:  # URLError and friends: no network, or a broken file
-        raise InputError(f"the Inception weights could not be loaded ({err}); {advice}.") from None
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any refusal of the safe unpickler means: not a plain tensor file
+        raise InputError(f"{weights} is not a plain file of tensors and is not read (unpickling it could run code): "
+                         f"{str(err).splitlines()[0]}; {advice}.") from None
+    return weights
 
 
 def image_batches(folder: str | os.PathLike, batch_size: int, size: int | None):

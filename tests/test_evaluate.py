@@ -70,3 +70,22 @@ def test_training_reports_fid_and_kid_of_ema_samples(tmp_path):
     result = train(config_from_dict(values))
     assert result.metrics["fid"] > 0 and "kid" in result.metrics
     assert any("fid" in (r.get("eval") or {}) for r in read_log(result.run_dir))
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_inception_weights_that_are_not_plain_tensors_are_never_unpickled(tmp_path, capsys):
+    folder = image_folder(tmp_path / "a", 1)
+    marker = tmp_path / "ran"
+    torch.save({"fc.weight": _Payload(marker)}, tmp_path / "evil.pth")
+    assert main(["evaluate", str(folder), str(folder), "--inception-weights", str(tmp_path / "evil.pth")]) == 1
+    assert "not a plain file of tensors" in capsys.readouterr().err
+    assert not marker.exists()
