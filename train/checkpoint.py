@@ -22,8 +22,8 @@ Two Accelerate features are not used, on purpose (accelerate 1.15, ``Accelerator
   folder (a crash leaves a half-written checkpoint under a valid name, which resume would pick), and
   deletes the oldest checkpoints *before* writing the new one, counting every entry of the folder;
 - ``register_for_checkpointing(ema)`` pickles ``EMAModel.state_dict()`` (all its weights, a second
-  copy beside ``ema/``) to ``custom_checkpoint_0.pkl`` and reads it back with
-  ``torch.load(weights_only=False)``, which runs whatever code the file holds.
+  copy beside ``ema/``) to ``custom_checkpoint_0.pkl`` and reads it back with an unrestricted
+  unpickler (``weights_only`` off), which runs whatever code the file holds.
 """
 
 from __future__ import annotations

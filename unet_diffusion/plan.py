@@ -16,6 +16,9 @@ from .blocks import BlockConfig, UNetBlock
 from .errors import InputError
 
 
+SkipStyle = Literal["dense", "level"]  # every encoder output is a skip (DDPM), or one per level (original U-Net)
+
+
 @dataclass(frozen=True)
 class Level:
     """What one level of the U builds; levels count from the highest resolution."""
@@ -76,8 +79,6 @@ _CONFLICTS = (
      "learned_variance belongs to the denoise head, not the segmentation head."),
 )
 
-
-SkipStyle = Literal["dense", "level"]
 
 
 def check_config(c, constructor) -> None:
