@@ -15,7 +15,6 @@ from .annotations import check_arguments
 from .blocks import BlockConfig, UNetBlock
 from .errors import InputError
 
-
 SkipStyle = Literal["dense", "level"]  # every encoder output is a skip (DDPM), or one per level (original U-Net)
 
 
