@@ -49,7 +49,7 @@ def inception(weights: str | os.PathLike | None = None) -> nn.Module:
 def _inception_file(weights: str | os.PathLike | None) -> Path:
     """A local Inception weights file that holds tensors only.
 
-    torch-fidelity reads the file with ``torch.load(weights_only=False)`` (and downloads with
+    torch-fidelity unpickles the file without the weights-only restriction (and downloads with
     ``load_state_dict_from_url``, whose ``weights_only`` is False too), which would run any code a
     pickle holds. So the file is fetched here and first read with ``weights_only=True``: a file that
     passes holds nothing but tensors, and only then is it handed over.
