@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from trainkit import ROOT, TINY_DIFFUSION, TINY_SEGMENTATION, merged, start_cli, write_config
 
+from train.budget import TIMED_STEPS, TimeBudget
 from train.checkpoint import latest_checkpoint, list_checkpoints, read_state
 from train.config import config_from_dict
 from train.loop import NonFiniteLossError, read_log, train
@@ -72,11 +73,56 @@ def test_resume_continues_with_identical_losses(tmp_path):
 
 def test_max_minutes_stops_early_and_finishes_the_run(tmp_path, monkeypatch):
     clock = iter(range(0, 10_000, 30))  # every call to time.time() moves the clock 30 s on
-    monkeypatch.setattr("train.loop.time.time", lambda: float(next(clock)))
+    monkeypatch.setattr("train.loop.monotonic", lambda: float(next(clock)))
     result = train(tiny(tmp_path, train={"steps": 50, "max_minutes": 1.5, "checkpoint_every": 0}))
     assert 1 < result.step < 50 and result.interrupted is None
     assert (result.run_dir / "pipeline/model_index.json").is_file()  # finished like a full run
     assert [p.name for p in list_checkpoints(result.run_dir)] == [f"step-{result.step:08d}"]
+
+
+def test_time_budget_plans_the_steps_that_fit():
+    budget = TimeBudget(minutes=1, max_steps=1000)
+    assert budget.plan(1, 5.0) is None                       # the first step only starts the timing (one-off costs)
+    assert budget.plan(1 + TIMED_STEPS - 1, 8.0) is None     # too few timed steps yet
+    assert budget.plan(1 + TIMED_STEPS, 5.0 + 2 * TIMED_STEPS) == 1 + TIMED_STEPS + (60 - 13) // 2  # 2 s a step
+    assert budget.plan(10, 14.0) is None                     # next revision at 25% of the budget
+    assert budget.plan(30, 60.0 * 0.26) is not None
+    assert TimeBudget(minutes=100, max_steps=40).plan(1, 1.0) is None
+    capped = TimeBudget(minutes=100, max_steps=40)
+    capped.plan(1, 1.0)
+    assert capped.plan(1 + TIMED_STEPS, 2.0) == 40           # never past train.steps
+    resumed = TimeBudget(minutes=1, max_steps=1000, spent_seconds=50.0)
+    assert not resumed.out_of_time(9.0) and resumed.out_of_time(10.0)
+
+
+def _budget_run(tmp_path, monkeypatch, resume=None, **train_values):
+    clock = iter(range(0, 100_000))  # every call to time.time() moves the clock 1 s on: a constant time per step
+    monkeypatch.setattr("train.loop.monotonic", lambda: float(next(clock)))
+    values = {"steps": 10_000, "budget_minutes": 1.0, "checkpoint_every": 0, "log_every": 1, **train_values}
+    config = tiny(tmp_path, train=values, optim={"lr_schedule": "cosine", "warmup_steps": 0, "lr": 1e-3})
+    return train(config, resume=resume)
+
+
+def test_budget_minutes_sizes_the_run_so_its_schedule_ends_on_time(tmp_path, monkeypatch):
+    result = _budget_run(tmp_path, monkeypatch)
+    state = read_state(latest_checkpoint(result.run_dir))
+    assert 10 < result.step < 100 and state["planned_steps"] == result.step  # far below train.steps, as planned
+    assert 50 <= state["trained_seconds"] <= 62
+    lrs = [r["lr"] for r in read_log(result.run_dir) if "lr" in r]
+    assert lrs[-1] < 0.02 * 1e-3 < lrs[len(lrs) // 2]  # the cosine schedule decayed to (almost) zero at the end
+    assert (result.run_dir / "pipeline/model_index.json").is_file()
+
+
+def test_a_budgeted_run_resumed_keeps_its_plan_and_its_clock(tmp_path, monkeypatch):
+    whole = _budget_run(tmp_path / "whole", monkeypatch)
+    first = _budget_run(tmp_path / "halves", monkeypatch, max_minutes=0.5)
+    assert first.step < whole.step
+    second = _budget_run(tmp_path / "halves", monkeypatch, resume="latest")
+    assert abs(second.step - whole.step) <= 3
+    state = read_state(latest_checkpoint(second.run_dir))
+    assert 50 <= state["trained_seconds"] <= 64 and state["planned_steps"] == second.step
+    lrs = [r["lr"] for r in read_log(second.run_dir) if "lr" in r]
+    assert lrs[-1] < 0.02 * 1e-3
 
 
 def test_a_run_folder_is_never_overwritten(tmp_path):

@@ -152,6 +152,7 @@ class TrainConfig:
 
     steps: int = 1000                             # Optimizer steps to train for.
     max_minutes: float | None = None              # Also stop (and finish normally) after this many minutes of training in this invocation; None = no limit.
+    budget_minutes: float | None = None           # Train for this many minutes (all invocations of the run): the loop times its steps and sets the run's length to what fits, so the LR schedule ends on time; train.steps is then the most it may plan.
     batch_size: int = 32                          # Global batch per micro-step, split evenly over the processes.
     grad_accum: int = 1                           # Micro-batches per optimizer step (effective batch = batch_size * grad_accum).
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # fp32, or fp16 / bf16 autocast; quote "no" in YAML (bare: false).
@@ -194,8 +195,9 @@ class Config:
         for key in NON_NEGATIVE:
             if _at(self, key) < 0:
                 raise ConfigError(f"{key} must be >= 0; got {_at(self, key)!r}.")
-        if self.train.max_minutes is not None and not self.train.max_minutes > 0:
-            raise ConfigError(f"train.max_minutes must be positive (or null for no limit); got {self.train.max_minutes!r}.")
+        for key in ("train.max_minutes", "train.budget_minutes"):
+            if _at(self, key) is not None and not _at(self, key) > 0:
+                raise ConfigError(f"{key} must be positive (or null for no limit); got {_at(self, key)!r}.")
         if self.data.augment.elastic_std < 0 or self.data.augment.elastic_grid < 2:
             raise ConfigError("data.augment.elastic_std must be >= 0 and data.augment.elastic_grid at least 2 (control points per side).")
         if self.data.channels not in (1, 3):

@@ -23,16 +23,17 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from time import monotonic  # the loop's clock (patched by tests)
 from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed, tqdm
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 
 from unet_diffusion.errors import InputError
 
+from .budget import TimeBudget, lr_schedule
 from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_state, resolve_resume
 from .config import Config, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
@@ -117,17 +118,18 @@ class Trainer:
             self.ema = EMAModel(model.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
                                 power=e.power, update_after_step=e.update_after_step)
         optimizer = self._optimizer(model)
-        schedule = get_scheduler(config.optim.lr_schedule, optimizer, num_warmup_steps=config.optim.warmup_steps,
-                                 num_training_steps=config.train.steps)
-        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, schedule)
+        self.step, self.total_steps = 0, config.train.steps
+        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(config.optim, optimizer, self.total_steps))
         if self.ema is not None:
             self.ema.to(acc.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = Checkpoints(acc, self.run_dir, self.ema, config.train.keep_checkpoints)
 
-        self.step, self.nan_skips, self.micro_batches = 0, 0, 0
+        self.nan_skips, self.micro_batches, spent_seconds = 0, 0, 0.0
         if checkpoint is not None:
-            self._resume(checkpoint)
+            spent_seconds = self._resume(checkpoint)
+        minutes = config.train.budget_minutes
+        self.budget = None if minutes is None else TimeBudget(minutes, config.train.steps, spent_seconds)
         self.loader = training_loader(
             self.train_examples, config.train.batch_size, acc.process_index, acc.num_processes,
             config.train.seed, start=self.micro_batches, num_workers=config.data.num_workers,
@@ -149,7 +151,13 @@ class Trainer:
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)
 
-    def _resume(self, checkpoint: Path) -> None:
+    def _replan(self, total_steps: int) -> None:
+        """Make the run ``total_steps`` long: the same schedule, stretched or shrunk to end there."""
+        self.total_steps = total_steps
+        self.lr_schedule.scheduler = lr_schedule(self.config.optim, self.lr_schedule.scheduler.optimizer, total_steps, self.step)
+
+    def _resume(self, checkpoint: Path) -> float:
+        """Restore ``checkpoint``; returns the seconds its run had trained (for ``train.budget_minutes``)."""
         self._check_compatible(checkpoint)
         state = self.checkpoints.load(checkpoint)
         # Accelerate syncs gradients when its restored micro-batch counter reaches a multiple of train.grad_accum;
@@ -158,7 +166,10 @@ class Trainer:
         self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
         # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
         self.micro_batches = int(state.get("micro_batches", self.step * self.config.train.grad_accum))
+        if self.config.train.budget_minutes is not None and state.get("planned_steps"):
+            self._replan(min(int(state["planned_steps"]), self.config.train.steps))  # the plan it was following
         self.log(f"resumed from {checkpoint} at step {self.step}")
+        return float(state.get("trained_seconds", 0.0))
 
     def _optimizer(self, model) -> torch.optim.Optimizer:
         o = self.config.optim
@@ -209,8 +220,8 @@ class Trainer:
             save_config(self.config, self.run_dir / "config.yaml")
         acc.init_trackers("unet-diffusion")
         result = RunResult(self.run_dir, self.step, nan_skips=self.nan_skips)
-        if self.step >= c.steps:
-            self.log(f"already at step {self.step} of {c.steps}; nothing to train")
+        if self.step >= self.total_steps:
+            self.log(f"already at step {self.step} of {self.total_steps}; nothing to train")
         with self._signals():
             self._loop(result)
         result.step, result.nan_skips = self.step, self.nan_skips
@@ -231,12 +242,12 @@ class Trainer:
 
     def _loop(self, result: RunResult) -> None:
         c, acc = self.config.train, self.accelerator
-        bar = tqdm(total=c.steps, initial=self.step, disable=not c.progress_bar, desc="train", dynamic_ncols=True,
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not c.progress_bar, desc="train", dynamic_ncols=True,
                    file=sys.stderr)  # Accelerate's: on the (local) main process only
         batches, losses = iter(self.loader), []
-        self.consecutive_skips, self.started = 0, time.time()
+        self.consecutive_skips, self.started, self.stopped = 0, monotonic(), None
         self.model.train()
-        while self.step < c.steps:
+        while self.step < self.total_steps:
             with acc.accumulate(self.model):  # no gradient all-reduce until the last micro-batch of the step
                 batch = send_to_device(next(batches), acc.device)
                 with acc.autocast():
@@ -251,21 +262,25 @@ class Trainer:
             bar.update(1)
             if not self._after_step(result, outcome, bar):
                 break
+        self.stopped = monotonic()  # the loop's clock stops here: the final evaluation and saving are not training
         bar.close()
 
     def _optimizer_step(self, loss: torch.Tensor) -> StepOutcome:
         """Clip and step on the accumulated gradients, or skip (or stop) if the loss or gradients are not finite."""
         c, acc = self.config.train, self.accelerator
-        out_of_time = acc.is_main_process and c.max_minutes is not None and time.time() - self.started >= 60 * c.max_minutes
+        out_of_time, planned = self._clock() if acc.is_main_process else (False, None)
         # One collective per step, summed over the processes: the main process's clock decides, so every process
-        # stops at the same step.
+        # stops at the same step and follows the same plan.
         flags = torch.stack([
             (~torch.isfinite(loss)).float(),                                        # a non-finite loss
             torch.tensor(float(self.stop_signal is not None), device=loss.device),  # a signal arrived
             torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0),                # the loss
-            torch.tensor(float(out_of_time), device=loss.device),                   # train.max_minutes spent
+            torch.tensor(float(out_of_time), device=loss.device),                   # a time limit reached
+            torch.tensor(float(planned or 0), device=loss.device),                  # a new step count (0: none)
         ])
-        nonfinite, stop, loss_sum, out_of_time = (acc.reduce(flags, "sum") if acc.num_processes > 1 else flags).tolist()
+        nonfinite, stop, loss_sum, out_of_time, planned = (acc.reduce(flags, "sum") if acc.num_processes > 1 else flags).tolist()
+        if planned and int(planned) != self.total_steps:
+            self._replan(int(planned))
         grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if nonfinite > 0 or (c.mixed_precision != "fp16" and not math.isfinite(grad_norm)):
@@ -280,6 +295,21 @@ class Trainer:
         self.lr_schedule.step()
         self.step += 1
         return StepOutcome(loss_sum / acc.num_processes, grad_norm, self.consecutive_skips > 0, stop > 0, out_of_time > 0)
+
+    def _clock(self) -> tuple[bool, int | None]:
+        """On the main process: whether a time limit is reached, and the new step count when the budget replans."""
+        c, seconds = self.config.train, self._loop_seconds()
+        out_of_time = c.max_minutes is not None and seconds >= 60 * c.max_minutes
+        if self.budget is None:
+            return out_of_time, None
+        planned = self.budget.plan(self.step + 1, seconds)
+        if planned is not None:
+            self.log(f"train.budget_minutes={c.budget_minutes}: {planned} steps fit (now at step {self.step + 1})")
+        return out_of_time or self.budget.out_of_time(seconds), planned
+
+    def _loop_seconds(self) -> float:
+        """Seconds the training loop of this invocation has run (frozen when it ends)."""
+        return (self.stopped or monotonic()) - self.started
 
     def _skip_step(self, what: str) -> None:
         """A non-finite step: stop the run (train.on_nan=stop), or count it as skipped."""
@@ -305,19 +335,23 @@ class Trainer:
         if not outcome.skipped and c.log_every and self.step % c.log_every == 0:
             result.losses[self.step] = outcome.loss
             self.accelerator.log({"loss": outcome.loss, "lr": self.lr_schedule.get_last_lr()[0], "grad_norm": outcome.grad_norm,
-                                  "epoch": round(self._epoch(), 4), "seconds": round(time.time() - self.started, 2)},
+                                  "epoch": round(self._epoch(), 4), "seconds": round(self._loop_seconds(), 2)},
                                  step=self.step)
             bar.set_postfix(loss=f"{outcome.loss:.4f}")
         if outcome.stop_signal:
             result.interrupted = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
             return False
+        if bar.total != self.total_steps:
+            bar.total = self.total_steps
+            bar.refresh()
         if outcome.out_of_time:
-            self.log(f"train.max_minutes={c.max_minutes} reached at step {self.step} of {c.steps}; finishing the run")
+            self.log(f"time limit reached at step {self.step} of {self.total_steps} (train.max_minutes={c.max_minutes}, "
+                     f"train.budget_minutes={c.budget_minutes}); finishing the run")
             return False
         if c.eval_every and self.step % c.eval_every == 0 and self.val_examples is not None:
             result.metrics = self._evaluate()
         self._pictures(self.step)
-        if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < c.steps:
+        if c.checkpoint_every and self.step % c.checkpoint_every == 0 and self.step < self.total_steps:
             result.checkpoint = self._save()
         return True
 
@@ -338,7 +372,7 @@ class Trainer:
 
     def _pictures(self, step: int) -> None:
         every = self.task.picture_every()
-        if every and step % every == 0 and step < self.config.train.steps:
+        if every and step % every == 0 and step < self.total_steps:
             if self.accelerator.is_main_process:
                 self.model.eval()
                 with torch.no_grad():
@@ -357,7 +391,10 @@ class Trainer:
         self.log(f"wrote {path}" if path else f"no {PLOT_FILE}: matplotlib is not installed (pip install \"unet-diffusion[track]\")")
 
     def _save(self) -> Path:
-        counters = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches, "epoch": self._epoch(), "time": time.time()}
+        counters = {"nan_skips": self.nan_skips, "micro_batches": self.micro_batches, "epoch": self._epoch(), "time": time.time(),
+                    "planned_steps": self.total_steps}
+        if self.budget is not None:
+            counters["trained_seconds"] = self.budget.trained_seconds(self._loop_seconds())
         return self.checkpoints.save(self.step, counters)
 
     @contextlib.contextmanager
