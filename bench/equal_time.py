@@ -1,23 +1,33 @@
 """Equal training time: the rule and the options shared by the benchmarks that train several methods
 for the same wall-clock minutes (``bench.quality_gen``, ``bench.quality_seg``).
 
-A short probe run times a step; ``steps_for_budget`` turns the budget into a step count, so the
-learning-rate schedule ends with the budget, and ``scaled_warmup`` shrinks the config's warm-up in
-proportion. The budget itself is the hard stop (``train.max_minutes`` in our loop). Minutes are the
-training loop's own clock (``loop_seconds``); set-up, probes and scoring are left out.
+The rule: every method's run gets ``train.budget_minutes`` (``budget_overrides``) with a ``train.steps``
+cap far above what fits (``STEP_CAP``), so the budget decides its length. The training loop times
+its own steps and re-plans the run's length as it goes (``train.budget.TimeBudget``), so each
+method's learning-rate schedule (the config's, warm-up included) ends with the budget on whatever
+machine and at whatever speed; the budget is also the hard stop. A method trains in two invocations
+(``train_in_halves``): the first stops at half the budget (``train.max_minutes``) to be scored, the
+second resumes its checkpoint and trains to the end (the budget counts both). Minutes are the
+loop's own clock as its checkpoint records it (``trained_seconds``); set-up, checkpoints and scoring
+are left out. The lucidrains peer, which trains in a loop of its own, plans with the same
+``TimeBudget`` (``bench.peers_gen.LucidrainsRun``).
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from bench.common import positive
-from train import train
-from train.loop import read_log
+from train.checkpoint import latest_checkpoint, read_state
+
+T = TypeVar("T")
 
 MINUTES, QUICK_MINUTES = 15.0, 0.1         # the budget per method, and that of --quick
+STEP_CAP = 1_000_000                       # train.steps of a budgeted run: the most it may plan (the budget decides)
+HALVES = (("half", None), ("end", "latest"))  # a method's two invocations: the point each ends at, and its resume
 
 
 # ---------------------------------------------------------------------------- options
@@ -49,49 +59,51 @@ def budget_minutes(args: argparse.Namespace) -> float:
 
 
 # ---------------------------------------------------------------------------- the rule
-def step_clock(records: list[dict]) -> list[float]:
-    """The loop's clock (seconds) at the end of each logged training step of a run's ``log.jsonl`` records."""
-    return [r["seconds"] for r in records if "seconds" in r]
+def budget_overrides(minutes: float, resume: str | None) -> list[str]:
+    """The budget keys of one of a method's two invocations: ``minutes`` over both, the first
+    (``resume`` None) stopped at half of them, the resumed one at the budget."""
+    return [f"train.budget_minutes={minutes}", f"train.steps={STEP_CAP}",
+            f"train.max_minutes={'null' if resume else minutes / 2}"]
 
 
-def seconds_per_step(step_end_seconds: list[float]) -> float:
-    """Seconds per training step from the clock readings at the end of steps 1..n of a probe.
+@dataclass
+class Trained:
+    """What a budgeted run's last checkpoint says it did, over all its invocations so far."""
 
-    The first step carries one-off costs (allocations, first data reads), so the rate is taken over
-    steps 2..n: ``(t_n - t_1) / (n - 1)``.
+    step: int                                    # optimizer steps
+    planned_steps: int                           # the run's length in the budget's last plan
+    seconds: float                               # the loop's clock: seconds trained
+
+    @classmethod
+    def of(cls, run_dir: Path) -> "Trained":
+        state = read_state(latest_checkpoint(run_dir))
+        return cls(int(state["step"]), int(state["planned_steps"]), float(state["trained_seconds"]))
+
+    @property
+    def minutes(self) -> float:
+        return self.seconds / 60
+
+    @property
+    def seconds_per_step(self) -> float:
+        """The mean over the run, one-off costs of each invocation's first step included."""
+        return self.seconds / self.step if self.step else float("nan")
+
+
+def train_in_halves(run_dir: Path, invoke: Callable[[str | None], T]) -> list[tuple[str, T, Trained]]:
+    """Train a budgeted run in its two invocations: ``invoke(resume)`` trains one (``budget_overrides``
+    of that ``resume`` into ``run_dir``). After each: the point's name, what ``invoke`` returned and
+    ``Trained``. When the first ends its plan before half the time, there is no second.
     """
-    if len(step_end_seconds) < 2:
-        raise ValueError(f"need the end times of at least 2 probe steps; got {len(step_end_seconds)}.")
-    span = step_end_seconds[-1] - step_end_seconds[0]
-    if not span > 0:
-        raise ValueError(f"probe step times must increase; got {step_end_seconds}.")
-    return span / (len(step_end_seconds) - 1)
-
-
-def steps_for_budget(minutes: float, step_seconds: float) -> int:
-    """Training steps that fill ``minutes`` at ``step_seconds`` per step (at least 1)."""
-    if not minutes > 0 or not step_seconds > 0:
-        raise ValueError(f"minutes and seconds per step must be positive; got {minutes}, {step_seconds}.")
-    return max(1, int(60 * minutes / step_seconds))
-
-
-def scaled_warmup(warmup_steps: int, steps: int, config_steps: int) -> int:
-    """The config's warm-up, scaled by ``steps / config_steps``, so the whole schedule keeps its shape."""
-    return min(steps - 1, round(warmup_steps * steps / config_steps)) if steps > 1 else 0
-
-
-def loop_seconds(records: list[dict]) -> float:
-    """Seconds the training loop ran in one invocation (its records): the clock at its last logged step."""
-    clock = step_clock(records)
-    return clock[-1] if clock else 0.0
+    points = []
+    for point, resume in HALVES:
+        result = invoke(resume)
+        done = Trained.of(run_dir)
+        points.append((point, result, done))
+        if done.step >= done.planned_steps:
+            break
+    return points
 
 
 # ---------------------------------------------------------------------------- our loop
 def quiet(text: str) -> None:
     """Our loop's log, silenced: the benchmarks print a line per method and point."""
-
-
-def probe_seconds(config, task) -> float:
-    """Seconds per step of a throwaway run of ``config`` (its ``train.steps``, into its ``train.output_dir``)."""
-    train(config, task=task, log=quiet)
-    return seconds_per_step(step_clock(read_log(config.train.output_dir)))

@@ -3,7 +3,8 @@
 - **diffusers**: ``GuidedUNet2DModel``, diffusers' ``UNet2DModel`` as our training loop and
   ``DenoisePipeline`` call it, and ``DiffusersUNetTask``, our ``DiffusionTask`` building that model.
 - **lucidrains**: ``LucidrainsRun``, denoising-diffusion-pytorch's classifier-free-guidance ``Unet``
-  and ``GaussianDiffusion`` trained with their own loss in a short time-limited loop.
+  and ``GaussianDiffusion`` trained with their own loss in a short loop that plans its length
+  with our ``train.budget.TimeBudget``.
 
 diffusers is a dependency of the project; lucidrains' package is imported only when that peer runs
 (``missing_package`` says when it is absent).
@@ -16,12 +17,13 @@ import copy
 import importlib.util
 import io
 import math
-import time
 from dataclasses import dataclass, field
+from time import perf_counter  # the loop's clock (patched by tests)
 
 import torch
 from diffusers import UNet2DModel
 
+from train.budget import TimeBudget, lr_schedule
 from train.diffusion import DiffusionTask, build_unet
 
 
@@ -158,14 +160,16 @@ def plain_guidance(unet) -> None:
 
 @dataclass
 class LucidrainsRun:
-    """Train lucidrains' ``GaussianDiffusion`` for a step count and a time budget with its own loss.
+    """Train lucidrains' ``GaussianDiffusion`` with its own loss, for a step count or a time budget.
 
     The recipe is the config's, as our loop runs it: Adam(W) with its learning rate, betas and
-    weight decay, the same warm-up and schedule (diffusers ``get_scheduler``), gradient clipping, the
+    weight decay, the same warm-up and schedule (``train.budget.lr_schedule``), gradient clipping, the
     same batch size, and an EMA (``ema_pytorch.EMA``, as lucidrains' ``Trainer`` keeps one) with the
-    config's decay and warm-up, updated every step. ``images`` are the training split in [-1, 1]; the
-    model takes [0, 1] (it maps to [-1, 1] itself). At ``snapshot_minutes`` the EMA model is copied
-    (the copy is not timed) into ``snapshots``.
+    config's decay and warm-up, updated every step. With a budget the loop plans its length as ours
+    does with ``train.budget_minutes``: a ``TimeBudget`` (at most ``train.steps``) re-plans at
+    fractions of it and the schedule is rebuilt for each new length. ``images`` are the training
+    split in [-1, 1]; the model takes [0, 1] (it maps to [-1, 1] itself). At ``snapshot_minutes`` the
+    EMA model is copied (the copy is not timed) into ``snapshots``.
     """
 
     config: object
@@ -175,57 +179,68 @@ class LucidrainsRun:
     device: torch.device = torch.device("cpu")
     snapshots: list = field(default_factory=list)  # [(label, minutes, step, EMA GaussianDiffusion)]
     losses: dict = field(default_factory=dict)     # loss by step
+    lrs: dict = field(default_factory=dict)        # learning rate by step (the one its update used)
+    planned_steps: int = 0                         # the run's length in the last plan (train.steps without a budget)
 
     def run(self, minutes: float | None = None, snapshot_minutes: float | None = None) -> list[float]:
-        """Train ``config.train.steps`` steps or ``minutes``, whichever ends first; returns the clock
-        (seconds since the loop began, snapshots left out) at the end of each step."""
-        from diffusers.optimization import get_scheduler
+        """Train ``config.train.steps`` steps or, with ``minutes``, what fits that budget (planned as it
+        goes); returns the clock (seconds since the loop began, snapshots left out) at the end of each step."""
         from ema_pytorch import EMA
 
         c = self.config
         torch.manual_seed(c.train.seed)
         diffusion = lucidrains_diffusion(c, self.sample_steps).to(self.device)
         o, e = c.optim, c.ema
-        cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
         if o.optimizer == "sgd":
             raise ValueError("the lucidrains peer runs Adam(W); the config asks for SGD.")
+        cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
         optimizer = cls(diffusion.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-        steps, batch = c.train.steps, c.train.batch_size
-        schedule = get_scheduler(o.lr_schedule, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=steps)
+        self.planned_steps = c.train.steps
+        schedule = lr_schedule(o, optimizer, self.planned_steps)
+        budget = TimeBudget(minutes, c.train.steps) if minutes is not None else None
         ema = EMA(diffusion, beta=e.decay, update_after_step=e.update_after_step, update_every=1, inv_gamma=e.inv_gamma,
                   power=e.power) if e.enabled else None
-        order = torch.Generator().manual_seed(c.train.seed)
-        clock, step, batches = [], 0, iter(())
-        started, paused = time.perf_counter(), 0.0
+        batches, clock, step = self._batches(), [], 0
+        started, paused = perf_counter(), 0.0
         diffusion.train()
-        while step < steps:
-            chosen = next(batches, None)
-            if chosen is None:
-                batches = iter(torch.randperm(len(self.images), generator=order).split(batch))
-                continue
-            x = (self.images[chosen].to(self.device) + 1) / 2                    # (B, C, S, S) in [0, 1]
-            loss = diffusion(x, classes=self.labels[chosen].to(self.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(diffusion.parameters(), o.grad_clip or math.inf)
-            optimizer.step()
+        while step < self.planned_steps:
+            chosen = next(batches)
+            self.lrs[step + 1] = schedule.get_last_lr()[0]
+            self.losses[step + 1] = self._step(diffusion, optimizer, chosen)
             schedule.step()
             if ema is not None:
                 ema.update()
             step += 1
-            self.losses[step] = loss.item()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            elapsed = time.perf_counter() - started - paused
-            clock.append(elapsed)
-            if snapshot_minutes is not None and not self.snapshots and elapsed >= 60 * snapshot_minutes:
-                pause = time.perf_counter()
-                self.snapshots.append(("half", elapsed / 60, step, self._ema_copy(ema, diffusion)))
-                paused += time.perf_counter() - pause
-            if minutes is not None and elapsed >= 60 * minutes:
+            clock.append(perf_counter() - started - paused)
+            if snapshot_minutes is not None and not self.snapshots and clock[-1] >= 60 * snapshot_minutes:
+                pause = perf_counter()
+                self.snapshots.append(("half", clock[-1] / 60, step, self._ema_copy(ema, diffusion)))
+                paused += perf_counter() - pause
+            if budget is not None and budget.out_of_time(clock[-1]):
                 break
+            planned = budget.plan(step, clock[-1]) if budget is not None else None
+            if planned is not None and planned != self.planned_steps:
+                self.planned_steps, schedule = planned, lr_schedule(o, optimizer, planned, step)
         self.snapshots.append(("end", clock[-1] / 60, step, self._ema_copy(ema, diffusion)))
         return clock
+
+    def _batches(self):
+        """Endless batches of indices into ``images``: the training split reshuffled every epoch."""
+        order = torch.Generator().manual_seed(self.config.train.seed)
+        while True:
+            yield from torch.randperm(len(self.images), generator=order).split(self.config.train.batch_size)
+
+    def _step(self, diffusion, optimizer, chosen: torch.Tensor) -> float:
+        """One optimizer step on the examples ``chosen``, with its own loss; the loss."""
+        x = (self.images[chosen].to(self.device) + 1) / 2                    # (B, C, S, S) in [0, 1]
+        loss = diffusion(x, classes=self.labels[chosen].to(self.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), self.config.optim.grad_clip or math.inf)
+        optimizer.step()
+        return loss.item()
 
     @staticmethod
     def _ema_copy(ema, diffusion):

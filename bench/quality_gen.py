@@ -41,17 +41,18 @@ disjoint real sets R1 and R2 of ``--samples`` digits each come from the held-out
   ``uncond + s (cond - uncond)`` (its default drops the update's part parallel to the conditional
   output and ``sample`` rescales with phi 0.7; ours does neither).
 
-**Equal time.** Each method first trains a few throwaway probe steps; the seconds per step of steps
-2..n set ``train.steps = budget / seconds per step`` and scale the warm-up in proportion, so the
-learning-rate schedule ends with the budget. The budget itself is the hard stop (``train.max_minutes``
-for ours / diffusers, the same clock in the lucidrains loop); ``bench.equal_time`` holds the rule. Time counts
-the training loop only
-(data loading inside it included); setup, probes, checkpoints and evaluation are left out.
+**Equal time** (``bench.equal_time`` holds the rule). Each method trains for ``--minutes`` and plans
+its own length as it goes: our loop with ``train.budget_minutes`` (for ours and diffusers), the
+lucidrains loop with the same ``train.budget.TimeBudget``; each times its steps and re-plans at
+fractions of the budget, so the config's learning-rate schedule (its own warm-up) ends with the
+budget, which is also the hard stop. Time counts the training loop only (data loading inside it
+included); setup, checkpoints and evaluation are left out. The method line and the JSON report the
+steps the last plan set and the seconds per step the loop measured.
 
 **Evaluation**, the same for every method, at half the budget and at its end (the EMA weights at
-the step where half the time had passed; for our loop the run stops there, is evaluated, and resumes
-from its checkpoint): ``--samples`` digits, labels ``arange(N) % 10``, guidance ``--guidance`` and
-``--sample-steps`` DDIM steps (defaults: the config's ``diffusion.guidance_scale`` and
+the step where half the time had passed; for our loop the run stops there with ``train.max_minutes``,
+is evaluated, and resumes from its checkpoint to the end of the budget): ``--samples`` digits,
+labels ``arange(N) % 10``, guidance ``--guidance`` and ``--sample-steps`` DDIM steps (defaults: the config's ``diffusion.guidance_scale`` and
 ``diffusion.sample_steps``). Reported per point: the share the classifier reads with softmax
 p > 0.9 (confident), the share read as the label asked for (agreement), the Fréchet distance of
 classifier features to R1, and that distance divided by FD(R2, R1), the real-vs-real distance at the
@@ -60,8 +61,8 @@ same sample count (1 = as close as real digits). The "real digits" row scores R2
 Output: a table, ``bench/results/quality_gen[_quick].json``, a 10x10 sample grid per method (column
 *k* asked for digit *k*) and ``quality_gen[_quick]_curve.png`` (FD ratio and agreement against
 training minutes; needs matplotlib). Caveats: distances in this classifier's feature space are not
-comparable with Inception FIDs; two points per method are a coarse curve; a busy machine changes
-seconds per step between the probe and the run (the minutes and steps columns show what each got);
+comparable with Inception FIDs; two points per method are a coarse curve; a busy machine slows a
+method's steps, and its plan follows, so it gets fewer (the minutes and steps columns show what each got);
 the lucidrains loop reads the training split from memory without augmentation (the config has none)
 while our loop prepares each batch from the dataset inside the timed loop; all methods train in
 float32. Sampling is the slow part on a CPU: at the defaults each point is 500 digits x 50 DDIM
@@ -87,35 +88,25 @@ from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
 from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
-from bench.equal_time import (
-    add_options,
-    budget_minutes,
-    loop_seconds,
-    probe_seconds,
-    quiet,
-    scaled_warmup,
-    seconds_per_step,
-    steps_for_budget,
-)
+from bench.equal_time import STEP_CAP, add_options, budget_minutes, budget_overrides, quiet, train_in_halves
 from bench.metrics import frechet_distance_of
 from bench.peers_gen import DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains
 from pipelines import DenoisePipeline
 from train import load_config, train
 from train.config import AugmentConfig
 from train.data import open_source, split_indices
-from train.loop import read_log
 from train.transforms import diffusion_transform
 
 CONFIG = PROJECT_ROOT / "configs" / "mnist.yaml"
 METHODS = ("ours", "diffusers", "lucidrains")
 CONFIDENT = 0.9          # a sample counts as confidently classified above this softmax probability
-QUICK = dict(samples=50, sample_steps=4, classifier_epochs=1, probe_steps=3)
+QUICK = dict(samples=50, sample_steps=4, classifier_epochs=1)
 # --quick also shrinks the network to a quarter of its width and the batch to 16 (--set comes after).
 QUICK_OVERRIDES = ["train.batch_size=16", "model.args.channels=[8,16,16]", "model.args.attention_head_channels=16"]
 
 # What the benchmark fixes in every our-loop run (--set comes after and may change them).
 LOOP_OVERRIDES = [
-    "train.log_every=1",              # the per-step clock in log.jsonl gives the minutes trained
+    "train.log_every=1",              # log.jsonl keeps every step's loss and learning rate
     "train.eval_every=0", "train.eval_batch_size=64", "train.checkpoint_every=0", "train.keep_checkpoints=1",
     "train.progress_bar=false", "diffusion.sample_every=0", "diffusion.num_samples=10",
     "data.check_images=false",        # this script reads every image itself first
@@ -233,13 +224,13 @@ class Point:
 
 @dataclass
 class Method:
-    """What one method did: its size, the budget plan from its probe, and its evaluation points."""
+    """What one method did: its size, how its budget played out, and its evaluation points."""
 
     name: str
     params: int
-    step_seconds: float
-    planned_steps: int
-    warmup_steps: int
+    step_seconds: float                          # seconds per step the loop measured (the mean over its training)
+    planned_steps: int                           # the run's length in the budget's last plan
+    warmup_steps: int                            # the config's
     batch_size: int
     points: list[Point] = field(default_factory=list)
     notes: str = ""
@@ -289,7 +280,6 @@ class Plan:
     sample_steps: int
     guidance: float
     classifier_epochs: int
-    probe_steps: int
     seed: int
 
 
@@ -304,7 +294,6 @@ def make_plan(bench: Bench) -> Plan:
         sample_steps=args.sample_steps or (QUICK["sample_steps"] if quick else config.diffusion.sample_steps),
         guidance=args.guidance if args.guidance is not None else config.diffusion.guidance_scale,
         classifier_epochs=args.classifier_epochs or (QUICK["classifier_epochs"] if quick else 3),
-        probe_steps=args.probe_steps or (QUICK["probe_steps"] if quick else 30 if bench.device.type == "cuda" else 6),
         seed=args.seed,
     )
 
@@ -351,64 +340,41 @@ def make_reference(plan: Plan) -> Reference:
 
 
 # ---------------------------------------------------------------------------- training the methods
-def loop_minutes(run_dir: Path, after_step: int = 0) -> float:
-    """Minutes the loop's clock read at the last logged step after ``after_step`` (one invocation)."""
-    return loop_seconds([r for r in read_log(run_dir) if r.get("step", 0) > after_step]) / 60
-
-
 def run_our_loop(name: str, plan: Plan, make_task, workdir: Path, device: torch.device) -> Method:
-    """Probe, then train ``name`` through ``train.train`` for the budget, stopping at half time to keep a point."""
-    probe = load_config(plan.path, [*plan.overrides, f"train.steps={plan.probe_steps}",
-                                    f"train.output_dir={workdir}/{name}-probe", "optim.warmup_steps=0",
-                                    "diffusion.num_samples=1", "diffusion.sample_steps=1"])
-    step_seconds = probe_seconds(probe, make_task(probe))
-    base, minutes = plan.config, plan.minutes
-    steps = steps_for_budget(minutes, step_seconds)
-    warmup = scaled_warmup(base.optim.warmup_steps, steps, base.train.steps)
+    """Train ``name`` through ``train.train`` for the budget in two invocations, keeping a point after each."""
     run_dir = workdir / name
-    common = [*plan.overrides, f"train.steps={steps}", f"optim.warmup_steps={warmup}", f"train.output_dir={run_dir}",
-              f"diffusion.sample_steps={plan.sample_steps}"]
+    common = [*plan.overrides, f"train.output_dir={run_dir}", f"diffusion.sample_steps={plan.sample_steps}"]
 
-    def invoke(budget: float, resume: str | None):
-        config = load_config(plan.path, [*common, f"train.max_minutes={budget}"])
+    def invoke(resume: str | None):
+        config = load_config(plan.path, [*common, *budget_overrides(plan.minutes, resume)])
         task = make_task(config)
-        result = train(config, resume=resume, task=task, log=quiet)
+        train(config, resume=resume, task=task, log=quiet)
         if isinstance(task, DiffusersUNetTask):
             pipe = DenoisePipeline(unet=task.ema_model, scheduler=task.scheduler)
         else:
             pipe = DenoisePipeline.from_pretrained(str(run_dir / "pipeline")).to(device)  # the EMA weights
-        return result, pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed), pipe.unet
+        return pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed), pipe.unet
 
-    first, sampler, unet = invoke(minutes / 2, None)
-    half_minutes = loop_minutes(run_dir)
-    method = Method(name, parameter_count(unet), step_seconds, steps, warmup, base.train.batch_size)
-    method.points.append(Point("half", half_minutes, first.step, sampler))
-    if first.step < steps and minutes - half_minutes > 0:
-        second, sampler, _ = invoke(minutes - half_minutes, "latest")
-        method.points.append(Point("end", half_minutes + loop_minutes(run_dir, first.step), second.step, sampler))
-    else:
-        method.points.append(Point("end", half_minutes, first.step, sampler))
+    halves = train_in_halves(run_dir, invoke)
+    (_, unet), trained = halves[-1][1:]
+    method = Method(name, parameter_count(unet), trained.seconds_per_step, trained.planned_steps,
+                    plan.config.optim.warmup_steps, plan.config.train.batch_size)
+    method.points = [Point(point, done.minutes, done.step, sample) for point, (sample, _), done in halves]
+    if len(halves) == 1:
+        method.points.append(dataclasses.replace(method.points[0], label="end"))
         method.notes = "the planned steps ran out before half the time"
     return method
 
 
 def run_lucidrains(plan: Plan, data: dict, device: torch.device) -> Method:
-    """Probe, then train lucidrains' model for the budget, keeping the EMA at half time."""
+    """Train lucidrains' model for the budget (planned in its loop), keeping the EMA at half time."""
     config, minutes = plan.config, plan.minutes
-
-    def with_train(steps: int, warmup: int):
-        return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps),
-                                   optim=dataclasses.replace(config.optim, warmup_steps=warmup))
-
-    images, labels = data["train_images"], data["train_labels"]
-    probe = LucidrainsRun(with_train(plan.probe_steps, 0), images, labels, plan.sample_steps, device)
-    step_seconds = seconds_per_step(probe.run())
-    steps = steps_for_budget(minutes, step_seconds)
-    warmup = scaled_warmup(config.optim.warmup_steps, steps, config.train.steps)
-    run = LucidrainsRun(with_train(steps, warmup), images, labels, plan.sample_steps, device)
-    run.run(minutes=minutes, snapshot_minutes=minutes / 2)
+    capped = dataclasses.replace(config, train=dataclasses.replace(config.train, steps=STEP_CAP))
+    run = LucidrainsRun(capped, data["train_images"], data["train_labels"], plan.sample_steps, device)
+    clock = run.run(minutes=minutes, snapshot_minutes=minutes / 2)
     params = parameter_count(run.snapshots[-1][3].model)
-    method = Method("lucidrains", params, step_seconds, steps, warmup, config.train.batch_size)
+    method = Method("lucidrains", params, clock[-1] / len(clock), run.planned_steps, config.optim.warmup_steps,
+                    config.train.batch_size)
     for label, point_minutes, point_steps, diffusion in run.snapshots:
         sample = lambda asked, d=diffusion: sample_lucidrains(d, asked, plan.guidance, plan.seed)
         method.points.append(Point(label, point_minutes, point_steps, sample))
@@ -451,7 +417,7 @@ def train_methods(bench: Bench, plan: Plan, reference: Reference) -> tuple[list[
                 print(f"{name}: skipped, {err}")
                 continue
             done.append(score_points(method, reference, bench.results_dir / f"{bench.results_name()}_{name}.png"))
-            print(f"{name}: {method.params / 1e6:.2f} M parameters; probe {method.step_seconds:.3f} s/step -> "
+            print(f"{name}: {method.params / 1e6:.2f} M parameters; {method.step_seconds:.3f} s/step -> planned "
                   f"{method.planned_steps} steps (warm-up {method.warmup_steps}); trained {method.points[-1].minutes:.2f} min, "
                   f"{method.points[-1].steps} steps; {time.perf_counter() - started:.0f} s in all, "
                   f"{method.sample_seconds:.0f} s of it sampling." + (f" Note: {method.notes}." if method.notes else ""))
@@ -509,7 +475,7 @@ def table_rows(methods: list[Method], real: dict, samples: int) -> list[dict]:
 def method_payload(m: Method) -> dict:
     points = [dict(at=p.label, minutes=p.minutes, steps=p.steps, images_seen=p.steps * m.batch_size, **p.scores)
               for p in m.points]
-    return dict(params=m.params, seconds_per_step_probe=m.step_seconds, planned_steps=m.planned_steps,
+    return dict(params=m.params, seconds_per_step=m.step_seconds, planned_steps=m.planned_steps,
                 warmup_steps=m.warmup_steps, notes=m.notes, grid=m.grid, points=points)
 
 
@@ -551,8 +517,6 @@ def options(parser) -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help="guidance scale (default: the config's diffusion.guidance_scale)")
     parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
-    parser.add_argument("--probe-steps", type=int, default=None,
-                        help="throwaway steps that time each method (default 6, 30 on CUDA; --quick 3)")
 
 
 def measure(bench: Bench) -> None:

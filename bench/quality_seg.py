@@ -7,18 +7,19 @@ config's network) against segmentation-models-pytorch's U-Net, both trained by o
 
 Everything about the training comes from ``--config`` (default ``configs/isbi2012.yaml``: network,
 crop, batch, loss, weight map, augmentation, optimizer, schedule), with ``--set key=value`` overrides
-applied for every method. The benchmark itself sets only what it controls: the length and time budget,
+applied for every method. The benchmark itself sets only what it controls: the time budget and step cap,
 the output folder, the seed, the training set, and no mid-run evaluation, checkpoints or pictures.
 
 - **Split**: pairs 20-24 (the last five files by name) are held out, the first 20 train every method
   (``data.limit=20``, ``data.val_size=0``, so the loop never sees the held-out five).
-- **Equal wall time**: each method gets ``--minutes`` of training. A short probe run (a few steps,
-  not counted) times a step; ``train.steps`` is set to the budget divided by that time, so the
-  config's learning-rate schedule ends with the budget, and ``train.max_minutes`` stops the run at the
-  budget whatever the probe said. Training runs in two halves (the second resumes the first's
-  checkpoint), and the model is scored after each: two points per method. Minutes are the training
-  loop's own clock; scoring, checkpoints and set-up are left out. The boundary weight maps (when the
-  config uses them) are computed once, before any timing, and shared.
+- **Equal wall time** (``bench.equal_time`` holds the rule): each method's run gets
+  ``train.budget_minutes`` = ``--minutes``; the loop times its steps and plans the run's length as it
+  goes, so the config's learning-rate schedule (its own warm-up) ends with the budget, which is also
+  the hard stop. Training runs in two invocations: the first stops at half the budget
+  (``train.max_minutes``), the second resumes its checkpoint and trains to the end; the model is
+  scored after each: two points per method. Minutes are the training loop's own clock, as the
+  checkpoint records it; scoring, checkpoints and set-up are left out. The boundary weight maps (when
+  the config uses them) are computed once, before any timing, and shared.
 - **ours**: ``train.train`` on the config. **smp**: ``segmentation_models_pytorch.Unet``
   (``--smp-encoder``, random initialisation: nothing is downloaded) through the same loop, data,
   augmentation, loss and optimizer (``bench.smp_unet``). It takes sides that are multiples of 32,
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 
 from bench.common import PROJECT_ROOT, Bench, describe, pyplot, quiet_progress_bars, run_bench, save_figure, save_grid
-from bench.equal_time import add_options, budget_minutes, loop_seconds, probe_seconds, quiet, steps_for_budget
+from bench.equal_time import HALVES, add_options, budget_minutes, budget_overrides, quiet, train_in_halves
 from bench.metrics import cell_components, dice, pixel_error, rand_error
 from bench.smp_unet import SmpTask, load_smp_pipeline, smp_available, smp_crop
 from pipelines import SegmentationPipeline
@@ -68,10 +69,9 @@ CONFIG = PROJECT_ROOT / "configs" / "isbi2012.yaml"
 PAPER = {"pixel_error": 0.0611, "rand_error": 0.0382}   # Ronneberger et al. 2015, ISBI 2012 test set
 METHODS = ("ours", "smp")
 PAIRS, TRAINING = 25, 20                                 # the ISBI 2012 pairs; the first 20 by name train
-QUICK = dict(channel_divisor=8, crop=100, smp_encoder="resnet18", probe_steps=3)
-PROBE_STEPS = 6
+QUICK = dict(channel_divisor=8, crop=100, smp_encoder="resnet18")
 # Keys the benchmark sets itself (run_overrides); --set may not change them.
-CONTROLLED = ("train.steps", "train.max_minutes", "train.output_dir", "train.seed", "train.eval_every",
+CONTROLLED = ("train.budget_minutes", "train.steps", "train.max_minutes", "train.output_dir", "train.seed", "train.eval_every",
               "train.checkpoint_every", "train.log_every", "train.progress_bar", "train.cpu_threads",
               "segmentation.overlay_every", "segmentation.num_overlays", "data.limit", "data.val_size")
 
@@ -92,21 +92,16 @@ def fixed_split(count: int) -> tuple[list[int], list[int]]:
     return list(range(TRAINING)), list(range(TRAINING, PAIRS))
 
 
-def run_overrides(run_dir: Path, steps: int, max_minutes: float | None, seed: int, threads: int | None) -> list[str]:
-    """What the benchmark sets on top of the config for one training invocation (the keys of CONTROLLED)."""
-    items = [f"train.steps={steps}", f"train.output_dir={run_dir}", f"train.seed={seed}", "train.eval_every=0",
+def run_overrides(run_dir: Path, minutes: float, resume: str | None, seed: int, threads: int | None) -> list[str]:
+    """What the benchmark sets on top of the config for one training invocation (the keys of CONTROLLED):
+    the budget of ``minutes`` (the first invocation, ``resume`` None, stops at half of it)."""
+    items = [*budget_overrides(minutes, resume), f"train.output_dir={run_dir}", f"train.seed={seed}", "train.eval_every=0",
              "train.checkpoint_every=0", "train.log_every=1", "train.progress_bar=false",
              "segmentation.overlay_every=0", "segmentation.num_overlays=0",
              f"data.limit={TRAINING}", "data.val_size=0"]
-    items.append(f"train.max_minutes={max_minutes}" if max_minutes is not None else "train.max_minutes=null")
     if threads:
         items.append(f"train.cpu_threads={threads}")
     return items
-
-
-def plan_steps(minutes: float, step_seconds: float) -> int:
-    """Steps that fill ``minutes`` at ``step_seconds`` each (at least 2: one per half)."""
-    return max(2, steps_for_budget(minutes, step_seconds))
 
 
 def shrunk_channels(channels, divisor: int) -> list[int]:
@@ -204,9 +199,9 @@ class Experiment:
     def cell(self) -> int:
         return self.base.segmentation.object_class
 
-    def config(self, run_dir: Path, steps: int, max_minutes: float | None):
+    def config(self, run_dir: Path, minutes: float, resume: str | None):
         """The config of one training invocation (``run_overrides`` on top of the shared overrides)."""
-        return load_config(self.path, [*self.sets, *run_overrides(run_dir, steps, max_minutes, self.seed, self.threads)])
+        return load_config(self.path, [*self.sets, *run_overrides(run_dir, minutes, resume, self.seed, self.threads)])
 
     def score(self, pipe: SegmentationPipeline, tta: str | None = None) -> tuple[dict, list[dict], np.ndarray]:
         """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
@@ -229,15 +224,15 @@ def prepare(bench: Bench) -> Experiment:
         raise ValueError(f"{args.config} is a {base.task} config; this benchmark needs task: segmentation.")
     source = open_source(base)
     train_idx, held_out = fixed_split(len(source))
-    probe_task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
-    if probe_task.num_classes != 2:
+    task = SegmentationTask(base)  # checks the config; its class count and object class decide the scores
+    if task.num_classes != 2:
         raise ValueError(f"the scores are for two classes (membrane and cell); the config's network has "
-                         f"{probe_task.num_classes}.")
+                         f"{task.num_classes}.")
     if base.segmentation.weight_map:
         for index in train_idx:
-            probe_task.weight_map(source.load(index).mask, index)
+            task.weight_map(source.load(index).mask, index)
     return Experiment(args.config, sets, base, source, held_out, [Path(source.name(i)).name for i in range(len(source))],
-                      probe_task._weight_maps, args.seed, args.threads)
+                      task._weight_maps, args.seed, args.threads)
 
 
 def open_pipeline(folder: Path | SegmentationPipeline, device: torch.device) -> SegmentationPipeline:
@@ -247,37 +242,38 @@ def open_pipeline(folder: Path | SegmentationPipeline, device: torch.device) -> 
     return pipe.to(device)
 
 
-def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: float, probe_steps: int, device,
+def run_method(method: Method, experiment: Experiment, run_dir: Path, minutes: float, device,
                say) -> tuple[dict, np.ndarray]:
-    """Probe, train two halves of ``minutes`` (scoring after each); what happened, and the last first mask."""
-    with tempfile.TemporaryDirectory(prefix=f"probe-{method.name}-") as tmp:
-        config = experiment.config(Path(tmp), probe_steps, None)
-        step_seconds = probe_seconds(config, method.task(config))
-    steps = plan_steps(minutes, step_seconds)
-    say(f"{method.label}: {step_seconds:.3f} s a step in the probe -> train.steps={steps} for {minutes:g} min")
-    points, used = [], 0.0
-    for point in ("half", "end"):
-        limit = minutes / 2 if point == "half" else max(minutes - used / 60, 1e-3)  # the end: what the half left
-        config = experiment.config(run_dir, steps, limit)
+    """Train for ``minutes`` in two invocations, scoring after each; what happened, and the last first mask."""
+
+    def invoke(resume: str | None) -> dict:
+        config = experiment.config(run_dir, minutes, resume)
         task = method.task(config)
-        before = len(read_log(run_dir))
-        result = train(config, resume="latest" if point == "end" else None, task=task, log=quiet)
+        train(config, resume=resume, task=task, log=quiet)
         if task.trainer.train_examples.indices != list(range(TRAINING)) or task.trainer.val_examples is not None:
             raise RuntimeError(f"the {method.name} run did not train on exactly the first {TRAINING} pairs "
                                "(a bad image skipped?).")
-        used += loop_seconds(read_log(run_dir)[before:])
         started = time.perf_counter()
         pipe = method.pipeline(run_dir, device)
         mean, per_image, first = experiment.score(pipe)
-        points.append(dict(point=point, max_minutes=limit, minutes=used / 60, steps=result.step, mean=mean, per_image=per_image,
-                           eval_seconds=time.perf_counter() - started))
-        say(f"{method.label}, {point}: {used / 60:.2f} min, {result.step} steps, pixel error {mean['pixel_error']:.4f}, "
-            f"Rand error {mean['rand_error']:.4f}")
+        return dict(mean=mean, per_image=per_image, first=first, parameters=pipe.unet.num_parameters(),
+                    eval_seconds=time.perf_counter() - started)
+
+    halves, points = train_in_halves(run_dir, invoke), []
+    for point, scored, done in halves:
+        points.append(dict(point=point, minutes=done.minutes, steps=done.step, planned_steps=done.planned_steps,
+                           mean=scored["mean"], per_image=scored["per_image"], eval_seconds=scored["eval_seconds"]))
+        say(f"{method.label}, {point}: {done.minutes:.2f} min, {done.step} steps of {done.planned_steps} planned "
+            f"({done.seconds_per_step:.3f} s a step), pixel error {scored['mean']['pixel_error']:.4f}, "
+            f"Rand error {scored['mean']['rand_error']:.4f}")
+    if len(halves) == 1:
+        say(f"{method.label}: the planned steps ran out before half the time; no second invocation")
+    scored, done = halves[-1][1:]
     losses = [r["loss"] for r in read_log(run_dir) if "loss" in r]
-    return dict(method=method.name, label=method.label, parameters=pipe.unet.num_parameters(),
-                crop=method.crop, note=method.note, probe_seconds_per_step=step_seconds, planned_steps=steps,
+    return dict(method=method.name, label=method.label, parameters=scored["parameters"], crop=method.crop, note=method.note,
+                seconds_per_step=done.seconds_per_step, planned_steps=done.planned_steps,
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
-                points=points), first
+                points=points), scored["first"]
 
 
 def train_methods(bench: Bench, experiment: Experiment, methods: list[str]) -> tuple[list[dict], list[str]]:
@@ -298,8 +294,7 @@ def train_methods(bench: Bench, experiment: Experiment, methods: list[str]) -> t
                 say(f"note: {method.note}.")
                 notes.append(method.note)
             run_dir = (args.keep_run or Path(tmp)) / method_name
-            result, first = run_method(method, experiment, run_dir, minutes,
-                                       QUICK["probe_steps"] if args.quick else PROBE_STEPS, bench.device, say)
+            result, first = run_method(method, experiment, run_dir, minutes, bench.device, say)
             result["overlay"] = str(bench.results_dir / f"{name}_overlay_{method_name}.png")
             save_overlay(experiment.source, experiment.held_out[0], first, Path(result["overlay"]))
             results.append(result)
@@ -363,8 +358,10 @@ def report(bench: Bench, experiment: Experiment, results: list[dict], notes: lis
     if curve is None:
         notes.append("matplotlib is not installed: no curve picture")
     names = experiment.names
-    payload = dict(quick=args.quick, minutes=budget_minutes(args), config=str(args.config), overrides=experiment.sets,
-                   bench_overrides=run_overrides(Path("RUN"), "STEPS", "MINUTES", args.seed, args.threads), seed=args.seed,
+    minutes = budget_minutes(args)
+    payload = dict(quick=args.quick, minutes=minutes, config=str(args.config), overrides=experiment.sets,
+                   bench_overrides={point: run_overrides(Path("RUN"), minutes, resume, args.seed, args.threads)
+                                    for point, resume in HALVES}, seed=args.seed,
                    training=names[:TRAINING], held_out=[names[i] for i in experiment.held_out],
                    results=results, paper=PAPER, curve=str(curve) if curve else None, notes=notes)
     rows = [{"method": f"{r['label']} ({p['point']})", "params": f"{r['parameters'] / 1e6:.2f}M",

@@ -7,29 +7,51 @@ import pytest
 import torch
 from trainkit import TINY_DIFFUSION, merged, write_config
 
-from bench.equal_time import scaled_warmup, seconds_per_step, steps_for_budget
+from bench.equal_time import STEP_CAP
 from bench.peers_gen import parameter_count
-from bench.quality_gen import check_held_out, classifier_scores, requested_labels, score_samples
+from bench.quality_gen import LOOP_OVERRIDES, Plan, check_held_out, classifier_scores, requested_labels, score_samples
 from train import load_config, train
+from train.loop import read_log
 
 has_lucidrains = all(importlib.util.find_spec(n) for n in ("denoising_diffusion_pytorch", "ema_pytorch"))
 
 
 # ---------------------------------------------------------------------------- the budget rule
-def test_seconds_per_step_leaves_out_the_first_step():
-    # Step 1 ends at 5 s (start-up), then 0.5 s per step.
-    assert seconds_per_step([5.0, 5.5, 6.0, 6.5]) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="at least 2"):
-        seconds_per_step([1.0])
+class SlowingClock:
+    """A fake clock: every reading moves it ``tick`` seconds on; ``slow_after`` readings double the tick."""
+
+    def __init__(self, slow_after: int):
+        self.now, self.readings, self.slow_after = 0.0, 0, slow_after
+
+    def __call__(self) -> float:
+        self.readings += 1
+        self.now += 1.0 if self.readings <= self.slow_after else 2.0
+        return self.now
 
 
-def test_steps_fill_the_budget_and_the_warmup_keeps_its_share():
-    assert steps_for_budget(15, 0.9) == 1000            # 900 s / 0.9 s
-    assert steps_for_budget(0.01, 10.0) == 1            # never zero steps
-    assert scaled_warmup(500, 1000, 20000) == 25        # 2.5 % of the run, as in the config
-    assert scaled_warmup(500, 3, 3) == 2                # never the whole run
-    with pytest.raises(ValueError):
-        steps_for_budget(15, 0.0)
+def test_our_loop_ends_near_its_budget_with_its_schedule_decayed(tmp_path, monkeypatch, one_thread):
+    from bench.quality_gen import run_our_loop
+    from train.diffusion import build_unet
+
+    # Steps get twice as slow after a while (a busy machine): a plan made from the first steps, as a
+    # probe would make it, would be cut by the budget with its schedule half done.
+    monkeypatch.setattr("train.loop.monotonic", SlowingClock(slow_after=20))
+    values = merged(TINY_DIFFUSION, optim={"lr": 1e-3, "warmup_steps": 0, "lr_schedule": "cosine"})
+    path = write_config(tmp_path / "tiny.yaml", values)
+    plan = Plan(path, [], LOOP_OVERRIDES, load_config(path, LOOP_OVERRIDES), minutes=1.0, samples=10, sample_steps=2,
+                guidance=2.0, classifier_epochs=1, seed=0)
+    method = run_our_loop("ours", plan, lambda config: None, tmp_path, torch.device("cpu"))
+
+    half, end = method.points
+    assert (half.label, end.label) == ("half", "end") and half.steps < end.steps
+    assert 0.5 <= half.minutes <= 0.65 and 0.95 <= end.minutes <= 1.15         # the loop's clock, over both invocations
+    assert end.steps < STEP_CAP and abs(method.planned_steps - end.steps) <= 1  # the budget, not the cap, decided
+    assert method.step_seconds == pytest.approx(60 * end.minutes / end.steps)
+    assert method.warmup_steps == 0 and method.params == parameter_count(build_unet(plan.config, sample_size=8, in_channels=3))
+    lrs = [r["lr"] for r in read_log(tmp_path / "ours") if "lr" in r]
+    assert lrs[-1] < 0.02 * 1e-3 < lrs[len(lrs) // 2]                            # the schedule ended with the budget
+    images = end.sample(torch.tensor([0, 1, 2]))
+    assert images.shape == (3, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
 
 
 def test_a_missing_peer_package_is_named(monkeypatch):
@@ -113,6 +135,7 @@ def test_lucidrains_trains_in_its_loop_keeps_two_points_and_guides_plainly(tmp_p
     run = LucidrainsRun(config, images, labels, sample_steps=2)
     clock = run.run(minutes=None, snapshot_minutes=0.0)
     assert len(clock) == 3 and [s[0] for s in run.snapshots] == ["half", "end"] and run.snapshots[0][2] == 1
+    assert run.planned_steps == 3 and sorted(run.losses) == sorted(run.lrs) == [1, 2, 3]
 
     diffusion = run.snapshots[-1][3]
     unet = diffusion.model
@@ -123,3 +146,23 @@ def test_lucidrains_trains_in_its_loop_keeps_two_points_and_guides_plainly(tmp_p
     samples = sample_lucidrains(diffusion, torch.tensor([0, 1, 2]), guidance=3.0, seed=0)
     assert samples.shape == (3, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
 
+
+
+@pytest.mark.skipif(not has_lucidrains, reason="denoising-diffusion-pytorch is not installed")
+def test_lucidrains_follows_the_budget_plan_as_its_steps_slow(tmp_path, monkeypatch, one_thread):
+    from bench import peers_gen
+    from bench.peers_gen import LucidrainsRun
+
+    monkeypatch.setattr(peers_gen, "perf_counter", SlowingClock(slow_after=20))
+    values = merged(TINY_DIFFUSION, train={"steps": 10_000}, data={"source": "synthetic", "image_size": 8, "channels": 1},
+                    optim={"lr": 1e-3, "warmup_steps": 0, "lr_schedule": "cosine"})
+    config = load_config(write_config(tmp_path / "tiny.yaml", values))
+    run = LucidrainsRun(config, torch.rand(16, 1, 8, 8) * 2 - 1, torch.arange(16) % 3, sample_steps=2)
+    clock = run.run(minutes=1.0, snapshot_minutes=0.5)
+
+    steps = len(clock)
+    assert 58 <= clock[-1] <= 62 and steps < 55            # the budget ended it: at 1 s a step 60 would have fitted
+    assert abs(run.planned_steps - steps) <= 1               # ... as the last plan said
+    assert [s[0] for s in run.snapshots] == ["half", "end"] and 0.5 <= run.snapshots[0][1] <= 0.55
+    lrs = [run.lrs[step] for step in sorted(run.lrs)]
+    assert lrs[-1] < 0.02 * 1e-3 < lrs[steps // 2]          # the rebuilt schedule decayed on time

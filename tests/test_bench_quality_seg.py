@@ -6,15 +6,18 @@ import torch
 import yaml
 from trainkit import TINY_SEGMENTATION, merged
 
-from bench.equal_time import loop_seconds, parse_methods, seconds_per_step, step_clock
+from bench.equal_time import STEP_CAP, parse_methods
 from bench.quality_seg import (
     METHODS,
+    TRAINING,
+    Experiment,
+    Method,
     check_sets,
     fixed_split,
     nearest_crop,
-    plan_steps,
     plot_curves,
     quick_overrides,
+    run_method,
     run_overrides,
     segmentation_scores,
     shrunk_channels,
@@ -22,6 +25,8 @@ from bench.quality_seg import (
 from bench.smp_unet import SmpTask, SmpUNet, check_side, load_smp_pipeline, smp_available, smp_crop
 from train import load_config, train
 from train.config import config_from_dict
+from train.data import open_source
+from train.loop import read_log
 
 
 # ---------------------------------------------------------------------------- the smp adapter
@@ -72,8 +77,9 @@ def test_methods_sets_and_split():
         with pytest.raises(ValueError, match="--methods"):
             parse_methods(bad, METHODS)
     check_sets(["optim.lr=3e-4", "model.args.channels=[8, 16]"])
-    with pytest.raises(ValueError, match="sets train.steps itself"):
-        check_sets(["train.steps=10"])
+    for key in ("train.steps", "train.budget_minutes", "train.max_minutes"):
+        with pytest.raises(ValueError, match=f"sets {key} itself"):
+            check_sets([f"{key}=10"])
     train_idx, held_out = fixed_split(25)
     assert train_idx == list(range(20)) and held_out == [20, 21, 22, 23, 24]
     with pytest.raises(ValueError, match="25 ISBI 2012"):
@@ -83,20 +89,40 @@ def test_methods_sets_and_split():
 def test_run_overrides_fix_the_training_set_and_budget(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(merged(TINY_SEGMENTATION, data={"val_size": 5, "limit": None})))
-    config = load_config(path, run_overrides(tmp_path / "run", 40, 1.5, seed=3, threads=1))
+    config = load_config(path, run_overrides(tmp_path / "run", 1.5, None, seed=3, threads=1))
     assert (config.data.limit, config.data.val_size) == (20, 0)  # the first 20 pairs; the loop holds nothing out
-    assert (config.train.steps, config.train.max_minutes, config.train.seed, config.train.cpu_threads) == (40, 1.5, 3, 1)
+    assert (config.train.seed, config.train.cpu_threads) == (3, 1)
+    # The budget decides the length (train.steps only caps it); the first invocation stops at half of it.
+    assert (config.train.budget_minutes, config.train.max_minutes, config.train.steps) == (1.5, 0.75, STEP_CAP)
     assert config.train.eval_every == 0 and config.train.checkpoint_every == 0 and config.segmentation.num_overlays == 0
-    assert load_config(path, run_overrides(tmp_path, 5, None, seed=0, threads=None)).train.max_minutes is None
+    resumed = load_config(path, run_overrides(tmp_path, 1.5, "latest", seed=0, threads=None)).train
+    assert (resumed.budget_minutes, resumed.max_minutes) == (1.5, None)  # the second trains to the end of the budget
 
 
-def test_budget_arithmetic():
-    records = [{"step": 1, "seconds": 2.0}, {"step": 2, "seconds": 2.5}, {"eval": {}}, {"step": 3, "seconds": 3.1}]
-    assert seconds_per_step(step_clock(records)) == pytest.approx(0.55)  # the first (warm-up) step left out
-    assert loop_seconds(records) == 3.1 and loop_seconds([]) == 0.0
-    with pytest.raises(ValueError, match="at least 2"):
-        seconds_per_step(step_clock(records[:1]))
-    assert plan_steps(15, 0.5) == 1800 and plan_steps(0.001, 10) == 2
+def test_a_method_trains_in_two_budgeted_halves_and_is_scored_after_each(tmp_path, monkeypatch, one_thread):
+    ticks = iter(range(100_000))  # every reading of the loop's clock moves it 1 s on
+    monkeypatch.setattr("train.loop.monotonic", lambda: float(next(ticks)))
+    values = merged(TINY_SEGMENTATION, data={"synthetic_size": 25, "val_size": 0},
+                    optim={"lr": 1e-3, "warmup_steps": 0, "lr_schedule": "cosine"})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(values))
+    base = load_config(path)
+    source = open_source(base)
+    experiment = Experiment(path, [], base, source, list(range(TRAINING, 25)), [source.name(i) for i in range(25)], {},
+                            seed=0, threads=None)
+    said = []
+    result, first = run_method(Method("ours", base, "resnet18", {}), experiment, tmp_path / "ours", 1.0,
+                               torch.device("cpu"), said.append)
+
+    half, end = result["points"]
+    assert (half["point"], end["point"]) == ("half", "end") and half["steps"] < end["steps"]
+    assert 0.5 <= half["minutes"] <= 0.6 and 0.95 <= end["minutes"] <= 1.1   # the loop's clock, both invocations
+    assert result["planned_steps"] == end["steps"] < STEP_CAP
+    assert result["seconds_per_step"] == pytest.approx(60 * end["minutes"] / end["steps"])
+    assert "resumed" not in " ".join(said) and len(said) == 2
+    lrs = [r["lr"] for r in read_log(tmp_path / "ours") if "lr" in r]
+    assert lrs[-1] < 0.02 * 1e-3 < lrs[len(lrs) // 2]                      # the schedule ended with the budget
+    assert first.shape == (16, 16) and 0 <= end["mean"]["pixel_error"] <= 1
 
 
 def test_quick_narrows_any_network_and_finds_a_crop(tmp_path):
