@@ -82,15 +82,18 @@ def test_max_minutes_stops_early_and_finishes_the_run(tmp_path, monkeypatch):
 
 def test_time_budget_plans_the_steps_that_fit():
     budget = TimeBudget(minutes=1, max_steps=1000)
-    assert budget.plan(1, 5.0) is None                       # the first step only starts the timing (one-off costs)
-    assert budget.plan(1 + TIMED_STEPS - 1, 8.0) is None     # too few timed steps yet
-    assert budget.plan(1 + TIMED_STEPS, 5.0 + 2 * TIMED_STEPS) == 1 + TIMED_STEPS + (60 - 13) // 2  # 2 s a step
+    assert budget.plan(1, 1.0) is None                       # the first step only starts the timing (one-off costs)
+    assert budget.plan(1 + TIMED_STEPS - 1, 4.0) is None     # too few timed steps yet
+    assert budget.plan(1 + TIMED_STEPS, 1.0 + 2 * TIMED_STEPS) == 1 + TIMED_STEPS + (60 - 9) // 2  # 2 s a step
     assert budget.plan(10, 14.0) is None                     # next revision at 25% of the budget
     assert budget.plan(30, 60.0 * 0.26) is not None
     assert TimeBudget(minutes=100, max_steps=40).plan(1, 1.0) is None
     capped = TimeBudget(minutes=100, max_steps=40)
     capped.plan(1, 1.0)
     assert capped.plan(1 + TIMED_STEPS, 2.0) == 40           # never past train.steps
+    slow = TimeBudget(minutes=1, max_steps=1000)
+    slow.plan(1, 4.0)
+    assert slow.plan(2, 10.0) == 2 + (60 - 10) // 6          # 6 s a step: a tenth of the budget gone, plan at once
     resumed = TimeBudget(minutes=1, max_steps=1000, spent_seconds=50.0)
     assert not resumed.out_of_time(9.0) and resumed.out_of_time(10.0)
 

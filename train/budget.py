@@ -48,7 +48,10 @@ class TimeBudget:
             return None
         timed = step - self.first[0]
         used = self.trained_seconds(clock) / self.seconds
-        if timed < TIMED_STEPS or used < self.next_plan:
+        # The first plan after TIMED_STEPS timed steps, or sooner when steps are so slow that a tenth of the
+        # budget is gone; then one at each fraction of REPLAN_AT.
+        due = (timed >= TIMED_STEPS or used >= REPLAN_AT[0]) if self.next_plan == 0 else used >= self.next_plan
+        if timed < 1 or not due:
             return None
         self.next_plan = next((f for f in REPLAN_AT if f > used), math.inf)
         seconds_per_step = (clock - self.first[1]) / timed
