@@ -5,6 +5,7 @@ sampled with the same classifier-free guidance and DDIM steps, and scored with a
     UNET_DATA_DIR=/path/to/data OMP_NUM_THREADS=1 python -m bench.quality_gen --quick --threads 1
     UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --minutes 15 --threads 2   # 500 samples: data.val_size >= 1000
     UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --pipelines runs/mnist/pipeline   # score a trained model, no training
+    UNET_DATA_DIR=/path/to/data python -m bench.quality_gen --pipelines runs/mnist/pipeline --sampler ddpm --sample-steps 100
 
 ``--quick`` trains a quarter-width network (channels 8, 16, 16) with batch 16 for 0.1 minute per
 method, trains the classifier one epoch, and scores 50 digits of 4 DDIM steps per point: it checks
@@ -92,6 +93,7 @@ from bench.equal_time import STEP_CAP, add_options, budget_minutes, budget_overr
 from bench.metrics import frechet_distance_of
 from bench.peers_gen import DiffusersUNetTask, LucidrainsRun, missing_package, parameter_count, sample_lucidrains
 from pipelines import DenoisePipeline
+from pipelines.samplers import SAMPLER_SCHEDULERS
 from train import load_config, train
 from train.config import AugmentConfig
 from train.data import open_source, split_indices
@@ -238,15 +240,15 @@ class Method:
     sample_seconds: float = 0.0                  # time spent sampling both points
 
 
-def pipeline_sampler(pipe: DenoisePipeline, sample_steps: int, guidance: float, seed: int) -> Callable:
-    """Guided DDIM samples of ``pipe`` for given labels, from a fixed noise seed."""
+def pipeline_sampler(pipe: DenoisePipeline, sample_steps: int, guidance: float, seed: int, sampler: str = "ddim") -> Callable:
+    """Guided samples of ``pipe`` (DDIM unless ``sampler`` names another) for given labels, from a fixed noise seed."""
     pipe.set_progress_bar_config(disable=True)
     device = pipe.device
 
     def sample(labels: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(device).manual_seed(seed)
         return torch.cat([
-            pipe(class_labels=chunk.to(device), guidance_scale=guidance, sampler="ddim", num_inference_steps=sample_steps,
+            pipe(class_labels=chunk.to(device), guidance_scale=guidance, sampler=sampler, num_inference_steps=sample_steps,
                  generator=generator, output_type="pt").images.cpu()
             for chunk in labels.split(250)
         ])
@@ -281,6 +283,7 @@ class Plan:
     guidance: float
     classifier_epochs: int
     seed: int
+    sampler: str = "ddim"                        # --sampler (scoring --pipelines only)
 
 
 def make_plan(bench: Bench) -> Plan:
@@ -294,7 +297,7 @@ def make_plan(bench: Bench) -> Plan:
         sample_steps=args.sample_steps or (QUICK["sample_steps"] if quick else config.diffusion.sample_steps),
         guidance=args.guidance if args.guidance is not None else config.diffusion.guidance_scale,
         classifier_epochs=args.classifier_epochs or (QUICK["classifier_epochs"] if quick else 3),
-        seed=args.seed,
+        seed=args.seed, sampler=args.sampler,
     )
 
 
@@ -430,7 +433,7 @@ def score_folders(bench: Bench, plan: Plan, reference: Reference) -> list[Method
     for folder in bench.args.pipelines:
         pipe = open_pipeline(folder).to(bench.device)
         method = Method(str(folder), parameter_count(pipe.unet), 0.0, 0, 0, plan.config.train.batch_size,
-                        [Point("trained", float("nan"), 0, pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed))])
+                        [Point("trained", float("nan"), 0, pipeline_sampler(pipe, plan.sample_steps, plan.guidance, plan.seed, plan.sampler))])
         score_points(method, reference, bench.results_dir / f"{bench.results_name()}_{folder.parent.name}_{folder.name}.png")
         print(f"{folder}: scored in {method.sample_seconds:.0f} s; grid {method.grid}")
         done.append(method)
@@ -486,7 +489,7 @@ def report(bench: Bench, plan: Plan, reference: Reference, done: list[Method], s
     curve = plot_curves(done, reference.real, bench.results_dir / f"{name}_curve.png") if done and not args.pipelines else None
     payload = dict(
         quick=args.quick, config=str(plan.path), overrides=plan.sets, config_overrides=plan.overrides, minutes=plan.minutes,
-        samples=plan.samples, sample_steps=plan.sample_steps, guidance=plan.guidance, seed=plan.seed,
+        samples=plan.samples, sample_steps=plan.sample_steps, guidance=plan.guidance, sampler=plan.sampler, seed=plan.seed,
         train_seed=config.train.seed, batch_size=config.train.batch_size,
         split=dict(train=len(reference.data["train_images"]), held_out=reference.held, val_size=config.data.val_size),
         classifier=dict(epochs=plan.classifier_epochs, accuracy_r1_r2=reference.accuracy), real_digits=reference.real,
@@ -517,10 +520,14 @@ def options(parser) -> None:
     parser.add_argument("--guidance", type=float, default=None,
                         help="guidance scale (default: the config's diffusion.guidance_scale)")
     parser.add_argument("--classifier-epochs", type=int, default=None, help="(default 3; --quick 1)")
+    parser.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default="ddim",
+                        help="with --pipelines: the sampler (default ddim; the trained methods are always compared with DDIM)")
 
 
 def measure(bench: Bench) -> None:
     args = bench.args
+    if args.sampler != "ddim" and not args.pipelines:
+        raise SystemExit("--sampler works with --pipelines (the trained methods are compared with DDIM, lucidrains' own).")
     if bench.device.type == "cpu":
         os.environ["ACCELERATE_USE_CPU"] = "true"  # our loop's Accelerator would otherwise take a GPU
     if not bench.has_data(*(["mnist/train.parquet"] if args.config == CONFIG else []),
@@ -537,7 +544,7 @@ def measure(bench: Bench) -> None:
           f"epoch(s), accuracy {reference.accuracy:.3f} on R1 + R2; FD(R2, R1) = {reference.real_fd:.2f} at {plan.samples} "
           f"vs {plan.samples}.")
     print(f"Budget {plan.minutes:g} min per method, batch {config.train.batch_size}; {plan.samples} samples per point, "
-          f"guidance {plan.guidance:g}, {plan.sample_steps} DDIM steps.")
+          f"guidance {plan.guidance:g}, {plan.sample_steps} {plan.sampler.upper()} steps.")
     done, skipped = (score_folders(bench, plan, reference), {}) if args.pipelines else train_methods(bench, plan, reference)
     report(bench, plan, reference, done, skipped, started)
 

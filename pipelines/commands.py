@@ -29,22 +29,27 @@ def add_sample(subparsers) -> None:
     sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
     sample.add_argument("--num-images", type=int, default=16, metavar="N", help="images to sample (default 16)")
-    sample.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: 1000 for DDPM, 50 for the others)")
-    sample.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
-    sample.add_argument("--eta", type=float, default=0.0, metavar="ETA", help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default 0)")
-    sample.add_argument("--seed", type=int, default=0, metavar="N", help="image i uses seed + i, whatever the batch size (default 0)")
     sample.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call (default 16)")
-    sample.add_argument("--class-label", type=int, nargs="+", default=None, metavar="LABEL",
-                        help="class-conditional models: one label for every image, or one per image")
-    sample.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="classifier-free guidance scale (needs the null label); default none")
-    sample.add_argument("--height", type=int, default=None, metavar="H", help="image height (default: the model's sample_size)")
-    sample.add_argument("--width", type=int, default=None, metavar="W", help="image width (default: the model's sample_size)")
+    _sampling_options(sample)
     sample.add_argument("--image", default=None, metavar="FILE", help="an init image for image-to-image (SDEdit)")
     sample.add_argument("--strength", type=float, default=None, metavar="S", help="with --image: the part of the schedule to run (default 0.8; 1.0 with --mask)")
     sample.add_argument("--mask", default=None, metavar="FILE", help="with --image: inpaint the white pixels, keep the black ones")
-    sample.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
-                        help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
     _device_options(sample)
+
+
+def _sampling_options(parser: argparse.ArgumentParser) -> None:
+    """How ``sample`` (and ``evaluate``, given a model) draw images from noise."""
+    parser.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: 1000 for DDPM, 50 for the others)")
+    parser.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
+    parser.add_argument("--eta", type=float, default=0.0, metavar="ETA", help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default 0)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="image i uses seed + i, whatever the batch size (default 0)")
+    parser.add_argument("--class-label", type=int, nargs="+", default=None, metavar="LABEL",
+                        help="class-conditional models: one label for every image, or one per image")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="classifier-free guidance scale (needs the null label); default none")
+    parser.add_argument("--height", type=int, default=None, metavar="H", help="image height (default: the model's sample_size)")
+    parser.add_argument("--width", type=int, default=None, metavar="W", help="image width (default: the model's sample_size)")
+    parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
+                        help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
 
 
 def add_segment(subparsers) -> None:
@@ -92,12 +97,12 @@ def _device(name: str | None):
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _open_pipeline(loader, args, **kwargs):
+def _open_pipeline(loader, model: str, args, **kwargs):
     """The pipeline on ``--device``, with diffusers' loading bar and the pipeline's step bar off (the command sets its one bar)."""
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    pipe = loader(args.model, **kwargs).to(_device(args.device))
+    pipe = loader(model, **kwargs).to(_device(args.device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -113,7 +118,6 @@ def run_sample(args) -> int:
     scheduler, and so does a weights file written by training (the schedule it was trained with travels
     in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps,
     linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."""
-    import torch
 
     from unet_diffusion.outputs import staged_output
 
@@ -121,18 +125,38 @@ def run_sample(args) -> int:
     from .inference import fail_if
     from .loading import load_denoise_pipeline
 
+    _check_sampling(args)
+    fail_if(((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."))
+    image = load_image(args.image) if args.image else None
+    mask = load_image(args.mask) if args.mask else None
+    pipe = _open_pipeline(load_denoise_pipeline, args.model, args, prediction_type=args.prediction_type)
+    images = _sample_images(pipe, args, args.class_label, image=image, strength=args.strength, mask_image=mask)
+    with staged_output(args.out) as staging:
+        for i, picture in enumerate(images):
+            picture.save(staging / f"{i:05d}.png")
+        make_grid(images).save(staging / "grid.png")
+    print(f"wrote {len(images)} images and grid.png to {args.out}")
+    return 0
+
+
+def _check_sampling(args) -> None:
+    """The sampling flags, before any model is read."""
+    from .inference import fail_if
+
     labels = args.class_label
     fail_if(
         (args.num_images < 1, f"--num-images must be at least 1; got {args.num_images}."),
         (args.batch_size < 1, f"--batch-size must be at least 1; got {args.batch_size}."),
         (labels is not None and len(labels) not in (1, args.num_images),
          f"--class-label takes one label or one per image ({args.num_images}); got {len(labels or [])}."),
-        ((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."),
     )
-    image = load_image(args.image) if args.image else None
-    mask = load_image(args.mask) if args.mask else None
 
-    pipe = _open_pipeline(load_denoise_pipeline, args, prediction_type=args.prediction_type)
+
+def _sample_images(pipe, args, labels: list[int] | None, **init) -> list:
+    """``args.num_images`` PIL images of ``pipe`` in batches of ``--batch-size``; image i from seed + i and
+    ``labels`` (one for all, or one per image)."""
+    import torch
+
     one_batch = args.num_images <= args.batch_size
     pipe.set_progress_bar_config(disable=args.quiet or not one_batch)  # one batch: the bar counts denoising steps
     images = []
@@ -146,16 +170,10 @@ def run_sample(args) -> int:
                 batch_labels = labels * count if len(labels) == 1 else labels[start : start + count]
             images += pipe(
                 count, num_inference_steps=args.steps, generator=generators, sampler=args.sampler, eta=args.eta,
-                class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
-                image=image, strength=args.strength, mask_image=mask,
+                class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width, **init,
             ).images
             bar.update(count)
-    with staged_output(args.out) as staging:
-        for i, picture in enumerate(images):
-            picture.save(staging / f"{i:05d}.png")
-        make_grid(images).save(staging / "grid.png")
-    print(f"wrote {len(images)} images and grid.png to {args.out}")
-    return 0
+    return images
 
 
 def run_segment(args) -> int:
@@ -172,7 +190,7 @@ def run_segment(args) -> int:
     from .loading import load_segmentation_pipeline
 
     files = image_files(args.input)
-    pipe = _open_pipeline(load_segmentation_pipeline, args)
+    pipe = _open_pipeline(load_segmentation_pipeline, args.model, args)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
     skipped = []
     with staged_output(args.out) as staging, _progress(len(files), "image", args.quiet) as bar:
@@ -223,8 +241,11 @@ def _write_segmentation(file: Path, stem: Path, image, result, num_classes: int,
 # ---------------------------------------------------------------------------- evaluate
 def add_evaluate(subparsers) -> None:
     """The ``evaluate`` subcommand."""
-    evaluate = add_command(subparsers, "evaluate", run_evaluate, "FID and KID of a folder of samples against a reference folder")
-    evaluate.add_argument("generated", metavar="GENERATED", help="folder of generated images")
+    evaluate = add_command(subparsers, "evaluate", run_evaluate, "FID and KID of a folder of samples against a reference folder",
+                           api_flags=API_FLAGS)
+    evaluate.add_argument("generated", metavar="GENERATED",
+                          help="folder of generated images, or a denoiser to sample them from (a pipeline folder, weights file or Hub "
+                               "id, as for sample; class-conditional models take the classes in turn unless --class-label)")
     evaluate.add_argument("reference", metavar="REFERENCE", help="folder of reference images (its features are cached)")
     evaluate.add_argument("--features", default=None, metavar="MODULE:FUNCTION",
                           help="your own feature extractor: FUNCTION() in the importable MODULE returns an nn.Module mapping "
@@ -233,11 +254,37 @@ def add_evaluate(subparsers) -> None:
                           help="local FID Inception weights (weights-inception-2015-12-05-6726825d.pth); "
                                "also $UNET_DIFFUSION_INCEPTION_WEIGHTS; else downloaded once when online")
     evaluate.add_argument("--image-size", type=int, default=None, metavar="N", help="resize every image to N x N first")
-    evaluate.add_argument("--batch-size", type=int, default=50, metavar="N", help="images per feature batch (default 50)")
+    evaluate.add_argument("--batch-size", type=int, default=50, metavar="N", help="images per feature batch and, with a model, per network call (default 50)")
     evaluate.add_argument("--kid-subset-size", type=int, default=1000, metavar="N", help="KID subset size (default 1000, or fewer images)")
     evaluate.add_argument("--no-cache", action="store_true", help="recompute the reference features instead of reading the cache")
     evaluate.add_argument("--json", default=None, metavar="FILE", help="also write the numbers to FILE")
+    evaluate.add_argument("--num-images", type=int, default=1000, metavar="N", help="with a model: images to sample (default 1000)")
+    _sampling_options(evaluate)
     _device_options(evaluate)
+
+
+def _is_image_folder(path: str) -> bool:
+    """A folder of images, not a model folder (``model_index.json`` / ``config.json``), file or Hub id."""
+    folder = Path(path)
+    return folder.is_dir() and not any((folder / name).is_file() for name in ("model_index.json", "config.json"))
+
+
+def _sampled_features(args, extractor, options: dict):
+    """Features of ``--num-images`` images sampled from the model ``args.generated``."""
+    import torch
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from .evaluation import resized, tensor_features
+    from .loading import load_denoise_pipeline
+
+    pipe = _open_pipeline(load_denoise_pipeline, args.generated, args, prediction_type=args.prediction_type)
+    labels = args.class_label
+    classes = pipe.unet.config.num_class_labels
+    if labels is None and classes:
+        labels = [i % classes for i in range(args.num_images)]  # the classes in turn
+    images = _sample_images(pipe, args, labels)
+    pixels = torch.stack([pil_to_tensor(resized(image.convert("RGB"), options["size"])) for image in images])
+    return tensor_features(pixels.float() / 255, extractor.to(options["device"]), options["batch_size"])
 
 
 def run_evaluate(args) -> int:
@@ -247,10 +294,13 @@ def run_evaluate(args) -> int:
 
     from .evaluation import distances, folder_features, load_extractor, reference_features
 
+    sampled = not _is_image_folder(args.generated)
+    if sampled:
+        _check_sampling(args)
     extractor, name = load_extractor(args.features, args.inception_weights)
     options = dict(batch_size=args.batch_size, size=args.image_size, device=_device(args.device))
     reference = reference_features(args.reference, extractor, name, cache=not args.no_cache, **options)
-    generated = folder_features(args.generated, extractor, **options)
+    generated = _sampled_features(args, extractor, options) if sampled else folder_features(args.generated, extractor, **options)
     scores = distances(generated, reference, args.kid_subset_size)
     print(f"FID {scores['fid']:.4f}  KID {scores['kid']:.6f} +- {scores['kid_std']:.6f}  "
           f"({scores['generated']} generated, {scores['reference']} reference images, features: {name})")

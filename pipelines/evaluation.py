@@ -79,16 +79,18 @@ def _inception_file(weights: str | os.PathLike | None) -> Path:
     return weights
 
 
+def resized(image, size: int | None):
+    """A PIL image resized to ``size`` x ``size`` (as it is when ``size`` is None or already that)."""
+    return image if size is None or image.size == (size, size) else image.resize((size, size))
+
+
 def image_batches(folder: str | os.PathLike, batch_size: int, size: int | None):
     """``(B, 3, H, W)`` uint8 batches of a folder's images (grey becomes RGB; ``size``: resized square)."""
     files = image_files(folder)
     for start in range(0, len(files), batch_size):
         arrays = []
         for path in files[start : start + batch_size]:
-            image = load_image(path).convert("RGB")
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size))
-            arrays.append(np.asarray(image))
+            arrays.append(np.asarray(resized(load_image(path).convert("RGB"), size)))
         if len({a.shape for a in arrays}) > 1:
             raise InputError(f"the images of {folder} differ in size; pass --image-size to resize them to one.")
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)

@@ -89,3 +89,27 @@ def test_inception_weights_that_are_not_plain_tensors_are_never_unpickled(tmp_pa
     assert main(["evaluate", str(folder), str(folder), "--inception-weights", str(tmp_path / "evil.pth")]) == 1
     assert "not a plain file of tensors" in capsys.readouterr().err
     assert not marker.exists()
+
+
+def test_evaluate_samples_a_model_as_sample_would_and_scores_it(tmp_path, monkeypatch, capsys):
+    from conftest import tiny_config
+    from diffusers import DDIMScheduler
+
+    from pipelines import DenoisePipeline
+    from unet_diffusion import UNet
+
+    monkeypatch.setenv("UNET_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    DenoisePipeline(unet=UNet(**tiny_config(num_class_labels=3)), scheduler=DDIMScheduler()).save_pretrained(model)
+    reference = image_folder(tmp_path / "ref", 2)
+    sampling = ["--num-images", "6", "--steps", "2", "--seed", "4", "--quiet"]
+    features = ["--features", "feature_stand_in:small_features", "--kid-subset-size", "3"]
+    assert main(["evaluate", str(model), str(reference), *features, *sampling, "--json", str(tmp_path / "model.json")]) == 0
+    # The same images through `sample` (the classes in turn) and a folder: the same scores.
+    assert main(["sample", str(model), "--out", str(tmp_path / "samples"), "--class-label", "0", "1", "2", "0", "1", "2", *sampling]) == 0
+    (tmp_path / "samples" / "grid.png").unlink()
+    assert main(["evaluate", str(tmp_path / "samples"), str(reference), *features, "--json", str(tmp_path / "folder.json")]) == 0
+    from_model, from_folder = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("model", "folder"))
+    assert from_model["generated"] == 6 and from_model["fid"] == pytest.approx(from_folder["fid"], rel=1e-6)
+    assert main(["evaluate", str(model), str(reference), *features, "--num-images", "0"]) == 1
+    assert "--num-images must be at least 1" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """The training loop: it learns, resumes exactly, survives kills and signals, refuses NaNs, and runs
 the same on 2 processes as on 1."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 from trainkit import ROOT, TINY_DIFFUSION, TINY_SEGMENTATION, merged, start_cli, write_config
 
+from pipelines import DenoisePipeline, SegmentationPipeline
 from train.budget import TIMED_STEPS, TimeBudget
 from train.checkpoint import latest_checkpoint, list_checkpoints, read_state
 from train.config import config_from_dict
@@ -44,6 +46,10 @@ def test_diffusion_run_writes_everything_and_learns(tmp_path):
                  "pipeline/model_index.json", "pipeline/unet/diffusion_pytorch_model.safetensors"):
         assert (run / name).is_file(), name
     assert "val_loss" in result.metrics
+    rows = [r for r in read_log(run) if "loss" in r]
+    assert all(r["images_per_second"] > 0 for r in rows)  # global batch 4 over each logged step's seconds
+    buckets = [[r[k] for k in r if k.startswith("loss_t")] for r in rows]  # the step's loss by timestep range
+    assert all(1 <= len(b) <= 4 for b in buckets) and sum(map(len, buckets)) > len(rows)
     model = load_weights(run / "model.safetensors")  # the EMA weights, rebuilt from the file alone
     assert model.config.num_class_labels == 3
     assert not list((run / "checkpoints").glob(".tmp-*"))
@@ -374,7 +380,8 @@ def test_every_log_row_goes_through_accelerator_log(tmp_path, monkeypatch):
     rows = read_log(result.run_dir)
     assert rows == calls and len(rows) == 6   # 4 losses and 2 evaluations, nothing written beside accelerator.log
     assert [r["step"] for r in rows if "eval" in r] == [2, 4]
-    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "epoch", "seconds"}
+    assert {"step", "loss", "lr", "grad_norm", "epoch", "images_per_second", "seconds"} <= set(rows[0])
+    assert all(key.startswith("loss_t") for key in set(rows[0]) - {"step", "loss", "lr", "grad_norm", "epoch", "images_per_second", "seconds"})
 
 
 def test_the_jsonl_tracker_is_an_accelerate_tracker(tmp_path):
@@ -450,3 +457,30 @@ def test_validation_loss_by_timestep_range(tmp_path):
     assert min(ranges.values()) <= result.metrics["val_loss"] <= max(ranges.values())
     logged = [r["eval"] for r in read_log(result.run_dir) if "eval" in r]
     assert logged and set(ranges) <= set(logged[-1])
+
+
+@pytest.mark.parametrize("base, metric, mode", [(TINY_DIFFUSION, "val_loss", "min"), (TINY_SEGMENTATION, "dice", "max")])
+def test_best_metric_keeps_the_pipeline_of_the_best_evaluation(tmp_path, base, metric, mode):
+    config = tiny(tmp_path, base=base, train={"steps": 8, "eval_every": 2, "best_metric": metric, "best_mode": mode},
+                  data={"val_size": 8})
+    result = train(config)
+    values = {r["step"]: r["eval"][metric] for r in read_log(result.run_dir) if "eval" in r}
+    best_step = None
+    for step in sorted(values):  # only a strictly better value replaces the best
+        if best_step is None or (values[step] < values[best_step] if mode == "min" else values[step] > values[best_step]):
+            best_step = step
+    record = json.loads((result.run_dir / "best" / "best.json").read_text())
+    assert len(values) == 4 and record["step"] == best_step and record["value"] == values[best_step]
+    assert not any(p.name.startswith((".tmp-", ".old-")) for p in result.run_dir.iterdir())
+    pipeline_class = DenoisePipeline if base is TINY_DIFFUSION else SegmentationPipeline
+    best = pipeline_class.from_pretrained(str(result.run_dir / "best"))  # opens like the final pipeline folder
+    if record["step"] == 8:
+        final = pipeline_class.from_pretrained(str(result.run_dir / "pipeline"))
+        assert all(torch.equal(a, b) for a, b in zip(best.unet.state_dict().values(), final.unet.state_dict().values()))
+
+
+def test_best_metric_must_be_one_the_evaluation_reports(tmp_path):
+    with pytest.raises(ValueError, match=r"train.best_metric=fid is not reported.*val_loss, val_loss_t0-24"):
+        train(tiny(tmp_path, train={"best_metric": "fid"}, data={"val_size": 8}))
+    with pytest.raises(ValueError, match="needs validation data"):
+        train(tiny(tmp_path, name="other", train={"best_metric": "val_loss"}))

@@ -192,6 +192,31 @@ class ema_weights:
         return False
 
 
+BEST_DIR, BEST_FILE = "best", "best.json"
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """The ``best.json`` of a run's best pipeline (metric, value, step), or None when there is none yet."""
+    path = Path(run_dir) / BEST_DIR / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def replace_best(run_dir: Path, write, record: dict) -> Path:
+    """Make ``<run>/best`` what ``write(folder)`` writes, with ``record`` as its ``best.json``: written beside it
+    and swapped in, so a crash leaves the previous best whole (or, between the two renames, as ``.old-best``)."""
+    final = Path(run_dir) / BEST_DIR
+    tmp, old = final.with_name(f".tmp-{BEST_DIR}"), final.with_name(f".old-{BEST_DIR}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    write(tmp)
+    _write_json(tmp / BEST_FILE, record)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w") as f:
         json.dump(data, f, indent=2)

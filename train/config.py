@@ -164,6 +164,8 @@ class TrainConfig:
     eval_batch_size: int = 4                      # Validation batch per process.
     checkpoint_every: int = 500                   # Save a checkpoint every this many steps; 0 = only at the end and on interrupt.
     keep_checkpoints: int = 3                     # Keep the last N checkpoints.
+    best_metric: str | None = None                # Also keep the pipeline (EMA weights) of the best evaluation by this metric in output_dir/best (e.g. fid, val_loss, pixel_error).
+    best_mode: Literal["min", "max"] = "min"      # Whether lower (fid, val_loss, pixel_error) or higher (dice, iou) values of best_metric are better.
     on_nan: Literal["stop", "skip"] = "stop"      # A NaN/inf loss or gradient: stop the run, or skip the step.
     max_nan_skips: int = 10                       # on_nan=skip: stop after this many skipped steps in a row.
     progress_bar: bool = True                     # Show a progress bar on the main process.

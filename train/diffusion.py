@@ -73,7 +73,7 @@ class DiffusionTask:
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
-        self.trainer = None
+        self.trainer, self._train_buckets = None, None
         self.extractor = self.reference = None  # in-training FID/KID: the feature extractor and the validation features
 
     def _fixed_fields(self) -> dict:
@@ -144,7 +144,23 @@ class DiffusionTask:
 
     # ------------------------------------------------------------------------ loss
     def loss(self, model, batch: dict) -> torch.Tensor:
-        return self.example_losses(model, batch).mean()
+        losses = self.example_losses(model, batch)
+        if self._train_buckets is None:
+            self._train_buckets = torch.zeros(2, TIMESTEP_BUCKETS, device=losses.device)  # (loss sum, count) per range
+        self._train_buckets.index_add_(1, self._bucket(batch["t"]), torch.stack([losses.detach().float(), torch.ones_like(losses)]))
+        return losses.mean()
+
+    def log_scalars(self) -> dict:
+        """The training loss by timestep range (``loss_t0-249``, ...) over this process's batches since the last call."""
+        totals, self._train_buckets = self._train_buckets, None
+        if totals is None:
+            return {}
+        means = (totals[0] / totals[1].clamp_min(1)).tolist()
+        return {name: means[k] for k, name in enumerate(self._bucket_names("loss")) if totals[1, k] > 0}
+
+    def _bucket(self, t: torch.Tensor) -> torch.Tensor:
+        """The timestep range (0 .. TIMESTEP_BUCKETS - 1) of each timestep."""
+        return (t.long() * TIMESTEP_BUCKETS // self.config.diffusion.num_train_timesteps).clamp(max=TIMESTEP_BUCKETS - 1)
 
     def example_losses(self, model, batch: dict) -> torch.Tensor:
         """The (weighted) loss of each example, ``(B,)``."""
@@ -172,8 +188,7 @@ class DiffusionTask:
         same in ``TIMESTEP_BUCKETS`` ranges of timesteps (``val_loss_t0-249``, ...): which noise levels are learnt."""
         trainer = self.trainer
         acc, examples = trainer.accelerator, trainer.val_examples
-        steps, buckets = self.config.diffusion.num_train_timesteps, TIMESTEP_BUCKETS
-        totals = torch.zeros(2, buckets + 1, device=acc.device)  # (loss sum, count): all, then each bucket
+        totals = torch.zeros(2, TIMESTEP_BUCKETS + 1, device=acc.device)  # (loss sum, count): all, then each bucket
         batch_size = self.config.train.eval_batch_size
         model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of batches
         mine = list(range(acc.process_index, len(examples), acc.num_processes))
@@ -181,7 +196,7 @@ class DiffusionTask:
             items = [examples[i] for i in mine[start:start + batch_size]]
             batch = {k: torch.stack([item[k] for item in items]).to(acc.device) for k in items[0]}
             losses = self.example_losses(model, batch).float()
-            column = 1 + (batch["t"].long() * buckets // steps).clamp(max=buckets - 1)
+            column = 1 + self._bucket(batch["t"])
             for row, values in enumerate((losses, torch.ones_like(losses))):
                 totals[row, 0] += values.sum()
                 totals[row].index_add_(0, column, values)
@@ -189,12 +204,20 @@ class DiffusionTask:
             totals = acc.reduce(totals, "sum")
         means = (totals[0] / totals[1].clamp_min(1)).tolist()
         metrics = {"val_loss": means[0]}
-        for k in range(buckets):
+        for k, name in enumerate(self._bucket_names("val_loss")):
             if totals[1, k + 1] > 0:
-                metrics[f"val_loss_t{k * steps // buckets}-{(k + 1) * steps // buckets - 1}"] = means[k + 1]
+                metrics[name] = means[k + 1]
         if self.config.diffusion.eval_samples:
             metrics.update(self.sample_distances())
         return metrics
+
+    def _bucket_names(self, prefix: str) -> list[str]:
+        steps, buckets = self.config.diffusion.num_train_timesteps, TIMESTEP_BUCKETS
+        return [f"{prefix}_t{k * steps // buckets}-{(k + 1) * steps // buckets - 1}" for k in range(buckets)]
+
+    def metric_names(self) -> list[str]:
+        """What ``evaluate`` reports."""
+        return ["val_loss", *self._bucket_names("val_loss"), *(["fid", "kid"] if self.config.diffusion.eval_samples else [])]
 
     def sample_distances(self) -> dict:
         """FID and KID of ``diffusion.eval_samples`` EMA samples against the validation images (the same on every
@@ -255,8 +278,14 @@ class DiffusionTask:
         save_grid(self.sample_grid(), run_dir / "samples.png")
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config)
-            save_pipeline(unet, self.scheduler, run_dir / "pipeline", self.vae)
+        self.save_pipeline(run_dir / "pipeline")
         trainer.log(f"wrote {run_dir / 'samples.png'}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
+
+    def save_pipeline(self, folder: Path) -> None:
+        """The ``DenoisePipeline`` folder of the current weights (EMA when kept)."""
+        unet = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        with ema_weights(unet, self.trainer.ema):
+            save_pipeline(unet, self.scheduler, folder, self.vae)
 
 
 def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path, vae=None) -> None:

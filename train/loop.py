@@ -34,8 +34,8 @@ from diffusers.training_utils import EMAModel
 from unet_diffusion.errors import InputError
 
 from .budget import TimeBudget, lr_schedule
-from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_state, resolve_resume
-from .config import Config, save_config
+from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_best, read_state, replace_best, resolve_resume
+from .config import Config, ConfigError, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
 from .plots import PLOT_FILE, plot_run
 from .tracking import LOGS_DIR, log_picture, read_log, trackers
@@ -150,6 +150,19 @@ class Trainer:
         self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed)
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)
+        self._check_best_metric()
+
+    def _check_best_metric(self) -> None:
+        """``train.best_metric`` must be one this run's evaluation reports."""
+        metric = self.config.train.best_metric
+        if metric is None:
+            return
+        if self.val_examples is None:
+            raise ConfigError(f"train.best_metric={metric} needs validation data to evaluate on; set data.val_size.")
+        names = self.task.metric_names()
+        if metric not in names:
+            raise ConfigError(f"train.best_metric={metric} is not reported by this run's evaluation; choose one of "
+                              f"{', '.join(names)}.")
 
     def _replan(self, total_steps: int) -> None:
         """Make the run ``total_steps`` long: the same schedule, stretched or shrunk to end there."""
@@ -246,6 +259,7 @@ class Trainer:
                    file=sys.stderr)  # Accelerate's: on the (local) main process only
         batches, losses = iter(self.loader), []
         self.consecutive_skips, self.started, self.stopped = 0, monotonic(), None
+        self.last_log = (self.step, 0.0)  # (step, loop seconds) of the last logged step: the throughput's start
         self.model.train()
         while self.step < self.total_steps:
             with acc.accumulate(self.model):  # no gradient all-reduce until the last micro-batch of the step
@@ -307,6 +321,13 @@ class Trainer:
             self.log(f"train.budget_minutes={c.budget_minutes}: {planned} steps fit (now at step {self.step + 1})")
         return out_of_time or self.budget.out_of_time(seconds), planned
 
+    def _images_per_second(self, seconds: float) -> float:
+        """Training images per second (all processes) since the last call."""
+        c = self.config.train
+        last_step, last_seconds = self.last_log
+        self.last_log = (self.step, seconds)
+        return (self.step - last_step) * c.batch_size * c.grad_accum / max(seconds - last_seconds, 1e-9)
+
     def _loop_seconds(self) -> float:
         """Seconds the training loop of this invocation has run (frozen when it ends)."""
         return (self.stopped or monotonic()) - self.started
@@ -334,8 +355,10 @@ class Trainer:
         c = self.config.train
         if not outcome.skipped and c.log_every and self.step % c.log_every == 0:
             result.losses[self.step] = outcome.loss
-            self.accelerator.log({"loss": outcome.loss, "lr": self.lr_schedule.get_last_lr()[0], "grad_norm": outcome.grad_norm,
-                                  "epoch": round(self._epoch(), 4), "seconds": round(self._loop_seconds(), 2)},
+            seconds = self._loop_seconds()
+            self.accelerator.log({"loss": outcome.loss, **self.task.log_scalars(), "lr": self.lr_schedule.get_last_lr()[0],
+                                  "grad_norm": outcome.grad_norm, "epoch": round(self._epoch(), 4),
+                                  "images_per_second": round(self._images_per_second(seconds), 2), "seconds": round(seconds, 2)},
                                  step=self.step)
             bar.set_postfix(loss=f"{outcome.loss:.4f}")
         if outcome.stop_signal:
@@ -368,7 +391,23 @@ class Trainer:
         if metrics:
             self.accelerator.log({"eval": metrics}, step=self.step)
             self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+            self._keep_best(metrics)
         return metrics
+
+    def _keep_best(self, metrics: dict) -> None:
+        """Write ``<run>/best`` (the pipeline, EMA weights) when ``train.best_metric`` beats every earlier evaluation
+        (the main process decides and writes; the others wait)."""
+        c, acc = self.config.train, self.accelerator
+        if c.best_metric is None:
+            return
+        value, best = metrics.get(c.best_metric), read_best(self.run_dir) if acc.is_main_process else None
+        improved = value is not None and math.isfinite(value) and (
+            best is None or (value < best["value"] if c.best_mode == "min" else value > best["value"]))
+        if acc.is_main_process and improved:
+            record = {"metric": c.best_metric, "value": value, "step": self.step, "mode": c.best_mode}
+            folder = replace_best(self.run_dir, self.task.save_pipeline, record)
+            self.log(f"step {self.step}: best {c.best_metric} so far ({value:.4f}); wrote {folder}")
+        acc.wait_for_everyone()
 
     def _pictures(self, step: int) -> None:
         every = self.task.picture_every()

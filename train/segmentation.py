@@ -184,6 +184,21 @@ class SegmentationTask:
                         "optim.lr is off.")
         return metrics_from_stats(stats, self.names)
 
+    def log_scalars(self) -> dict:
+        """Scalars logged beside the loss: none for segmentation."""
+        return {}
+
+    def metric_names(self) -> list[str]:
+        """What ``evaluate`` reports."""
+        return list(metrics_from_stats(torch.zeros(self.num_classes, 3), self.names))
+
+    def save_pipeline(self, folder: Path) -> None:
+        """The ``SegmentationPipeline`` folder of the current weights (EMA when kept)."""
+        unet = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        with ema_weights(unet, self.trainer.ema):
+            # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
+            SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(folder), safe_serialization=True)
+
     def picture_every(self) -> int:
         return self.config.segmentation.overlay_every
 
@@ -221,6 +236,5 @@ class SegmentationTask:
         unet = trainer.accelerator.unwrap_model(trainer.model)
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors")
-            # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
-            SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(run_dir / "pipeline"), safe_serialization=True)
+        self.save_pipeline(run_dir / "pipeline")
         trainer.log(f"wrote {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'} (for unet-diffusion segment)")
