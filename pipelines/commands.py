@@ -24,7 +24,7 @@ MODEL_HELP = (
 
 def add_sample(subparsers) -> None:
     """The ``sample`` subcommand."""
-    sample = add_command(subparsers, "sample", run_sample, "sample images from noise with a trained denoiser",
+    sample = add_command(subparsers, "sample", run_sample, "sample images (or 1D signals, 3D volumes) from noise with a trained denoiser",
                          api_flags=API_FLAGS)
     sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
@@ -48,16 +48,18 @@ def _sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="classifier-free guidance scale (needs the null label); default none")
     parser.add_argument("--height", type=int, default=None, metavar="H", help="image height (default: the model's sample_size)")
     parser.add_argument("--width", type=int, default=None, metavar="W", help="image width (default: the model's sample_size)")
+    parser.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
+                        help="1D and 3D models: the sample size, one side or one per axis (L, or D H W; default: the model's sample_size)")
     parser.add_argument("--prediction-type", choices=["epsilon", "v_prediction", "sample"], default=None,
                         help="what the U-Net predicts (default: the saved scheduler's setting, epsilon for a bare U-Net)")
 
 
 def add_segment(subparsers) -> None:
     """The ``segment`` subcommand."""
-    segment = add_command(subparsers, "segment", run_segment, "segment images with a trained segmentation U-Net",
+    segment = add_command(subparsers, "segment", run_segment, "segment images (or .npy volumes and signals) with a trained segmentation U-Net",
                           api_flags=API_FLAGS)
     segment.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images")
+    segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images (3D and 1D models: a .npy file or a folder of them)")
     segment.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
     segment.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: the image with the classes tinted")
     segment.add_argument("--probabilities", action="store_true",
@@ -69,7 +71,8 @@ def add_segment(subparsers) -> None:
     segment.add_argument("--mask-values", choices=["spread", "index"], default="spread", help="gray values of the mask PNGs (default spread)")
     segment.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation: 4 flips or all 8 flips and rotations")
     segment.add_argument("--tile-size", type=int, default=None, metavar="N",
-                         help="input tile side (valid padding: default the model's sample_size; same padding: default whole images)")
+                         help="input tile side (valid padding: default the model's sample_size; same padding: default whole images; "
+                              "3D: the side of a cubic tile)")
     segment.add_argument("--overlap", type=int, default=None, metavar="N", help="sliding-window overlap for same-padding models (default a quarter tile)")
     segment.add_argument("--strict", action="store_true", help="stop at the first image that cannot be read (default: skip it, exit 1 at the end)")
     _device_options(segment)
@@ -114,7 +117,9 @@ def _progress(total: int, unit: str, quiet: bool):
 
 
 def run_sample(args) -> int:
-    """Sample images from noise and write each as a PNG, plus grid.png. A pipeline folder brings its own
+    """Sample images from noise and write each as a PNG, plus grid.png; a 1D or 3D model's samples are written as
+    NumPy arrays (NNNNN.npy, float32 in [0, 1]: (L,) or (D, H, W), with a last channel axis when there is more
+    than one channel). A pipeline folder brings its own
     scheduler, and so does a weights file written by training (the schedule it was trained with travels
     in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps,
     linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."""
@@ -130,12 +135,32 @@ def run_sample(args) -> int:
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
     pipe = _open_pipeline(load_denoise_pipeline, args.model, args, prediction_type=args.prediction_type)
+    if pipe._dims != 2:
+        return _write_arrays(pipe, args, image)
     images = _sample_images(pipe, args, args.class_label, image=image, strength=args.strength, mask_image=mask)
     with staged_output(args.out) as staging:
         for i, picture in enumerate(images):
             picture.save(staging / f"{i:05d}.png")
         make_grid(images).save(staging / "grid.png")
     print(f"wrote {len(images)} images and grid.png to {args.out}")
+    return 0
+
+
+def _write_arrays(pipe, args, image) -> int:
+    """Samples of a 1D or 3D model as ``NNNNN.npy`` float32 arrays (the channel axis last, dropped for one channel)."""
+    import numpy as np
+
+    from unet_diffusion.outputs import staged_output
+
+    from .inference import fail_if
+
+    fail_if((image is not None, f"--image works with image models; this model has dims={pipe._dims}."))
+    arrays = _sample_images(pipe, args, args.class_label, output_type="np")
+    with staged_output(args.out) as staging:
+        for i, array in enumerate(arrays):
+            np.save(staging / f"{i:05d}.npy", (array[..., 0] if array.shape[-1] == 1 else array).astype(np.float32))
+    shape = " x ".join(map(str, arrays[0].shape[:-1]))
+    print(f"wrote {len(arrays)} arrays of {shape} to {args.out}")
     return 0
 
 
@@ -152,9 +177,9 @@ def _check_sampling(args) -> None:
     )
 
 
-def _sample_images(pipe, args, labels: list[int] | None, **init) -> list:
-    """``args.num_images`` PIL images of ``pipe`` in batches of ``--batch-size``; image i from seed + i and
-    ``labels`` (one for all, or one per image)."""
+def _sample_images(pipe, args, labels: list[int] | None, output_type: str = "pil", **init) -> list:
+    """``args.num_images`` PIL images (or arrays, ``output_type="np"``) of ``pipe`` in batches of ``--batch-size``;
+    image i from seed + i and ``labels`` (one for all, or one per image)."""
     import torch
 
     one_batch = args.num_images <= args.batch_size
@@ -168,10 +193,11 @@ def _sample_images(pipe, args, labels: list[int] | None, **init) -> list:
             batch_labels = None
             if labels is not None:
                 batch_labels = labels * count if len(labels) == 1 else labels[start : start + count]
-            images += pipe(
+            images.extend(pipe(
                 count, num_inference_steps=args.steps, generator=generators, sampler=args.sampler, eta=args.eta,
-                class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width, **init,
-            ).images
+                class_labels=batch_labels, guidance_scale=args.guidance_scale, height=args.height, width=args.width,
+                size=args.size, output_type=output_type, **init,
+            ).images)
             bar.update(count)
     return images
 
@@ -183,20 +209,25 @@ def run_segment(args) -> int:
     (0..65535 = 0..1), for two-class models; NAME_prob.npy, a float32 (K, H, W) array, for K > 2 classes.
     Valid-padding models are overlap-tiled, same-padding ones run on the whole image. A bare U-Net is fed
     pixels in [0, 1]. An image that cannot be read is skipped with a warning (exit status 1 at the end),
-    or stops the run with --strict."""
+    or stops the run with --strict. 1D and 3D models read .npy arrays ((L,) / (D, H, W), or with a leading
+    channel axis) and write NAME.npy, the uint8 labels of every sample / voxel (and NAME_prob.npy, float32
+    (K, ...), with --probabilities)."""
     from unet_diffusion.outputs import staged_output
 
-    from .images import image_files, load_image
+    from .images import image_files, load_array, load_image
+    from .inference import fail_if
     from .loading import load_segmentation_pipeline
 
-    files = image_files(args.input)
     pipe = _open_pipeline(load_segmentation_pipeline, args.model, args)
+    arrays = pipe._dims != 2
+    fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={pipe._dims}."))
+    files = image_files(args.input, (".npy",)) if arrays else image_files(args.input)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
     skipped = []
     with staged_output(args.out) as staging, _progress(len(files), "image", args.quiet) as bar:
         for file in files:
             try:
-                image = load_image(file)
+                image = load_array(file) if arrays else load_image(file)
             except InputError as err:
                 if args.strict:
                     raise
@@ -204,7 +235,10 @@ def run_segment(args) -> int:
                 skipped.append(file)
                 continue
             result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False, threshold=args.threshold)
-            _write_segmentation(file, staging / file.stem, image, result, num_classes, args)
+            if arrays:
+                _write_label_array(staging / file.stem, result, args.probabilities)
+            else:
+                _write_segmentation(file, staging / file.stem, image, result, num_classes, args)
             bar.update(1)
     written = len(files) - len(skipped)
     print(f"wrote {written} mask{'' if written == 1 else 's'} to {args.out}")
@@ -213,6 +247,16 @@ def run_segment(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _write_label_array(stem: Path, result, probabilities: bool) -> None:
+    """``STEM.npy``: the labels of one signal or volume (uint8, or int64 past 255 classes); ``STEM_prob.npy``: float32 (K, ...)."""
+    import numpy as np
+
+    mask = result.masks[0]
+    np.save(f"{stem}.npy", mask.astype(np.uint8 if mask.max() < 256 else np.int64))
+    if probabilities:
+        np.save(f"{stem}_prob.npy", result.probabilities[0].astype(np.float32))
 
 
 def _write_segmentation(file: Path, stem: Path, image, result, num_classes: int, args) -> None:

@@ -37,17 +37,29 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
         raise InputError(f"cannot read {path} as an image ({err}).") from err
 
 
-def image_files(path: str | os.PathLike) -> list[Path]:
-    """``path`` itself if it is a file, else the image files in the folder (sorted by name)."""
+def image_files(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """``path`` itself if it is a file, else the image files (files ending in ``suffixes``) in the folder, sorted by name."""
     path = Path(path)
+    kind = "image" if suffixes == IMAGE_SUFFIXES else "/".join(suffixes)
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is neither an image file nor a folder.")
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        raise FileNotFoundError(f"{path} is neither an {kind} file nor a folder.")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise FileNotFoundError(f"{path} has no image files (looked for {', '.join(IMAGE_SUFFIXES)}).")
+        raise FileNotFoundError(f"{path} has no {kind} files (looked for {', '.join(suffixes)}).")
     return files
+
+
+def load_array(path: str | os.PathLike) -> np.ndarray:
+    """A NumPy ``.npy`` array (a signal or a volume), never unpickled, naming the file if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no array file at {path}.")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read {path} as a NumPy array ({err}).") from err
 
 
 # ---------------------------------------------------------------------------- to tensors
@@ -127,6 +139,36 @@ def to_image_list(images) -> list:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+def to_arrays(arrays, dims: int, channels: int, name: str = "images") -> list[torch.Tensor]:
+    """Signals (``dims=1``) or volumes (``dims=3``) as float ``(1, C, ...)`` tensors, one per item.
+
+    ``arrays``: a numpy array or tensor, or a list of them. An item has ``dims`` axes (one channel) or a
+    leading channel axis first (``(C, D, H, W)``); one array with ``dims + 2`` axes is a batch. uint8 values
+    are scaled to [0, 1], floats are taken as they are (the pipeline's ``image_mean`` / ``image_std`` apply).
+    """
+    shapes = {1: "(L,) or (C, L)", 3: "(D, H, W) or (C, D, H, W)"}.get(dims, f"{dims} axes")
+    items = list(arrays) if isinstance(arrays, (list, tuple)) else [arrays]
+    tensors = []
+    for item in items:
+        if isinstance(item, np.ndarray):
+            item = torch.from_numpy(np.array(item, dtype=np.float32) / (255.0 if item.dtype == np.uint8 else 1.0))
+        elif isinstance(item, torch.Tensor):
+            item = item.float() / 255.0 if item.dtype == torch.uint8 else item.float()
+        else:
+            raise InputTypeError(f"{name}: a {dims}D model takes numpy arrays or tensors {shapes}; got {type(item).__name__}.")
+        if item.ndim == dims + 2:
+            tensors += [one[None] for one in item]
+            continue
+        if item.ndim not in (dims, dims + 1):
+            raise InputError(f"{name}: a {dims}D model takes arrays of shape {shapes} (or a batch with a batch axis first); "
+                             f"got shape {tuple(item.shape)}.")
+        tensors.append((item[None] if item.ndim == dims else item)[None])
+    for tensor in tensors:
+        if tensor.shape[1] != channels:
+            raise InputError(f"{name}: expected {channels}-channel input; got shape {tuple(tensor.shape[1:])} ({tensor.shape[1]} channels).")
+    return tensors
 
 
 # ---------------------------------------------------------------------------- from tensors

@@ -61,7 +61,7 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
 class _Run:
     """One call's inputs, checked and on the device."""
 
-    shape: tuple[int, int, int, int]      # (B, C, H, W) of the sample
+    shape: tuple[int, ...]                # (B, C, H, W) of the sample ((B, C, L) in 1D, (B, C, D, H, W) in 3D)
     labels: torch.Tensor | None           # (B,)
     context: torch.Tensor | None          # (B, L, D)
     guidance_scale: float | None
@@ -76,6 +76,16 @@ def _as_batch(value, ndim: int = 1):
     if value is not None and ndim == 1:
         value = torch.as_tensor(value)
     return value[None] if isinstance(value, torch.Tensor) and value.ndim == ndim - 1 else value
+
+
+def _sides(size, dims: int, name: str) -> tuple:
+    """One side per axis from a side (the same on every axis) or a sequence of ``dims`` sides."""
+    if isinstance(size, int):
+        return (size,) * dims
+    sides = tuple(size)
+    sides = sides * dims if len(sides) == 1 else sides
+    fail_if((len(sides) != dims, f"{name} has {len(sides)} sides but the model has {dims} spatial axes; give one side or {dims}."))
+    return sides
 
 
 def _expand(value, batch_size: int):
@@ -118,6 +128,8 @@ class DenoisePipeline(DiffusionPipeline):
             )
         if isinstance(scheduler, str) or isinstance(scheduler, type):
             scheduler = make_scheduler(scheduler)
+        if vae is not None and unet.config.get("dims", 2) != 2:
+            raise InputError(f"latent diffusion decodes images: the U-Net must be 2D; this one has dims={unet.config.get('dims', 2)}.")
         if vae is not None and vae.config.latent_channels != unet.config.in_channels:
             raise InputError(f"the VAE's latents have {vae.config.latent_channels} channels but the U-Net takes "
                              f"{unet.config.in_channels}; train the U-Net on this VAE's latents (in_channels = latent_channels).")
@@ -147,9 +159,10 @@ class DenoisePipeline(DiffusionPipeline):
         class_labels=None, encoder_hidden_states: torch.Tensor | None = None,
         negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float | None = None,
         image=None, strength: float | None = None, mask_image=None, height: int | None = None, width: int | None = None,
+        size: int | tuple[int, ...] | None = None,
         output_type: str = "pil", return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """Sample ``batch_size`` images.
+        """Sample ``batch_size`` images (signals or volumes for a U-Net with ``dims`` 1 or 3).
 
         Args:
             batch_size: images to make; ``None`` takes it from the conditioning or the init image, else 1.
@@ -178,8 +191,11 @@ class DenoisePipeline(DiffusionPipeline):
                 every step, and exactly at the end.
             height, width: the sample size; default the init image's size, else the U-Net's
                 ``sample_size``. Non-square sizes work.
+            size: the sample size as one side or one per axis (``L`` in 1D, ``(D, H, W)`` in 3D, or
+                ``(H, W)``), instead of ``height`` / ``width``; default the U-Net's ``sample_size``.
             output_type: ``"pil"`` (list of PIL images), ``"np"`` (``(B, H, W, C)`` float in [0, 1]),
-                ``"pt"`` (``(B, C, H, W)`` float in [0, 1]) or ``"latent"`` (the raw final sample).
+                ``"pt"`` (``(B, C, H, W)`` float in [0, 1]) or ``"latent"`` (the raw final sample). 1D and
+                3D models give ``"np"`` (channels last: ``(B, L, C)``, ``(B, D, H, W, C)``), ``"pt"`` or ``"latent"``.
             return_dict: return an ``ImagePipelineOutput`` (``.images``) or a one-element tuple.
         """
         fail_if(
@@ -190,9 +206,10 @@ class DenoisePipeline(DiffusionPipeline):
             (guidance_scale is None and negative_encoder_hidden_states is not None,
              "negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too."),
         )
+        self._check_dims(output_type, image)
         scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
         run = self._prepare(batch_size, generator, class_labels, encoder_hidden_states, negative_encoder_hidden_states,
-                            guidance_scale, image, mask_image, height, width)
+                            guidance_scale, image, mask_image, (height, width, size))
         learned_variance = self._check_variance(scheduler)
         timesteps = self._timesteps(scheduler, num_inference_steps, strength, run)
         noise = randn_tensor(run.shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
@@ -248,7 +265,7 @@ class DenoisePipeline(DiffusionPipeline):
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
     # ------------------------------------------------------------------------ the call's inputs
-    def _prepare(self, batch_size, generator, class_labels, context, negative, guidance_scale, image, mask_image, height, width):
+    def _prepare(self, batch_size, generator, class_labels, context, negative, guidance_scale, image, mask_image, sizes):
         """The call's inputs, checked and on the device; the network's own rules checked by ``check_conditioning``."""
         device, dtype = self._execution_device, self.unet.dtype
         labels, context = _as_batch(class_labels), _as_batch(context, ndim=3)
@@ -266,11 +283,11 @@ class DenoisePipeline(DiffusionPipeline):
         labels = None if labels is None else labels.long().to(device)
         context = None if context is None else context.to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative, batch_size)
-        height, width = self._sample_size(height, width, init)
+        sides = self._sample_size(*sizes, init)
         if init is not None:
             init = init.expand(batch_size, -1, -1, -1).to(device=device, dtype=dtype)
         mask = None if mask_image is None else self._mask(mask_image, pixel_size, init, batch_size).to(device=device, dtype=dtype)
-        shape = (batch_size, self.unet.config.in_channels, height, width)
+        shape = (batch_size, self.unet.config.in_channels, *sides)
         return _Run(shape, labels, context, guidance_scale, null, init, mask)
 
     @staticmethod
@@ -310,23 +327,46 @@ class DenoisePipeline(DiffusionPipeline):
                  f"{context.shape[1]}; pad one of them to the other's length."))
         return null_labels, negative.to(context)
 
-    def _sample_size(self, height, width, init) -> tuple[int, int]:
-        """The sample's ``(H, W)``: the init image's, else ``height`` / ``width`` or the U-Net's ``sample_size``."""
+    @property
+    def _dims(self) -> int:
+        """The U-Net's spatial dimensions (a diffusers U-Net, as the benches wrap one, is 2D)."""
+        return self.unet.config.get("dims", 2)
+
+    def _check_dims(self, output_type: str, image) -> None:
+        """What a 1D or 3D model cannot do: PIL images, and image-to-image."""
+        dims = self._dims
+        fail_if(
+            (dims != 2 and output_type == "pil",
+             f"this model has dims={dims}: it samples {'signals' if dims == 1 else 'volumes'}, not pictures; "
+             "use output_type='np' (channels last), 'pt' or 'latent'."),
+            (dims != 2 and image is not None, f"image-to-image and inpainting take pictures; this model has dims={dims}."),
+        )
+
+    def _sample_size(self, height, width, size, init) -> tuple[int, ...]:
+        """The sample's spatial size, one side per axis: the init image's, else ``size`` or ``height`` / ``width``,
+        else the U-Net's ``sample_size``."""
+        dims = self._dims
+        fail_if(
+            (size is not None and (height is not None or width is not None), "give size or height / width, not both."),
+            (dims != 2 and (height is not None or width is not None),
+             f"height and width are for images; this model has dims={dims}: give size (one side, or {dims} sides)."),
+        )
+        wanted = _sides(size, dims, "size") if size is not None else (height, width) if dims == 2 else (None,) * dims
         if init is not None:
             image_size = tuple(init.shape[2:])
-            fail_if(((height or image_size[0], width or image_size[1]) != image_size,
-                     f"height, width = {height}, {width} but the init image is {image_size[0]} x {image_size[1]}; "
+            fail_if((tuple(w or i for w, i in zip(wanted, image_size)) != image_size,
+                     f"height, width = {wanted[0]}, {wanted[1]} but the init image is {image_size[0]} x {image_size[1]}; "
                      "leave them out or resize the image."))
-            height, width = image_size
-        if height is None or width is None:
-            size = self.unet.config.sample_size
-            fail_if((size is None, "the U-Net config has no sample_size; pass height and width."))
-            size = (size, size) if isinstance(size, int) else tuple(size)
-            height, width = height or size[0], width or size[1]
-        out = self.unet.output_size((int(height), int(width)))  # raises naming valid sizes nearby
-        fail_if((tuple(out) != (height, width), f"a {height} x {width} input gives a {out[0]} x {out[1]} output with this "
-                                                "valid-padding U-Net; a denoiser must keep the size (use padding='same')."))
-        return int(height), int(width)
+            wanted = image_size
+        if None in wanted:
+            default = self.unet.config.sample_size
+            fail_if((default is None, "the U-Net config has no sample_size; pass the size (height and width for images)."))
+            wanted = tuple(w or d for w, d in zip(wanted, _sides(default, dims, "the U-Net's sample_size")))
+        wanted = tuple(int(w) for w in wanted)
+        out = tuple(self.unet.output_size(wanted))  # raises naming valid sizes nearby
+        fail_if((out != wanted, f"a {' x '.join(map(str, wanted))} input gives a {' x '.join(map(str, out))} output with "
+                                "this valid-padding U-Net; a denoiser must keep the size (use padding='same')."))
+        return wanted
 
     def _init_image(self, image) -> torch.Tensor:
         vae = getattr(self, "vae", None)
@@ -411,7 +451,7 @@ class DenoisePipeline(DiffusionPipeline):
         else:
             images = (self._decoded(sample) / 2 + 0.5).clamp(0, 1)
             if output_type == "np":
-                images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+                images = images.cpu().movedim(1, -1).float().numpy()
             elif output_type == "pil":
                 images = to_pil(images)
         return ImagePipelineOutput(images=images) if return_dict else (images,)

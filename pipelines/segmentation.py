@@ -12,8 +12,9 @@ from diffusers.utils import BaseOutput
 
 from unet_diffusion import UNet
 from unet_diffusion.errors import InputError
+from unet_diffusion.nd import per_channel
 
-from .images import to_image_list, to_tensor
+from .images import to_arrays, to_image_list, to_tensor
 from .inference import eval_mode, fail_if
 from .tiling import mirror_pad, overlap_tile, sliding_window, whole_image
 
@@ -33,19 +34,25 @@ class SegmentationOutput(BaseOutput):
     ``masks``: ``(B, H, W)`` int64 class indices (the most probable class, or with ``threshold`` class 1
     where its probability reaches it); ``probabilities``: ``(B, K, H, W)`` per-class probabilities
     (softmax; a one-logit model gives ``[1 - p, p]``). numpy arrays or tensors, as
-    ``output_type`` asks; lists of per-image arrays when the input images differ in size.
+    ``output_type`` asks; lists of per-image arrays when the input images differ in size. 1D and 3D
+    models give ``(B, L)`` / ``(B, D, H, W)`` masks and ``(B, K, L)`` / ``(B, K, D, H, W)`` probabilities.
     """
 
     masks: np.ndarray | torch.Tensor | list
     probabilities: np.ndarray | torch.Tensor | list
 
 
-def _dihedral(tta) -> list[tuple[int, bool]]:
-    """(quarter turns, flip) pairs of the test-time augmentation: identity, flips, or all eight."""
+def _dihedral(tta, dims: int = 2) -> list[tuple[int, bool]]:
+    """(quarter turns, flip) pairs of the test-time augmentation: identity, flips, or all eight (in the plane of the
+    last two axes: a volume turns and flips in its H-W plane; a signal can only be reversed)."""
     if tta not in TTA_CHOICES:
         raise InputError(f"tta must be False, 'flip' (4 flips), 'd4' or True (8 flips and rotations); got {tta!r}.")
     if not tta:
         return [(0, False)]
+    if dims == 1:
+        if tta != "flip":
+            raise InputError("a 1D model can only be flipped (tta='flip': the signal and its reverse); 'd4' turns images.")
+        return [(0, False), (0, True)]
     if tta == "flip":
         return [(0, False), (0, True), (2, False), (2, True)]  # identity, h-flip, both flips, v-flip
     return [(k, flip) for k in range(4) for flip in (False, True)]
@@ -138,15 +145,18 @@ class SegmentationPipeline(DiffusionPipeline):
             output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
             return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
         """
-        transforms = _dihedral(tta)
+        transforms = _dihedral(tta, self._dims)
         self._check_threshold(threshold)
         fail_if(
             (output_type not in ("np", "pt"), f"output_type must be 'np' or 'pt'; got {output_type!r}."),
             (not isinstance(tiles_per_batch, int) or tiles_per_batch < 1,
              f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}."),
         )
-        channels = self.unet.config.in_channels
-        batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
+        channels, dims = self.unet.config.in_channels, self._dims
+        if dims == 2:
+            batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
+        else:
+            batches = to_arrays(images, dims, channels)
         if len({tuple(b.shape[1:]) for b in batches}) == 1:
             batches = [torch.cat(batches)]  # one size: one batch through the network
 
@@ -161,6 +171,11 @@ class SegmentationPipeline(DiffusionPipeline):
         return SegmentationOutput(masks=masks, probabilities=probabilities) if return_dict else (masks, probabilities)
 
     # ------------------------------------------------------------------------ steps
+    @property
+    def _dims(self) -> int:
+        """The network's spatial dimensions (a network without ``dims`` in its config, as the benches wrap, is 2D)."""
+        return self.unet.config.get("dims", 2)
+
     def _check_threshold(self, threshold) -> None:
         if threshold is None:
             return
@@ -173,18 +188,21 @@ class SegmentationPipeline(DiffusionPipeline):
         )
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1, 1, 1)
-        std = torch.tensor(self.config.image_std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        mean = per_channel(torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1), pixels)
+        std = per_channel(torch.tensor(self.config.image_std, dtype=torch.float32).reshape(1, -1), pixels)
         return ((pixels - mean) / std).to(device=self._execution_device, dtype=self.unet.dtype)
 
     def _probabilities(self, image, transforms, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
         """Per-class probabilities ``(B, K, H, W)``, averaged over the test-time transforms."""
         total = None
         for turns, flip in transforms:
-            x = torch.rot90(image.flip(-1) if flip else image, turns, dims=(-2, -1))
+            x = image.flip(-1) if flip else image
+            # A copy in the standard layout: a one-channel map can also pass for channels-last, and the convolutions
+            # would then take another path, with results a few 1e-6 apart for inputs that differ only in layout.
+            x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x.clone(memory_format=torch.contiguous_format)
             logits = self._logits(x, tile_size, overlap, tiles_per_batch)
             probs = self._to_probabilities(logits)
-            probs = torch.rot90(probs, -turns, dims=(-2, -1))
+            probs = torch.rot90(probs, -turns, dims=(-2, -1)) if turns else probs
             probs = probs.flip(-1) if flip else probs
             total = probs if total is None else total + probs
         return total / len(transforms)
@@ -214,29 +232,33 @@ class SegmentationPipeline(DiffusionPipeline):
 
     def _same_padding(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
         f = 1 if self.unet.config.pad_input else self.unet.downsampling_factor
-        height, width = image.shape[-2:]
-        if tile_size is None or (height <= self._tile(tile_size)[0] and width <= self._tile(tile_size)[1]):
+        sides = tuple(image.shape[2:])
+        if tile_size is None or all(side <= t for side, t in zip(sides, self._tile(tile_size))):
             return whole_image(self._predict, self.unet, image)  # mirror-padded up to a size the model takes
         tile = self._tile(tile_size)
         bad = [t for t in tile if t % f]
         if bad:
             raise InputError(f"tile_size {tile} must be a multiple of {f} (the model's downsampling factor) for this same-padding model.")
-        overlap = (tile[0] // 4, tile[1] // 4) if overlap is None else (overlap, overlap)
+        overlap = tuple(t // 4 for t in tile) if overlap is None else (overlap,) * len(tile)
         if not all(0 <= o < t for o, t in zip(overlap, tile)):
             raise InputError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
         # Sides smaller than a tile are mirrored up to it, so every window is a full tile.
-        padded = mirror_pad(image, 0, max(tile[0] - height, 0), 0, max(tile[1] - width, 0))
-        return sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)[:, :, :height, :width]
+        padded = mirror_pad(image, (0,) * len(tile), [max(t - side, 0) for t, side in zip(tile, sides)])
+        logits = sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)
+        return logits[(slice(None), slice(None), *(slice(side) for side in sides))]
 
-    def _tile(self, tile_size, default: str | None = None) -> tuple[int, int]:
+    def _tile(self, tile_size, default: str | None = None) -> tuple[int, ...]:
+        """The tile, one side per spatial axis, from a side or a sequence of sides (default: the model's sample_size)."""
+        dims = self._dims
         if tile_size is None and default is not None:
             tile_size = self.unet.config.sample_size
             if tile_size is None:
                 raise InputError("the U-Net config has no sample_size; pass tile_size, e.g. one of model.valid_input_sizes(572).")
         if isinstance(tile_size, int):
-            return (tile_size, tile_size)
+            return (tile_size,) * dims
         tile = tuple(int(t) for t in tile_size)
-        if len(tile) != 2 or min(tile) < 1:
-            raise InputError(f"tile_size must be a positive int or an (h, w) pair; got {tile_size!r}.")
+        if len(tile) != dims or min(tile) < 1:
+            axes = {1: "an (l,) tuple", 2: "an (h, w) pair", 3: "a (d, h, w) triple"}[dims]
+            raise InputError(f"tile_size must be a positive int or {axes}; got {tile_size!r}.")
         return tile
 

@@ -1,6 +1,7 @@
 """Tiled inference: run a network on images larger than what it takes in one piece.
 
-Two strategies, each a function of a ``predict`` callable ``(N, C, h, w) -> (N, K, h', w')``:
+Two strategies, each a function of a ``predict`` callable ``(N, C, h, w) -> (N, K, h', w')`` (or with one or
+three spatial axes: signals ``(N, C, l)`` and volumes ``(N, C, d, h, w)`` tile the same way, along every axis):
 
 - ``overlap_tile`` for valid-padding networks (Ronneberger et al. 2015): the image is
   mirror-extrapolated by the network's margin, and input tiles overlap so that the output tiles fit
@@ -12,17 +13,17 @@ Two strategies, each a function of a ``predict`` callable ``(N, C, h, w) -> (N, 
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from unet_diffusion.errors import InputError
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 Progress = Callable[[Iterable], Iterable]  # wraps the loop over tile batches, e.g. a tqdm bar
-Size = tuple[int, int]  # (h, w)
+Size = tuple[int, ...]  # one side per spatial axis: (h, w), (l,) or (d, h, w)
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -35,25 +36,39 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts
 
 
-def mirror_pad(x: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Mirror-extrapolate ``(B, C, H, W)`` or ``(C, H, W)`` by any amount (reflecting again when a pad exceeds the image).
+def mirror_pad(x: torch.Tensor, before: Sequence[int], after: Sequence[int]) -> torch.Tensor:
+    """Mirror-extrapolate the last ``len(before)`` axes of ``x`` by ``before`` / ``after`` positions each, any amount
+    (reflecting again where a pad exceeds the axis; a 1-long axis is repeated).
 
-    The one mirror padding of the project: the pipelines' tiles and the training crops use it.
+    ``mirror_pad(image, (top, left), (bottom, right))`` for ``(B, C, H, W)`` or ``(C, H, W)`` images; three
+    sides for volumes. The one mirror padding of the project: the pipelines' tiles and the training crops use it.
     """
-    if min(x.shape[-2:]) < 2:
-        return F.pad(x, (left, right, top, bottom), mode="replicate")  # nothing to reflect
-    while top or bottom or left or right:
-        h, w = x.shape[-2:]
-        step = (min(left, w - 1), min(right, w - 1), min(top, h - 1), min(bottom, h - 1))
-        x = F.pad(x, step, mode="reflect")
-        left, right, top, bottom = left - step[0], right - step[1], top - step[2], bottom - step[3]
+    first = x.ndim - len(before)
+    for axis, ahead, behind in zip(range(first, x.ndim), before, after):
+        if ahead or behind:
+            x = x.index_select(axis, _mirrored_positions(x.shape[axis], ahead, behind, x.device))
     return x
+
+
+def _mirrored_positions(n: int, before: int, after: int, device) -> torch.Tensor:
+    """Which of ``n`` positions each of ``before + n + after`` mirror-extrapolated positions copies (period 2(n - 1))."""
+    positions = torch.arange(-before, n + after, device=device)
+    if n < 2:
+        return torch.zeros_like(positions)
+    period = 2 * (n - 1)
+    folded = positions.remainder(period)
+    return torch.where(folded < n, folded, period - folded)
+
+
+def _window(corner: Size, tile: Size) -> tuple[slice, ...]:
+    """The index of the ``tile``-sized window at ``corner`` of a ``(B, C, ...)`` tensor."""
+    return (slice(None), slice(None), *(slice(start, start + side) for start, side in zip(corner, tile)))
 
 
 def _run_tiles(predict: Predict, image: torch.Tensor, positions: list[Size], tile: Size, tiles_per_batch: int,
                progress: Progress | None) -> list[torch.Tensor]:
-    """``predict`` over the ``tile``-sized windows of ``(B, C, H, W)`` images at ``positions``, several windows per call."""
-    windows = [image[:, :, y : y + tile[0], x : x + tile[1]] for y, x in positions]
+    """``predict`` over the ``tile``-sized windows of ``(B, C, ...)`` images at ``positions``, several windows per call."""
+    windows = [image[_window(corner, tile)] for corner in positions]
     outputs: list[torch.Tensor] = []
     starts = range(0, len(windows), tiles_per_batch)
     for i in progress(starts) if progress is not None and len(starts) > 1 else starts:
@@ -63,8 +78,8 @@ def _run_tiles(predict: Predict, image: torch.Tensor, positions: list[Size], til
 
 
 def overlap_tile_grid(size: Size, tile: Size, out: Size, stride_multiple: int = 1) -> tuple[list[Size], Size]:
-    """Where the output tiles of ``overlap_tile`` go: their ``(y, x)`` corners and the ``(h, w)``
-    canvas they cover (at least ``size``; the image is mirrored out to it)."""
+    """Where the output tiles of ``overlap_tile`` go: their corners (``(y, x)`` in 2D) and the canvas
+    they cover (at least ``size``; the image is mirrored out to it)."""
     strides, canvas = [], []
     for side, t, o in zip(size, tile, out):
         if (t - o) % 2:
@@ -73,37 +88,36 @@ def overlap_tile_grid(size: Size, tile: Size, out: Size, stride_multiple: int = 
         count = max(math.ceil((side - o) / stride), 0) + 1
         strides.append(stride)
         canvas.append((count - 1) * stride + o)
-    ys, xs = (range(0, c - o + 1, stride) for c, o, stride in zip(canvas, out, strides))
-    positions = [(y, x) for y in ys for x in xs]
-    return positions, (canvas[0], canvas[1])
+    starts = (range(0, c - o + 1, stride) for c, o, stride in zip(canvas, out, strides))
+    return list(itertools.product(*starts)), tuple(canvas)
 
 
 def overlap_tile(predict: Predict, image: torch.Tensor, tile: Size, out: Size, stride_multiple: int = 1,
                  tiles_per_batch: int = 4, progress: Progress | None = None) -> torch.Tensor:
-    """Valid-padding inference of any-sized ``(B, C, H, W)`` images; returns ``(B, K, H, W)``.
+    """Valid-padding inference of any-sized ``(B, C, H, W)`` images (or signals, volumes); returns ``(B, K, H, W)``.
 
     Args:
         predict: the network; maps ``tile``-sized inputs to ``out``-sized outputs (centred).
         image: the images.
-        tile: the input tile ``(h, w)``, a size the network takes.
+        tile: the input tile ``(h, w)`` (one side per axis), a size the network takes.
         out: the network's output size for ``tile``.
         stride_multiple: output tiles start on multiples of this (the network's downsampling
             factor), so every tile sees the same pooling grid as one whole-image forward.
         tiles_per_batch: tiles per network call.
         progress: wraps the loop over tile batches (a progress bar), when there is more than one.
     """
-    height, width = image.shape[-2:]
-    positions, (ch, cw) = overlap_tile_grid((height, width), tile, out, stride_multiple)
-    mh, mw = (tile[0] - out[0]) // 2, (tile[1] - out[1]) // 2
-    padded = mirror_pad(image, mh, mh + ch - height, mw, mw + cw - width)
-    # Output pixel (y, x) sits at (y + mh, x + mw) of the padded image, so the input window of the
-    # output tile at (y, x) starts at (y, x).
+    sides = tuple(image.shape[2:])
+    positions, canvas = overlap_tile_grid(sides, tile, out, stride_multiple)
+    margins = [(t - o) // 2 for t, o in zip(tile, out)]
+    padded = mirror_pad(image, margins, [m + c - side for m, c, side in zip(margins, canvas, sides)])
+    # Output pixel (y, x) sits at (y + margin, x + margin) of the padded image, so the input window of
+    # the output tile at (y, x) starts at (y, x).
     result = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, padded, positions, tile, tiles_per_batch, progress)):
+    for corner, tile_out in zip(positions, _run_tiles(predict, padded, positions, tile, tiles_per_batch, progress)):
         if result is None:
-            result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], ch, cw)
-        result[:, :, y : y + out[0], x : x + out[1]] = tile_out
-    return result[:, :, :height, :width]
+            result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], *canvas)
+        result[_window(corner, out)] = tile_out
+    return result[_window((0,) * len(sides), sides)]
 
 
 def blend_weights(size: int, ramp: int) -> torch.Tensor:
@@ -112,27 +126,35 @@ def blend_weights(size: int, ramp: int) -> torch.Tensor:
     return (torch.minimum(i + 1, size - i) / max(ramp, 1)).clamp(max=1.0)
 
 
+def tile_weights(tile: Size, overlap: Size) -> torch.Tensor:
+    """The blending weights of one window: the product of each axis's ``blend_weights``."""
+    weight = blend_weights(tile[0], overlap[0])
+    for side, ramp in zip(tile[1:], overlap[1:]):
+        weight = weight[..., None] * blend_weights(side, ramp)
+    return weight
+
+
 def sliding_window(predict: Predict, image: torch.Tensor, tile: Size, overlap: Size, tiles_per_batch: int = 4,
                    progress: Progress | None = None) -> torch.Tensor:
-    """Same-padding inference of ``(B, C, H, W)`` images no smaller than ``tile``; returns ``(B, K, H, W)``.
+    """Same-padding inference of ``(B, C, H, W)`` images (or signals, volumes) no smaller than ``tile``; returns
+    ``(B, K, H, W)``.
 
-    Windows of size ``tile`` step by ``tile - overlap``; where they overlap, outputs are averaged
-    with weights that ramp down over ``overlap`` pixels towards each window's edges.
+    Windows of size ``tile`` step by ``tile - overlap`` along each axis; where they overlap, outputs are
+    averaged with weights that ramp down over ``overlap`` positions towards each window's edges.
     """
-    height, width = image.shape[-2:]
-    if height < tile[0] or width < tile[1]:
-        raise InputError(f"sliding_window needs images at least as large as the tile {tile}; got {height} x {width}.")
-    ys = tile_starts(height, tile[0], max(tile[0] - overlap[0], 1))
-    xs = tile_starts(width, tile[1], max(tile[1] - overlap[1], 1))
-    positions = [(y, x) for y in ys for x in xs]
+    sides = tuple(image.shape[2:])
+    if any(side < t for side, t in zip(sides, tile)):
+        raise InputError(f"sliding_window needs inputs at least as large as the tile {tile}; got {' x '.join(map(str, sides))}.")
+    starts = (tile_starts(side, t, max(t - o, 1)) for side, t, o in zip(sides, tile, overlap))
+    positions = list(itertools.product(*starts))
     result = total = weight = None
-    for (y, x), tile_out in zip(positions, _run_tiles(predict, image, positions, tile, tiles_per_batch, progress)):
+    for corner, tile_out in zip(positions, _run_tiles(predict, image, positions, tile, tiles_per_batch, progress)):
         if result is None:
-            weight = torch.outer(blend_weights(tile[0], overlap[0]), blend_weights(tile[1], overlap[1])).to(tile_out)
-            result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], height, width)
-            total = tile_out.new_zeros(height, width)
-        result[:, :, y : y + tile[0], x : x + tile[1]] += weight * tile_out
-        total[y : y + tile[0], x : x + tile[1]] += weight
+            weight = tile_weights(tile, overlap).to(tile_out)
+            result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], *sides)
+            total = tile_out.new_zeros(sides)
+        result[_window(corner, tile)] += weight * tile_out
+        total[_window(corner, tile)[2:]] += weight
     return result / total
 
 
@@ -147,7 +169,8 @@ def covering_input(unet, side: int) -> int:
 
 
 def whole_image(predict: Predict, unet, image: torch.Tensor) -> torch.Tensor:
-    """One forward over whole ``(B, C, H, W)`` images, mirror-padded to the smallest input whose output covers them
-    (by the valid-padding margin on the top and left, so output pixel (0, 0) is image pixel (0, 0)); ``(B, K, H, W)``."""
-    tile = tuple(covering_input(unet, side) for side in image.shape[-2:])
+    """One forward over whole ``(B, C, H, W)`` images (or signals, volumes), mirror-padded to the smallest input whose
+    output covers them (by the valid-padding margin on the top and left, so output pixel (0, 0) is image pixel (0, 0));
+    ``(B, K, H, W)``."""
+    tile = tuple(covering_input(unet, side) for side in image.shape[2:])
     return overlap_tile(predict, image, tile, unet.output_size(tile), unet.downsampling_factor)

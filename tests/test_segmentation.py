@@ -40,7 +40,7 @@ def test_overlap_tile_equals_one_forward_over_the_mirrored_image():
     assert len(positions) == 12 and canvas == (60, 80)
     # The same pixels from one forward: mirror by the 20-pixel margin (and out to the canvas).
     with torch.no_grad():
-        whole = unet(mirror_pad(image, 20, 20 + 10, 20, 20 + 10)).sample[:, :, :50, :70]
+        whole = unet(mirror_pad(image, (20, 20), (20 + 10, 20 + 10))).sample[:, :, :50, :70]
     assert tiled.probabilities.shape == (2, 3, 50, 70) and tiled.masks.shape == (2, 50, 70)
     np.testing.assert_allclose(tiled.probabilities.numpy(), softmax(whole), atol=1e-5)
     assert torch.equal(tiled.masks, tiled.probabilities.argmax(1))

@@ -69,15 +69,15 @@ def test_rotation_corners_are_marked_invalid():
 
 def test_mirror_pad_reflects_beyond_the_image():
     x = torch.arange(4.0).reshape(1, 1, 4)
-    assert mirror_pad(x.expand(1, 4, 4).clone(), 2, 2, 2, 2)[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
-    assert mirror_pad(torch.rand(1, 3, 3), 7, 7, 7, 7).shape == (1, 17, 17)  # more than the image: reflects repeatedly
+    assert mirror_pad(x.expand(1, 4, 4).clone(), (2, 2), (2, 2))[0, 2].tolist() == [2, 1, 0, 1, 2, 3, 2, 1]
+    assert mirror_pad(torch.rand(1, 3, 3), (7, 7), (7, 7)).shape == (1, 17, 17)  # more than the image: reflects repeatedly
 
 
 def test_training_crops_are_mirrored_like_the_pipelines_tiles():
     """One mirror_pad (pipelines.tiling) for the valid-padding training crops and the overlap-tile inference."""
     image, mask = torch.rand(1, 8, 8), torch.zeros(8, 8, dtype=torch.long)
     crop, _, _ = JointTransform(out_size=8, in_size=14, augment=AugmentConfig())(image, mask)
-    assert torch.equal(crop, mirror_pad(image[None], 3, 3, 3, 3)[0])
+    assert torch.equal(crop, mirror_pad(image[None], (3, 3), (3, 3))[0])
 
 
 def test_training_overlays_use_the_pipelines_palette():

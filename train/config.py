@@ -46,6 +46,7 @@ class AugmentConfig:
 
     hflip: bool = False                           # Random horizontal flips.
     vflip: bool = False                           # Random vertical flips.
+    dflip: bool = False                           # Volumes: random flips along the depth axis.
     rotate90: bool = False                        # Random rotations by multiples of 90 degrees (lossless).
     rotation: float = 0.0                         # Random rotation by up to this many degrees (corners are ignored by the loss).
     elastic_std: float = 0.0                      # Elastic deformation: std in pixels of random displacements on a coarse grid (0 = off; the paper: 10).
@@ -57,7 +58,7 @@ class AugmentConfig:
 class DataConfig:
     """Where the examples come from and how they are shaped."""
 
-    source: Literal["synthetic", "datasets", "pairs"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders.
+    source: Literal["synthetic", "datasets", "pairs", "volumes"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders, volumes.
     path: str | None = None                       # datasets: hub name or builder ("parquet", "imagefolder", ...).
     data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded.
     data_dir: str | None = None                   # datasets: folder for a builder such as "imagefolder".
@@ -66,8 +67,10 @@ class DataConfig:
     label_column: str | None = None               # datasets: column of class labels (class-conditional diffusion).
     mask_column: str | None = None                # datasets: column of segmentation masks.
     context_column: str | None = None             # Column of cross-attention context, (L, context_dim) numbers per example.
-    image_dir: str | None = None                  # pairs: folder of images.
-    mask_dir: str | None = None                   # pairs: folder of masks, matched to images by file stem.
+    image_dir: str | None = None                  # pairs: folder of images. volumes: folder of .npy/.npz volumes, or of one volume's image slices.
+    mask_dir: str | None = None                   # pairs: folder of masks, matched to images by file stem. volumes: the label volumes (or slices) alike.
+    split_depth_at: list | None = None            # volumes: cut every volume at these slice indices; each part is an example (hold one out with val_size).
+    crop_depth: int | None = None                 # volumes: depth of the training crops (default image_size, the side of their H x W).
     mask_values: list | None = None               # Mask pixel value of each class, in class order; None = the pixel value is the class.
     image_size: int = 32                          # Diffusion: images are resized and center-cropped to this. Segmentation: output crop side.
     channels: int = 3                             # Image channels: 1 (grayscale) or 3 (RGB).

@@ -2,7 +2,8 @@
 
 A *source* reads raw examples (a PIL image, and a mask, a class label or a context when there are
 some) from the built-in synthetic shapes, a Hugging Face ``datasets`` dataset, or folders of
-image/mask pairs. ``Examples`` turns them into tensors with the task's ``prepare``.
+image/mask pairs; or volumes and their label volumes (NumPy arrays, or stacks of image slices).
+``Examples`` turns them into tensors with the task's ``prepare``.
 
 Every random draw for an example (augmentation, noise, timestep, condition dropout) comes from a
 generator seeded by (seed, epoch, index). So the batches of a run are the same on any number of
@@ -13,7 +14,9 @@ order sampler simply starts at the right micro-batch.
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipelines.images import image_files
+from pipelines.images import image_files, load_array
 from unet_diffusion.errors import InputError
 
 from .config import Config, DataConfig, expand_path
@@ -36,8 +39,8 @@ class BadImageError(InputError):
 class RawExample:
     """One example as read from its source."""
 
-    image: Image.Image
-    mask: np.ndarray | None = None      # (H, W) integer class indices
+    image: Image.Image | np.ndarray     # a PIL image; a volume: float32 (C, D, H, W) in [0, 1]
+    mask: np.ndarray | None = None      # (H, W) integer class indices ((D, H, W) for a volume)
     label: int | None = None
     context: np.ndarray | None = None   # (L, D)
 
@@ -52,9 +55,11 @@ def _open_image(data: bytes | str | Path, name: str, mode: str | None) -> Image.
     return image.convert(mode) if mode else image
 
 
-def _mask_classes(image: Image.Image, name: str, mask_values: list | None) -> np.ndarray:
-    """Class index per pixel from a mask image; pixel values are mapped through ``mask_values``."""
-    array = np.array(image.convert("L") if image.mode in ("RGB", "RGBA", "LA") else image)
+def _mask_classes(image: Image.Image | np.ndarray, name: str, mask_values: list | None) -> np.ndarray:
+    """Class index per pixel from a mask image (or per voxel from a label array); values are mapped through ``mask_values``."""
+    if isinstance(image, Image.Image) and image.mode in ("RGB", "RGBA", "LA"):
+        image = image.convert("L")
+    array = np.array(image)
     if mask_values is None:
         if array.min() < 0:
             raise BadImageError(f"mask {name} has negative values; masks hold class indices 0..K-1 (or set data.mask_values).")
@@ -221,6 +226,94 @@ class ImageMaskPairs:
         return RawExample(image, mask=mask)
 
 
+VOLUME_SUFFIXES = (".npy", ".npz")
+
+
+def _read_volume(path: Path, name: str) -> np.ndarray:
+    """A ``.npy`` array, or the one array of an ``.npz`` file, never unpickled."""
+    if path.suffix.lower() == ".npy":
+        return load_array(path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            if len(arrays.files) != 1:
+                raise BadImageError(f"{name} {path} holds {len(arrays.files)} arrays ({arrays.files}); a volume file holds one.")
+            return arrays[arrays.files[0]]
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise BadImageError(f"cannot read {name} {path} as a NumPy archive ({err}).") from err
+
+
+def _stack_slices(folder: Path) -> np.ndarray:
+    """The image slices of a folder, in name order, as one ``(D, H, W)`` (or ``(D, H, W, C)``) volume."""
+    slices = [np.asarray(_open_image(path, str(path), None)) for path in image_files(folder)]
+    if len({s.shape for s in slices}) > 1:
+        raise BadImageError(f"the slices in {folder} differ in size ({sorted({s.shape for s in slices})}); a volume needs one.")
+    return np.stack(slices)
+
+
+class Volumes:
+    """Volumes and their label volumes: ``.npy`` / ``.npz`` files in two folders paired by file stem, or the image
+    slices of each folder stacked in name order into one volume (an EM stack such as ISBI 2012).
+
+    A volume file holds ``(D, H, W)`` (one channel) or ``(C, D, H, W)``; uint8 values are scaled to [0, 1], floats
+    taken as they are. Labels are integer classes per voxel (mapped through ``data.mask_values`` when set).
+    ``data.split_depth_at`` cuts every volume into parts along the depth, each part an example, so that one part
+    of a single stack can be held out for validation (``data.val_size: [1]``).
+    """
+
+    def __init__(self, data: DataConfig):
+        if not data.image_dir or not data.mask_dir:
+            raise InputError("data.source is 'volumes': set data.image_dir and data.mask_dir.")
+        folders = [Path(expand_path(data.image_dir)), Path(expand_path(data.mask_dir))]
+        for key, folder in zip(("image_dir", "mask_dir"), folders):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"data.{key} {folder} is not a folder (set UNET_DATA_DIR if the config uses it).")
+        if any(p.suffix.lower() in VOLUME_SUFFIXES for p in folders[0].iterdir()):
+            images, masks = ({p.stem: p for p in image_files(folder, VOLUME_SUFFIXES)} for folder in folders)
+            unpaired = sorted(set(images) ^ set(masks))
+            if unpaired:
+                raise InputError(f"volumes and label volumes must pair up by file name; without a partner: {unpaired[:10]}.")
+            self.volumes = [(images[k], masks[k]) for k in sorted(images)]
+        else:
+            self.volumes = [tuple(folders)]  # one volume of slices
+        cuts = sorted(set(data.split_depth_at or []))
+        if cuts and min(cuts) < 1:
+            raise InputError(f"data.split_depth_at {data.split_depth_at} must name slice indices of at least 1.")
+        bounds = [0, *cuts, None]
+        self.parts = [(v, start, stop) for v in range(len(self.volumes)) for start, stop in zip(bounds, bounds[1:])]
+        self.data = data
+        self._load = lru_cache(maxsize=8)(self._read)  # volumes are read once, then cut into parts
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def name(self, index: int) -> str:
+        volume, start, stop = self.parts[index]
+        where = f" slices {start}..{'end' if stop is None else stop - 1}" if len(self.parts) > len(self.volumes) else ""
+        return f"{self.volumes[volume][0]}{where}"
+
+    def _read(self, volume: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.volumes[volume]
+        read = _read_volume if image_path.is_file() else lambda path, name: _stack_slices(path)
+        image, labels = read(image_path, "volume"), read(mask_path, "label volume")
+        if image_path.is_dir() and image.ndim == 4:
+            image = np.moveaxis(image, -1, 0)  # slices of RGB images: (D, H, W, C) -> (C, D, H, W)
+        image = image[None] if image.ndim == 3 else image
+        if image.ndim != 4 or labels.ndim != 3 or image.shape[1:] != labels.shape:
+            raise BadImageError(f"volume {image_path} is {image.shape} and its labels {mask_path} are {labels.shape}; "
+                                "expected (D, H, W) or (C, D, H, W) with (D, H, W) labels of the same size.")
+        if image.shape[0] != self.data.channels:
+            raise BadImageError(f"volume {image_path} has {image.shape[0]} channels but data.channels is {self.data.channels}.")
+        pixels = image.astype(np.float32) / (255.0 if image.dtype == np.uint8 else 1.0)
+        return pixels, _mask_classes(labels, str(mask_path), self.data.mask_values)
+
+    def load(self, index: int) -> RawExample:
+        volume, start, stop = self.parts[index]
+        image, labels = self._load(volume)
+        if not 0 <= start < (len(labels) if stop is None else min(stop, len(labels))):
+            raise InputError(f"data.split_depth_at {self.data.split_depth_at} cuts outside the {len(labels)} slices of {self.name(index)}.")
+        return RawExample(image[:, start:stop], mask=labels[start:stop])
+
+
 def open_source(config: Config):
     """The raw-example source named by ``config.data``."""
     data = config.data
@@ -231,6 +324,8 @@ def open_source(config: Config):
         if config.task == "segmentation" and not data.mask_column:
             raise InputError("a segmentation run on a datasets source needs data.mask_column.")
         return DatasetsSource(data)
+    if data.source == "volumes":
+        return Volumes(data)
     return ImageMaskPairs(data)
 
 
@@ -349,5 +444,5 @@ def epoch_of(micro_batch: int, examples: int, global_batch: int) -> float:
 
 __all__ = [
     "BadImageError", "DatasetsSource", "ExampleOrder", "Examples", "ImageMaskPairs", "RawExample",
-    "SyntheticShapes", "check_images", "example_seed", "open_source", "split_indices", "training_loader",
+    "SyntheticShapes", "Volumes", "check_images", "example_seed", "open_source", "split_indices", "training_loader",
 ]

@@ -1,7 +1,7 @@
 """Losses: segmentation cross-entropy / Dice, the U-Net paper's boundary weight map, min-SNR-gamma.
 
 Segmentation losses take logits ``(B, K, H, W)``, integer targets ``(B, H, W)`` and optional
-per-pixel weights ``(B, H, W)`` (the boundary weight map, and zeros where an augmentation left no
+per-pixel weights ``(B, H, W)`` (volumes: one more spatial axis everywhere) (the boundary weight map, and zeros where an augmentation left no
 label, such as the corners of a rotation).
 """
 
@@ -48,14 +48,14 @@ def dice_loss(
     (any positive weight counts as 1: Dice is a set overlap, the boundary map does not apply).
     """
     num_classes = logits.shape[1]
-    probs = logits.float().softmax(dim=1)                                          # (B, K, H, W)
-    onehot = F.one_hot(target, num_classes).permute(0, 3, 1, 2).to(probs)         # (B, K, H, W)
+    probs = logits.float().softmax(dim=1)                                          # (B, K, H, W) (or (B, K, D, H, W))
+    onehot = F.one_hot(target, num_classes).movedim(-1, 1).to(probs)               # (B, K, H, W)
     if pixel_weights is not None:
         keep = (pixel_weights > 0).to(probs).unsqueeze(1)
         probs, onehot = probs * keep, onehot * keep
-    dims = (0, 2, 3)
-    intersection = (probs * onehot).sum(dims)
-    total = probs.sum(dims) + onehot.sum(dims)
+    axes = (0, *range(2, probs.ndim))  # all but the class axis
+    intersection = (probs * onehot).sum(axes)
+    total = probs.sum(axes) + onehot.sum(axes)
     dice = (2 * intersection + smooth) / (total + smooth)                          # (K,)
     return 1 - dice.mean()
 

@@ -3,7 +3,9 @@
 Training examples are crops cut after the joint augmentations: the label crop is ``data.image_size``
 and the image crop is the network input that produces it (larger with valid padding, mirror-padded
 at the image border as in the paper). Validation runs on whole images, padded so that the output
-covers them, and reports Dice, IoU and pixel error per class and on average.
+covers them, and reports Dice, IoU and pixel error per class and on average. Volumes
+(``data.source: volumes``, a 3D model) train on 3D crops, ``data.crop_depth`` deep, and validate on
+whole volumes the same way.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .checkpoint import ema_weights
 from .config import Config, ConfigError
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
-from .transforms import JointTransform
+from .transforms import JointTransform, VolumeTransform
 
 
 def input_size_for(model: UNet, output: int) -> int:
@@ -105,9 +107,19 @@ class SegmentationTask:
         self.names = list(s.class_names or [f"class{k}" for k in range(self.num_classes)])
         if len(self.names) != self.num_classes:
             raise ConfigError(f"segmentation.class_names has {len(self.names)} names for {self.num_classes} classes.")
-        self.out_size = config.data.image_size
-        self.in_size = input_size_for(probe, self.out_size)
-        self.joint = JointTransform(self.out_size, self.in_size, config.data.augment)
+        self.volumes = config.data.source == "volumes"
+        if (c.dims == 3) != self.volumes:
+            raise ConfigError("data.source 'volumes' trains a 3D model (model.args.dims: 3)" if self.volumes else
+                              f"a {c.dims}D model trains on volumes: set data.source to 'volumes' (or model.args.dims to 2).")
+        d = config.data
+        side = d.image_size
+        self.out_size = (d.crop_depth or side, side, side) if self.volumes else side
+        if self.volumes:
+            self.in_size = tuple(input_size_for(probe, n) for n in self.out_size)
+            self.joint = VolumeTransform(self.out_size, self.in_size, d.augment)
+        else:
+            self.in_size = input_size_for(probe, self.out_size)
+            self.joint = JointTransform(self.out_size, self.in_size, d.augment)
         self.class_weights = torch.tensor(s.class_weights, dtype=torch.float32) if s.class_weights else None
         self._weight_maps: dict[int, torch.Tensor] = {}
         self.trainer = None
@@ -125,19 +137,23 @@ class SegmentationTask:
     def _tensors(self, raw, index: int):
         if raw.mask is None:
             raise InputError(f"example {index} has no mask; a segmentation run needs masks (data.mask_column or data.mask_dir).")
-        image = TF.pil_to_tensor(raw.image).float() / 255                        # (C, H, W) in [0, 1]
-        mask = torch.from_numpy(np.asarray(raw.mask, dtype=np.int64))              # (H, W)
+        if isinstance(raw.image, np.ndarray):
+            image = torch.from_numpy(raw.image)                                    # a volume: (C, D, H, W)
+        else:
+            image = TF.pil_to_tensor(raw.image).float() / 255                    # (C, H, W) in [0, 1]
+        mask = torch.from_numpy(np.asarray(raw.mask, dtype=np.int64))              # (H, W) or (D, H, W)
         if int(mask.max()) >= self.num_classes:
             raise InputError(f"the mask of example {index} holds class {int(mask.max())} but the model has {self.num_classes} "
                              "classes (model.args.out_channels); map pixel values with data.mask_values.")
         return image, mask
 
     def weight_map(self, mask: np.ndarray, index: int) -> torch.Tensor:
-        """The boundary weight map of one mask (computed once per example and kept)."""
+        """The boundary weight map of one mask (computed once per example and kept); of a volume, slice by slice."""
         if index not in self._weight_maps:
             s = self.config.segmentation
-            self._weight_maps[index] = torch.from_numpy(boundary_weight_map(
-                mask, s.object_class, s.w0, s.sigma, self.num_classes, s.balance_classes))
+            slices = [mask] if mask.ndim == 2 else list(mask)
+            maps = [boundary_weight_map(m, s.object_class, s.w0, s.sigma, self.num_classes, s.balance_classes) for m in slices]
+            self._weight_maps[index] = torch.from_numpy(maps[0] if mask.ndim == 2 else np.stack(maps))
         return self._weight_maps[index]
 
     def prepare(self, raw, index: int) -> dict:
@@ -211,10 +227,13 @@ class SegmentationTask:
         with ema_weights(unet, trainer.ema):
             for i in range(min(self.config.segmentation.num_overlays, len(examples))):
                 item = self.prepare_eval(examples.source.load(examples.indices[i]), examples.indices[i])
-                image = item["image"]
+                image, truth = item["image"], item["mask"]
                 pred = predict_logits(unet, image[None].to(trainer.accelerator.device)).argmax(1)[0].cpu()
+                if self.volumes:  # the middle slice of a volume
+                    middle = truth.shape[0] // 2
+                    image, truth, pred = image[:, middle], truth[middle], pred[middle]
                 gray = ((image if image.shape[0] == 3 else image.expand(3, -1, -1)) + 1) / 2
-                pictures += [gray, overlay(image, item["mask"]), overlay(image, pred)]
+                pictures += [gray, overlay(image, truth), overlay(image, pred)]
         return torch.stack(pictures) if pictures else None
 
     def pictures(self, step: int) -> Path | None:

@@ -116,6 +116,59 @@ class JointTransform:
         left = int(torch.randint(width - self.out_size + 1, ()).item())
         out = (slice(top, top + self.out_size), slice(left, left + self.out_size))
         m = self.margin
-        image = mirror_pad(image, m, m, m, m)[:, top:top + self.in_size, left:left + self.in_size]
+        image = mirror_pad(image, (m, m), (m, m))[:, top:top + self.in_size, left:left + self.in_size]
         return image, mask[out], (weights * valid)[out]
 
+
+
+class VolumeTransform:
+    """Augment a volume and its label volume together, then cut a training crop (the 3D ``JointTransform``).
+
+    Lossless augmentations only: flips along each axis (``hflip``: W, ``vflip``: H, ``dflip``: D) and quarter
+    turns in the H-W plane; free rotations and elastic deformation are refused for volumes (``check``).
+
+    Args:
+        out_size: ``(d, h, w)`` of the label crop (the network's output size).
+        in_size: ``(d, h, w)`` of the volume crop (the network's input); larger with valid padding, mirror-padded
+            at the volume's border by the difference.
+        augment: which augmentations to draw.
+    """
+
+    def __init__(self, out_size: tuple[int, int, int], in_size: tuple[int, int, int], augment: AugmentConfig):
+        for out, inp in zip(out_size, in_size):
+            if inp < out or (inp - out) % 2:
+                raise InputError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
+        self.check(augment)
+        self.out_size, self.in_size = tuple(out_size), tuple(in_size)
+        self.margins = tuple((i - o) // 2 for i, o in zip(in_size, out_size))
+        self.flip_axes = [axis for axis, on in ((-3, augment.dflip), (-2, augment.vflip), (-1, augment.hflip)) if on]
+        self.rotate90, self.brightness = augment.rotate90, augment.brightness
+
+    @staticmethod
+    def check(augment: AugmentConfig) -> None:
+        if augment.rotation or augment.elastic_std:
+            raise InputError("data.augment.rotation and elastic_std deform 2D images; volumes take flips (hflip, vflip, dflip), "
+                             "rotate90 and brightness. Set them to 0.")
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None):
+        """``image`` float ``(C, D, H, W)``, ``mask`` int ``(D, H, W)``, ``weights`` float ``(D, H, W)`` or None.
+
+        Returns ``(image (C, *in_size), mask (*out_size), voxel_weights (*out_size))``.
+        """
+        weights = torch.ones(mask.shape) if weights is None else weights
+        for axis in self.flip_axes:
+            if torch.rand(()) < 0.5:
+                image, mask, weights = (t.flip(axis) for t in (image, mask, weights))
+        if self.rotate90:
+            turns = int(torch.randint(4, ()).item())
+            image, mask, weights = (torch.rot90(t, turns, dims=(-2, -1)) for t in (image, mask, weights))
+        if self.brightness:
+            image = (image * (1 + (2 * torch.rand(()) - 1) * self.brightness)).clamp(0, 1)
+        if any(side < out for side, out in zip(mask.shape, self.out_size)):
+            raise InputError(f"a {' x '.join(map(str, mask.shape))} volume is smaller than the {self.out_size} training crop; "
+                             "lower data.image_size or data.crop_depth.")
+        corner = [int(torch.randint(side - out + 1, ()).item()) for side, out in zip(mask.shape, self.out_size)]
+        out = tuple(slice(c, c + o) for c, o in zip(corner, self.out_size))
+        padded = mirror_pad(image, self.margins, self.margins)
+        image = padded[(slice(None), *(slice(c, c + i) for c, i in zip(corner, self.in_size)))]
+        return image, mask[out], weights[out]

@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .errors import InputError
+from .nd import Dims, conv, from_tokens, to_tokens
 
 # Latent diffusion normalises the input of its transformers with this epsilon whatever the
 # ResNet epsilon is; converted Stable-Diffusion-style models need the same value.
@@ -32,7 +33,7 @@ def multihead_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
 
 
 class SelfAttention(nn.Module):
-    """Residual multi-head self-attention over the pixels of a feature map (DDPM / ADM style).
+    """Residual multi-head self-attention over the positions of a feature map (DDPM / ADM style; in 1D, 2D or 3D).
 
     GroupNorm (unless ``norm=False``), one fused q/k/v projection, SDPA, output projection, residual
     sum divided by ``rescale`` (1 in most models).
@@ -47,12 +48,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height = x.shape[2]
-        h = rearrange(self.norm(x), "b c h w -> b (h w) c")
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        q, k, v = self.qkv(to_tokens(self.norm(x))).chunk(3, dim=-1)
         h = self.proj(multihead_attention(q, k, v, self.heads))
-        h = rearrange(h, "b (h w) c -> b c h w", h=height)
-        out = x + h
+        out = x + from_tokens(h, x)
         return out / self.rescale if self.rescale != 1.0 else out
 
 
@@ -130,7 +128,7 @@ class TransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer layers over the pixels of a feature map, cross-attending to ``context`` (LDM style).
+    """Transformer layers over the positions of a feature map, cross-attending to ``context`` (LDM style).
 
     GroupNorm, linear projection in, ``depth`` transformer blocks, projection out, residual sum.
     """
@@ -143,31 +141,29 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, context: Context) -> torch.Tensor:
-        height = x.shape[2]
-        h = self.proj_in(rearrange(self.norm(x), "b c h w -> b (h w) c"))
+        h = self.proj_in(to_tokens(self.norm(x)))
         for block in self.blocks:
             h = block(h, context)
-        h = rearrange(self.proj_out(h), "b (h w) c -> b c h w", h=height)
-        return x + h
+        return x + from_tokens(self.proj_out(h), x)
 
 
 # ---------------------------------------------------------------------------- attention gate
 class AttentionGate(nn.Module):
     """Additive attention gate on a skip connection (Oktay et al. 2018, Attention U-Net).
 
-    The decoder features ``gate`` (same size as the skip) decide, per pixel, how much of the skip
+    The decoder features ``gate`` (same size as the skip) decide, per position, how much of the skip
     passes: ``skip * sigmoid(psi(relu(W_x skip + W_g gate)))``.
     """
 
-    def __init__(self, skip_channels: int, gate_channels: int):
+    def __init__(self, skip_channels: int, gate_channels: int, dims: Dims = 2):
         super().__init__()
         inner = max(skip_channels // 2, 1)
-        self.skip_proj = nn.Conv2d(skip_channels, inner, 1, bias=False)
-        self.gate_proj = nn.Conv2d(gate_channels, inner, 1)
-        self.psi = nn.Conv2d(inner, 1, 1)
+        self.skip_proj = conv(dims, skip_channels, inner, 1, bias=False)
+        self.gate_proj = conv(dims, gate_channels, inner, 1)
+        self.psi = conv(dims, inner, 1, 1)
 
     def forward(self, skip: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        alpha = torch.sigmoid(self.psi(F.relu(self.skip_proj(skip) + self.gate_proj(gate))))  # (B, 1, H, W)
+        alpha = torch.sigmoid(self.psi(F.relu(self.skip_proj(skip) + self.gate_proj(gate))))  # (B, 1, ...)
         return skip * alpha
 
 

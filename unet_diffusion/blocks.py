@@ -1,8 +1,9 @@
 """Convolutional building blocks: residual and classic blocks, resampling, and the U-Net block
 that joins a skip connection, a convolutional block and optional attention.
 
-Every block knows its own size arithmetic (``out_size``), so that the U-Net can tell which input
-sizes it accepts without running a forward pass.
+Every block knows its own size arithmetic (``out_size``, the same along every spatial axis), so that
+the U-Net can tell which input sizes it accepts without running a forward pass. Every block works on
+1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,10 @@ from torch import nn
 from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
 from .errors import InputError
 from .fused import norm_act_conv
+from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, pad_end, per_channel, pool
 
 
 # ---------------------------------------------------------------------------- size helpers
-def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Crop the middle ``height x width`` of a ``(B, C, H, W)`` map (valid-padding skips)."""
-    top = (x.shape[2] - height) // 2
-    left = (x.shape[3] - width) // 2
-    return x[:, :, top : top + height, left : left + width]
-
-
 def conv_padding(mode: str) -> int:
     """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"`` (shrinks the map by 2)."""
     return 1 if mode == "same" else 0
@@ -44,6 +39,7 @@ Upsampling = Literal["nearest", "bilinear", "conv_transpose"]
 class BlockConfig:
     """The options every block of one U-Net shares (the U-Net builds one from its configuration)."""
 
+    dims: Dims = 2                  # Spatial dimensions of the maps: 1 (signals), 2 (images) or 3 (volumes).
     kind: BlockKind = "residual"    # "residual" (GroupNorm-SiLU-conv, takes embeddings) or "classic" (conv-ReLU x2).
     emb_dim: int | None = None      # Width of the time/class embedding; None: the blocks take none.
     time_injection: TimeInjection = "add"  # The embedding is added ("add") or scales and shifts the second norm ("scale_shift").
@@ -73,14 +69,14 @@ class ResidualBlock(nn.Module):
         self.output_scale = output_scale
         pad = conv_padding(config.padding)
         self.norm1 = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=pad)
+        self.conv1 = conv(config.dims, in_channels, out_channels, 3, padding=pad)
         self.emb_proj = None
         if config.emb_dim is not None:
             self.emb_proj = nn.Linear(config.emb_dim, out_channels * (2 if self.scale_shift else 1))
         self.norm2 = nn.GroupNorm(config.norm_groups, out_channels, eps=config.norm_eps)
         self.dropout = nn.Dropout(config.dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=pad)
-        self.shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        self.conv2 = conv(config.dims, out_channels, out_channels, 3, padding=pad)
+        self.shortcut = conv(config.dims, in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def out_size(self, n: int) -> int:
         return n - self.shrink
@@ -94,12 +90,12 @@ class ResidualBlock(nn.Module):
             if self.scale_shift:
                 scale, shift = e.chunk(2, dim=1)
             else:
-                h = h.add_(e[:, :, None, None])  # h is a fresh conv output that nothing saved
+                h = h.add_(per_channel(e, h))  # h is a fresh conv output that nothing saved
         p = self.dropout.p if self.training else 0.0
         h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p)
         skip = x if self.shortcut is None else self.shortcut(x)
         if self.shrink:
-            skip = center_crop(skip, h.shape[2], h.shape[3])
+            skip = center_crop(skip, h.shape[2:])
         # Sum in place into the fresh conv output, unless autocast made it narrower than the skip.
         out = h.add_(skip) if h.dtype == skip.dtype else skip + h
         return out.div_(self.output_scale) if self.output_scale != 1.0 else out
@@ -112,10 +108,11 @@ class ClassicBlock(nn.Module):
         super().__init__()
         self.shrink = 4 if config.padding == "valid" else 0
         layers: list[nn.Module] = []
+        batch_norm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[config.dims - 1]
         for i, c_in in enumerate((in_channels, out_channels)):
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=conv_padding(config.padding), bias=not config.batch_norm))
+            layers.append(conv(config.dims, c_in, out_channels, 3, padding=conv_padding(config.padding), bias=not config.batch_norm))
             if config.batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(batch_norm(out_channels))
             layers.append(nn.ReLU(inplace=True))
             if i == 0 and config.dropout > 0:
                 layers.append(nn.Dropout(config.dropout))
@@ -130,24 +127,22 @@ class ClassicBlock(nn.Module):
 
 # ---------------------------------------------------------------------------- resampling
 class Downsample(nn.Module):
-    """Halve the spatial size, keeping the channels.
+    """Halve the size along every spatial axis, keeping the channels.
 
     ``"conv"``: stride-2 3x3 convolution, padding 1. ``"conv_asym"``: the same after padding only the
-    right and bottom edge (original DDPM, diffusers ``downsample_padding=0``). ``"maxpool"`` /
-    ``"avgpool"``: 2x2 pooling.
+    end of each axis (right and bottom in 2D; original DDPM, diffusers ``downsample_padding=0``).
+    ``"maxpool"`` / ``"avgpool"``: 2x2 pooling (2 in 1D, 2x2x2 in 3D).
     """
 
     push_skip = False
 
-    def __init__(self, channels: int, kind: Downsampling):
+    def __init__(self, channels: int, kind: Downsampling, dims: Dims = 2):
         super().__init__()
         self.kind = kind
-        if kind == "maxpool":
-            self.op = nn.MaxPool2d(2)
-        elif kind == "avgpool":
-            self.op = nn.AvgPool2d(2)
+        if kind in ("maxpool", "avgpool"):
+            self.op = pool(dims, kind[:3], 2)
         else:  # "conv" or "conv_asym"
-            self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
+            self.op = conv(dims, channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
 
     def out_size(self, n: int) -> int:
         if n % 2:
@@ -156,24 +151,26 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
         if self.kind == "conv_asym":
-            x = F.pad(x, (0, 1, 0, 1))
+            x = pad_end(x, [1] * (x.ndim - 2))
         return self.op(x)
 
 
 class Upsample(nn.Module):
-    """Double the spatial size: ``"conv_transpose"`` (2x2, stride 2) or ``"nearest"`` / ``"bilinear"``
-    interpolation followed by a 3x3 convolution. Maps ``in_channels`` to ``out_channels``."""
+    """Double the size along every spatial axis: ``"conv_transpose"`` (2x2, stride 2) or ``"nearest"`` /
+    ``"bilinear"`` interpolation (linear in 1D, trilinear in 3D) followed by a 3x3 convolution. Maps
+    ``in_channels`` to ``out_channels``."""
 
     push_skip = False
     skip_channels = 0
 
-    def __init__(self, in_channels: int, out_channels: int, kind: Upsampling):
+    def __init__(self, in_channels: int, out_channels: int, kind: Upsampling, dims: Dims = 2):
         super().__init__()
         self.kind = kind
         if kind == "conv_transpose":
-            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)
+            self.conv = conv_transpose(dims, in_channels, out_channels, 2, stride=2)
         else:  # "nearest" or "bilinear" interpolation, then a 3x3 conv
-            self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            self.conv = conv(dims, in_channels, out_channels, 3, padding=1)
+        self.interpolation = "nearest" if kind == "nearest" else LINEAR_INTERPOLATION[dims - 1]
 
     def out_size(self, n: int) -> int:
         return 2 * n
@@ -182,10 +179,8 @@ class Upsample(nn.Module):
         if self.kind == "conv_transpose":
             return self.conv(x)
         if self.kind == "nearest":
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        else:
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.conv(x)
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode=self.interpolation, align_corners=False))
 
 
 # ---------------------------------------------------------------------------- the U-Net block
@@ -214,11 +209,11 @@ class UNetBlock(nn.Module):
     ):
         super().__init__()
         self.skip_channels = skip_channels
-        self.gate = AttentionGate(skip_channels, in_channels) if skip_channels and config.attention_gate else None
+        self.gate = AttentionGate(skip_channels, in_channels, config.dims) if skip_channels and config.attention_gate else None
         self.skip_conv = None
         conv_in = in_channels + skip_channels
         if skip_channels and config.skip_conv:
-            self.skip_conv = nn.Conv2d(conv_in, out_channels, 1)
+            self.skip_conv = conv(config.dims, conv_in, out_channels, 1)
             conv_in = out_channels
         if config.kind == "residual":
             self.conv = ResidualBlock(conv_in, out_channels, config, output_scale=output_scale)
@@ -247,7 +242,7 @@ class UNetBlock(nn.Module):
     ) -> torch.Tensor:
         if skip is not None:
             if skip.shape[2:] != x.shape[2:]:
-                skip = center_crop(skip, x.shape[2], x.shape[3])
+                skip = center_crop(skip, x.shape[2:])
             if self.gate is not None:
                 skip = self.gate(skip, x)
             x = torch.cat([x, skip], dim=1)

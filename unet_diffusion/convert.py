@@ -376,6 +376,7 @@ def _inexpressible(c: dict, conditional: bool) -> list[str]:
     fourier = c["time_embedding"] == "fourier"
     blocks = _per_level("blocks_per_level", c["blocks_per_level"], len(c["channels"]))
     for broken, problem in (
+        (c.get("dims", 2) != 2, f"dims={c.get('dims', 2)} (diffusers' UNet2DModel and UNet2DConditionModel are 2D)"),
         (c["time_embedding"] is None, "time_embedding=None (diffusers U-Nets are always time-conditioned)"),
         (attn & cross, f"levels {sorted(attn & cross)} with both self- and cross-attention"),
         (mid_attn and mid_cross, "a middle block with both self- and cross-attention"),

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nd import CONVS, conv_function, per_channel, spatial_axes
+
 aten = torch.ops.aten
 
 
@@ -25,7 +27,7 @@ def _composed(x: torch.Tensor, norm: nn.Module, conv: nn.Module, scale, shift, d
     """``conv(dropout(silu(norm(x) * (1 + scale) + shift)))`` with the modules themselves (their hooks run)."""
     h = norm(x)
     if scale is not None:
-        h = h * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        h = h * (1 + per_channel(scale, h)) + per_channel(shift, h)
     # Without autograd nothing needs the SiLU input: overwrite it (inference, sampling).
     h = F.silu(h, inplace=not torch.is_grad_enabled())
     if dropout:
@@ -39,12 +41,12 @@ def _hooked(module: nn.Module) -> bool:
 
 
 def _fusable(norm: nn.Module, conv: nn.Module) -> bool:
-    """The fused op reads the weights of a plain affine GroupNorm and a plain Conv2d and calls neither module."""
-    if type(norm) is not nn.GroupNorm or type(conv) is not nn.Conv2d or _hooked(norm) or _hooked(conv):
+    """The fused op reads the weights of a plain affine GroupNorm and a plain Conv1d/2d/3d and calls neither module."""
+    if type(norm) is not nn.GroupNorm or type(conv) not in CONVS or _hooked(norm) or _hooked(conv):
         return False
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return False
-    return (norm.affine and conv.groups == 1 and conv.dilation == (1, 1) and isinstance(conv.padding, tuple)
+    return (norm.affine and conv.groups == 1 and set(conv.dilation) == {1} and isinstance(conv.padding, tuple)
             and conv.padding_mode == "zeros")
 
 
@@ -59,7 +61,7 @@ def _activation(x, norm_weight, norm_bias, groups, eps, scale, shift, keep_input
     normed, mean, rstd = aten.native_group_norm(x, norm_weight, norm_bias, n, c, x.numel() // (n * c), groups, eps)
     modulated = normed
     if scale is not None:
-        modulated = torch.addcmul(shift[:, :, None, None], normed, 1 + scale[:, :, None, None])
+        modulated = torch.addcmul(per_channel(shift, normed), normed, 1 + per_channel(scale, normed))
     return normed, modulated, F.silu(modulated, inplace=not keep_input), mean, rstd
 
 
@@ -78,7 +80,7 @@ class _NormActConv(torch.autograd.Function):
             act, keep = aten.native_dropout(act, p, True)
         act = act.to(conv_dtype)
         bias = conv_bias.to(conv_dtype) if conv_bias is not None else None
-        out = F.conv2d(act, conv_weight.to(conv_dtype), bias, stride, padding)
+        out = conv_function(conv_weight)(act, conv_weight.to(conv_dtype), bias, stride, padding)
         ctx.save_for_backward(x, norm_weight, norm_bias, conv_weight, scale, shift, keep)
         ctx.config = (p, groups, eps, stride, padding, conv_dtype, conv_bias is not None)
         return out
@@ -92,15 +94,16 @@ class _NormActConv(torch.autograd.Function):
         weight = conv_weight.to(conv_dtype)
         grad_act, grad_w, grad_b = aten.convolution_backward(
             grad_out.to(conv_dtype), act.to(conv_dtype), weight, [weight.shape[0]] if has_bias else None,
-            list(stride), list(padding), [1, 1], False, [0, 0], 1, [True, True, has_bias],
+            list(stride), list(padding), [1] * len(stride), False, [0] * len(stride), 1, [True, True, has_bias],
         )
         grad_act = _drop(grad_act.to(x.dtype), keep, p)
         grad_normed = aten.silu_backward(grad_act, modulated)
         grad_scale = grad_shift = None
         if scale is not None:
-            grad_scale = (grad_normed * normed).sum((2, 3)).to(scale.dtype)
-            grad_shift = grad_normed.sum((2, 3)).to(shift.dtype)
-            grad_normed = grad_normed * (1 + scale[:, :, None, None])
+            axes = spatial_axes(x)
+            grad_scale = (grad_normed * normed).sum(axes).to(scale.dtype)
+            grad_shift = grad_normed.sum(axes).to(shift.dtype)
+            grad_normed = grad_normed * (1 + per_channel(scale, x))
         n, c = x.shape[:2]
         grad_x, grad_nw, grad_nb = aten.native_group_norm_backward(
             grad_normed, x, mean, rstd, norm_weight, n, c, x.numel() // (n * c), groups, list(ctx.needs_input_grad[:3])
@@ -123,15 +126,15 @@ def norm_act_conv(
     """``conv(dropout(silu(norm(x) * (1 + scale) + shift)))``, saving only ``x`` for backward.
 
     Args:
-        x: ``(B, C, H, W)`` input of the normalisation.
+        x: ``(B, C, ...)`` input of the normalisation (1, 2 or 3 spatial axes).
         norm: the ``GroupNorm`` (affine) whose weights are used.
-        conv: the ``Conv2d`` (no groups, no dilation) whose weights are used.
+        conv: the ``Conv1d`` / ``Conv2d`` / ``Conv3d`` (no groups, no dilation) whose weights are used.
         scale, shift: optional ``(B, C)`` per-sample modulation after the normalisation (AdaGN).
         dropout: drop probability before the convolution; pass 0 in eval mode.
         fused: use the fused op when gradients are needed (``False``: always the plain composition).
 
     The fused op and the plain composition give the same result. The fused op is taken only when it
-    can stand in for the modules: plain ``GroupNorm``/``Conv2d`` without hooks or wrappers (adapters,
+    can stand in for the modules: plain ``GroupNorm``/``ConvNd`` without hooks or wrappers (adapters,
     offloading, feature extraction keep working), not under ``torch.compile`` (which fuses by itself).
     Autocast is honoured as for ``nn.Conv2d`` (the normalisation runs in the input's precision, the
     convolution in the autocast dtype).

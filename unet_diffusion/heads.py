@@ -1,7 +1,7 @@
 """Output heads on the shared encoder-decoder core.
 
 The denoising head predicts something image-shaped (noise, v or x0, optionally with a variance
-channel per image channel); the segmentation head predicts per-pixel class logits.
+channel per image channel); the segmentation head predicts class logits per pixel (or voxel, or sample of a signal).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .fused import norm_act_conv
+from .nd import Dims, conv
 
 HeadKind = Literal["denoise", "segment"]
 
@@ -24,11 +25,12 @@ class Head(nn.Module):
     diffusers), segmentation a 1x1 convolution (as the original U-Net).
     """
 
-    def __init__(self, kind: HeadKind, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float):
+    def __init__(self, kind: HeadKind, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float,
+                 dims: Dims = 2):
         super().__init__()
         self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps) if normalize else None
         kernel = 3 if kind == "denoise" else 1
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2)
+        self.conv = conv(dims, in_channels, out_channels, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:

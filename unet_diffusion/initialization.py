@@ -32,10 +32,10 @@ def zero_(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def he_normal_(layer: nn.Conv2d | nn.ConvTranspose2d) -> None:
+def he_normal_(layer: nn.modules.conv._ConvNd) -> None:
     """Gaussian weights with std sqrt(2 / N), N = inputs of one output unit; bias zero."""
-    if isinstance(layer, nn.ConvTranspose2d):
-        # Weight (in, out, kH, kW): an output pixel of a stride-s transposed conv sees in * (kH * kW) / s^2
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        # Weight (in, out, *kernel), e.g. (in, out, kH, kW): an output pixel of a stride-s transposed conv sees in * (kH * kW) / s^2
         # inputs, which neither of kaiming_normal_'s fan modes computes for this layout.
         fan_in = layer.weight.shape[0] * math.prod(layer.kernel_size) // math.prod(layer.stride)
         nn.init.normal_(layer.weight, std=math.sqrt(2.0 / fan_in))
@@ -45,13 +45,13 @@ def he_normal_(layer: nn.Conv2d | nn.ConvTranspose2d) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def initialize(model: nn.Module, block: str, output: nn.Conv2d, scheme: InitScheme = "auto") -> None:
+def initialize(model: nn.Module, block: str, output: nn.Module, scheme: InitScheme = "auto") -> None:
     """Initialise ``model`` (a U-Net of ``block`` kind, ending in ``output``) as its family does."""
     if scheme == "torch":
         return
     if block == "classic":
         for layer in model.modules():
-            if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
+            if isinstance(layer, nn.modules.conv._ConvNd):  # convolutions and transposed convolutions of any dims
                 he_normal_(layer)
         return
     for layer in model.modules():

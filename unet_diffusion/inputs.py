@@ -12,16 +12,18 @@ import numbers
 import torch
 
 from .errors import InputError, InputTypeError
+from .nd import SHAPES
 
 
 def check_sample(model, sample: torch.Tensor) -> None:
-    """``sample`` is a floating ``(B, in_channels, H, W)`` tensor of a size the model takes."""
+    """``sample`` is a floating ``(B, in_channels, ...)`` tensor with the model's ``dims`` spatial axes, of a size it takes."""
+    dims = model.config.dims
     if not isinstance(sample, torch.Tensor):
-        raise InputTypeError(f"sample must be a torch.Tensor of shape (B, C, H, W); got {type(sample).__name__}.")
+        raise InputTypeError(f"sample must be a torch.Tensor of shape {SHAPES[dims]}; got {type(sample).__name__}.")
     if not sample.is_floating_point():
         raise InputTypeError(f"sample must be a floating-point tensor; got dtype {sample.dtype}. Convert it, e.g. x.float() / 255.")
-    if sample.ndim != 4:
-        raise InputError(f"sample must have shape (B, C, H, W); got shape {tuple(sample.shape)}.")
+    if sample.ndim != dims + 2:
+        raise InputError(f"this model has dims={dims}: sample must have shape {SHAPES[dims]}; got shape {tuple(sample.shape)}.")
     channels = model.config.in_channels
     if sample.shape[1] != channels:
         raise InputError(f"this model takes {channels}-channel input; got {sample.shape[1]} channels (shape {tuple(sample.shape)}).")

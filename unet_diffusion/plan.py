@@ -157,7 +157,7 @@ def plan_unet(c, constructor) -> UNetPlan:
         )
     conditioned = c.time_embedding is not None or c.num_class_labels is not None
     block = BlockConfig(
-        kind=c.block, emb_dim=embedding_width(c) if conditioned else None, time_injection=c.time_injection,
+        dims=c.dims, kind=c.block, emb_dim=embedding_width(c) if conditioned else None, time_injection=c.time_injection,
         dropout=c.dropout, norm_groups=c.norm_groups, norm_eps=c.norm_eps, padding=c.padding, batch_norm=c.batch_norm,
         attention_gate=c.attention_gates, skip_conv=c.skip_conv, context_dim=c.context_dim,
     )

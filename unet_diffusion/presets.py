@@ -36,6 +36,18 @@ PRESETS: dict[str, dict] = {
         time_injection="scale_shift", learned_variance=True, num_class_labels=1000,
         flip_sin_to_cos=True, freq_shift=0,
     ),
+    # A 3D U-Net in the style of Cicek et al. 2016 (volumetric segmentation): the 2015 U-Net's valid 3x3x3
+    # convolutions, 2x2x2 max pooling and up-convolutions, batch normalisation, three poolings.
+    "unet3d-cicek2016": dict(
+        sample_size=132, dims=3, in_channels=1, out_channels=2, head="segment", block="classic", skips="level",
+        conv_in=False, mid_block=False, channels=(64, 128, 256, 512), blocks_per_level=1, padding="valid",
+        downsample="maxpool", upsample="conv_transpose", batch_norm=True, time_embedding=None, mid_attention=False,
+    ),
+    # A small 1D denoiser for signals (audio snippets, time series, spectra): 256 samples, attention at 64.
+    "signal-1d": dict(
+        sample_size=256, dims=1, in_channels=1, channels=(32, 64, 128), blocks_per_level=2, attention_levels=(2,),
+        mid_attention=True, norm_groups=8, attention_head_channels=32,
+    ),
     # A small latent-diffusion-style U-Net: 4-channel latents, cross-attention to a 256-wide context.
     "ldm-small": dict(
         sample_size=32, in_channels=4, channels=(64, 128, 256), blocks_per_level=2,

@@ -25,13 +25,15 @@ from .errors import InputError
 from .heads import Head, HeadKind
 from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
+from .nd import Dims, conv, pad_end
 from .plan import SkipStyle, UNetPlan, plan_unet
 from .pretrained import PretrainedMixin
 
 
 @dataclass
 class UNetOutput(BaseOutput):
-    """``sample``: ``(B, out_channels, H', W')``, the denoiser's prediction or the segmentation logits."""
+    """``sample``: ``(B, out_channels, H', W')`` (``(B, out_channels, L')`` in 1D, ``(B, out_channels, D', H', W')``
+    in 3D), the denoiser's prediction or the segmentation logits."""
 
     sample: torch.Tensor
 
@@ -41,7 +43,9 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
     conditioning, whose encoder-decoder core also serves segmentation.
 
     Every argument is a configuration field saved in ``config.json``. Levels are counted from the
-    highest resolution (level 0); each further level halves the spatial size.
+    highest resolution (level 0); each further level halves the spatial size. ``dims`` makes the same
+    network work on signals ``(B, C, L)`` (1), images ``(B, C, H, W)`` (2, the default) or volumes
+    ``(B, C, D, H, W)`` (3); attention then runs over all positions of a level's map.
 
     Example:
         >>> import torch
@@ -57,7 +61,8 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
-        sample_size: int | tuple[int, int] | None = None,  # Nominal input size; pipelines draw noise of this size.
+        sample_size: int | tuple[int, ...] | None = None,  # Nominal input size (a side, or one per axis); pipelines draw noise of this size.
+        dims: Dims = 2,                           # Spatial dimensions: 1 (signals), 2 (images) or 3 (volumes).
         in_channels: int = 3,                     # Channels of the input image.
         out_channels: int | None = None,          # Denoise: output channels (None = in_channels). Segment: number of classes K.
         head: HeadKind = "denoise",               # "denoise" (3x3 conv, image-shaped output) or "segment" (1x1 conv to K logits).
@@ -106,7 +111,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         self.time_embed, self.class_embed = embeddings(self.config, plan.shared.emb_dim)
         width = self._build_u(plan)  # stem, encoder, middle, decoder
         self.out = Head(head, width, plan.head_channels, normalize=block == "residual", norm_groups=norm_groups,
-                        norm_eps=norm_eps)
+                        norm_eps=norm_eps, dims=dims)
         initialize(self, block, self.out.conv, weight_init)
         self._size_cache: dict[int, int | str] = {}
 
@@ -115,7 +120,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         skip connection, the decoder pops them in reverse order (``forward`` pushes and pops the tensors alike).
         Returns the decoder's output width."""
         c = self.config
-        self.stem = nn.Conv2d(c.in_channels, c.channels[0], 3, padding=conv_padding(c.padding)) if c.conv_in else None
+        self.stem = conv(c.dims, c.in_channels, c.channels[0], 3, padding=conv_padding(c.padding)) if c.conv_in else None
         width = c.channels[0] if c.conv_in else c.in_channels
         widths = [width] if plan.dense and c.conv_in else []
         self.encoder = nn.ModuleDict()
@@ -126,7 +131,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
                 unit.push_skip = plan.dense or (j == level.blocks - 1 and level.downsample)
                 widths += [width] * unit.push_skip
             if level.downsample:
-                self.encoder[f"level{i}_down"] = down = Downsample(width, c.downsample)
+                self.encoder[f"level{i}_down"] = down = Downsample(width, c.downsample, c.dims)
                 down.push_skip = plan.dense
                 widths += [width] * plan.dense
         self.middle = nn.ModuleDict()
@@ -140,7 +145,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
                 self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=widths.pop() if plan.dense or j == 0 else 0)
                 width = level.width
             if i > 0:
-                self.decoder[f"level{i}_up"] = Upsample(width, level.up_width, c.upsample)
+                self.decoder[f"level{i}_up"] = Upsample(width, level.up_width, c.upsample, c.dims)
                 width = level.up_width
         assert not widths, "every skip connection pushed by the encoder is consumed by the decoder"
         return width
@@ -175,7 +180,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         return n
 
     def output_size(self, size: int | tuple[int, int]) -> int | tuple[int, int]:
-        """Spatial output size for an input size (an int side or an ``(H, W)`` pair).
+        """Spatial output size for an input size (an int side, or one per axis such as ``(H, W)``).
 
         With same padding the output has the input's size; with valid padding it is smaller
         (572 -> 388 for the original U-Net). Raises ValueError naming valid sizes nearby.
@@ -218,11 +223,11 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         if self.config.center_input:
             sample = 2 * sample - 1.0
         if self.config.pad_input:
-            height, width = sample.shape[2:]
-            pad_h, pad_w = (-height) % self.downsampling_factor, (-width) % self.downsampling_factor
-            if pad_h or pad_w:
-                mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-                sample = F.pad(sample, (0, pad_w, 0, pad_h), mode=mode)
+            sides = sample.shape[2:]
+            pads = [(-side) % self.downsampling_factor for side in sides]
+            if any(pads):
+                mode = "reflect" if all(pad < side for pad, side in zip(pads, sides)) else "replicate"
+                sample = pad_end(sample, pads, mode=mode)
         return sample
 
     def _embedding(self, t: torch.Tensor | None, class_labels: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -249,7 +254,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         *,
         encoder_attention_mask: torch.Tensor | None = None,
     ) -> UNetOutput | tuple[torch.Tensor]:
-        """Run the network on ``sample`` ``(B, C, H, W)``.
+        """Run the network on ``sample`` ``(B, C, H, W)`` (``(B, C, L)`` for ``dims=1``, ``(B, C, D, H, W)`` for ``dims=3``).
 
         Args:
             sample: the noisy image (denoising) or the image (segmentation), floating point; another
@@ -263,10 +268,11 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
                 to ignore, as in diffusers' ``UNet2DConditionModel``.
 
         Returns:
-            ``.sample``: ``(B, out_channels, H', W')`` (same size as the input unless valid padding).
+            ``.sample``: ``(B, out_channels, H', W')`` (same size as the input unless valid padding; one axis
+            per spatial dimension).
         """
         check_sample(self, sample)
-        batch, height, width = sample.shape[0], sample.shape[2], sample.shape[3]
+        batch, sides = sample.shape[0], sample.shape[2:]
         t = timestep_tensor(self.config, timestep, batch, sample.device)
         check_conditioning(self.config, class_labels, encoder_hidden_states, batch, encoder_attention_mask)
         # Floating inputs of another precision (float64 from NumPy, say) are computed in the model's.
@@ -293,9 +299,9 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         out = self.out(x)
 
         if self.config.pad_input:
-            out = out[:, :, :height, :width]
+            out = out[(slice(None), slice(None), *(slice(side) for side in sides))]
         if self.config.divide_by_timestep:
-            out = out / t.reshape(batch, 1, 1, 1)
+            out = out / t.reshape(batch, *(1,) * (out.ndim - 1))
         if not return_dict:
             return (out,)
         return UNetOutput(sample=out)

@@ -1,0 +1,112 @@
+"""Training a 3D segmenter on volumes: .npy volumes and stacks of PNG slices, 3D crops and flips, a held-out part."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from trainkit import merged
+
+from pipelines import SegmentationPipeline
+from train.config import config_from_dict
+from train.data import Volumes, open_source
+from train.loop import read_log, train
+from train.transforms import VolumeTransform
+from unet_diffusion.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOLUME_SEGMENTATION = {
+    "task": "segmentation",
+    "model": {"preset": None, "args": {"dims": 3, "in_channels": 1, "out_channels": 2, "head": "segment", "channels": [4, 8], "norm_groups": 4,
+                       "blocks_per_level": 1, "skips": "level", "time_embedding": None, "mid_attention": False}},
+    "data": {"source": "volumes", "channels": 1, "image_size": 8, "crop_depth": 4, "split_depth_at": [8], "val_size": [1],
+             "augment": {"hflip": True, "vflip": True, "dflip": True, "rotate90": True}},
+    "segmentation": {"overlay_every": 0, "num_overlays": 1},
+    "optim": {"lr": 3e-3},
+    "ema": {"enabled": False},
+    "train": {"steps": 4, "batch_size": 2, "log_every": 1, "checkpoint_every": 0, "eval_every": 0, "progress_bar": False},
+}
+
+
+def balls(depth=12, side=16, seed=0):
+    """A volume of bright balls on a noisy background, and its labels (1 inside a ball)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:depth, 0:side, 0:side]
+    labels = np.zeros((depth, side, side), dtype=np.uint8)
+    for _ in range(4):
+        c = rng.uniform([0, 0, 0], [depth, side, side])
+        labels[((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) < rng.uniform(4, 16)] = 1
+    volume = np.clip(0.3 + 0.5 * labels + rng.normal(0, 0.05, labels.shape), 0, 1)
+    return (volume * 255).astype(np.uint8), labels
+
+
+def write_slices(folder, stack):
+    folder.mkdir(parents=True)
+    for i, plane in enumerate(stack):
+        PIL.Image.fromarray(plane).save(folder / f"{i:02d}.png")
+
+
+def volume_config(tmp_path, image_dir, mask_dir, **sections):
+    values = merged(VOLUME_SEGMENTATION, **sections)
+    values["data"] = {**values["data"], "image_dir": str(image_dir), "mask_dir": str(mask_dir)}
+    values["train"] = {**values["train"], "output_dir": str(tmp_path / "run")}
+    return config_from_dict(values)
+
+
+def test_a_stack_of_png_slices_is_one_volume_cut_into_a_training_and_a_held_out_part(tmp_path):
+    volume, labels = balls()
+    write_slices(tmp_path / "image", volume)
+    write_slices(tmp_path / "label", labels * 255)
+    config = volume_config(tmp_path, tmp_path / "image", tmp_path / "label", data={"mask_values": [0, 255]})
+    source = open_source(config)
+    assert isinstance(source, Volumes) and len(source) == 2
+    first, second = source.load(0), source.load(1)
+    assert first.image.shape == (1, 8, 16, 16) and second.image.shape == (1, 4, 16, 16)
+    np.testing.assert_allclose(second.image[0], volume[8:] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(second.mask, labels[8:])
+
+
+def test_a_3d_segmenter_trains_on_npy_volumes_and_its_pipeline_segments_a_volume(tmp_path):
+    for folder in ("image", "label"):
+        (tmp_path / folder).mkdir()
+    for i in range(2):
+        volume, labels = balls(seed=i)
+        np.save(tmp_path / "image" / f"v{i}.npy", volume)
+        np.save(tmp_path / "label" / f"v{i}.npy", labels)
+    config = volume_config(tmp_path, tmp_path / "image", tmp_path / "label", train={"steps": 6, "eval_every": 3})
+    result = train(config)
+    rows = read_log(result.run_dir)
+    evals = [row["eval"] for row in rows if "eval" in row]
+    assert evals and {"dice", "pixel_error"} <= set(evals[-1])
+    assert (tmp_path / "run" / "overlays.png").is_file()
+    pipe = SegmentationPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    volume, _ = balls(depth=9, side=13, seed=5)
+    out = pipe(volume)
+    assert out.masks.shape == (1, 9, 13, 13) and out.probabilities.shape == (1, 2, 9, 13, 13)
+
+
+def test_volume_crops_move_the_labels_with_the_voxels():
+    torch.manual_seed(0)
+    from train.config import AugmentConfig
+
+    transform = VolumeTransform((4, 8, 8), (4, 8, 8), AugmentConfig(hflip=True, vflip=True, dflip=True, rotate90=True))
+    image = torch.rand(1, 6, 12, 12)
+    mask = (image[0] > 0.5).long()
+    for _ in range(5):
+        crop, labels, weights = transform(image, mask)
+        assert crop.shape == (1, 4, 8, 8) and labels.shape == weights.shape == (4, 8, 8)
+        assert torch.equal((crop[0] > 0.5).long(), labels)
+    with pytest.raises(InputError, match="volumes take flips"):
+        VolumeTransform((4, 8, 8), (4, 8, 8), AugmentConfig(elastic_std=10.0))
+
+
+def test_a_3d_model_on_2d_data_and_a_2d_model_on_volumes_are_refused(tmp_path):
+    from train.config import ConfigError
+    from train.segmentation import SegmentationTask
+
+    with pytest.raises(ConfigError, match="set data.source to 'volumes'"):
+        SegmentationTask(config_from_dict(merged(VOLUME_SEGMENTATION, data={"source": "synthetic", "image_size": 8})))
+    two_d = merged(VOLUME_SEGMENTATION)
+    two_d["model"] = {"preset": None, "args": {**two_d["model"]["args"], "dims": 2}}
+    with pytest.raises(ConfigError, match=r"trains a 3D model \(model.args.dims: 3\)"):
+        SegmentationTask(config_from_dict(two_d))
