@@ -204,13 +204,17 @@ class Experiment:
         return load_config(self.path, [*self.sets, *run_overrides(run_dir, minutes, resume, self.seed, self.threads)])
 
     def score(self, pipe: SegmentationPipeline, tta: str | None = None) -> tuple[dict, list[dict], np.ndarray]:
-        """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask."""
-        per_image, first = [], None
-        for index in self.held_out:
-            raw = self.source.load(index)
-            pred = np.asarray(pipe(raw.image, tta=tta).masks[0])
+        """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask.
+        A 3D pipeline segments the held-out images stacked into one volume, in order, and is scored slice by slice."""
+        raws = [self.source.load(index) for index in self.held_out]
+        if pipe.unet.config.get("dims", 2) == 3:
+            volume = np.stack([np.asarray(raw.image) for raw in raws])  # (D, H, W)
+            preds = list(np.asarray(pipe(volume, tta=tta).masks[0]))
+        else:
+            preds = [np.asarray(pipe(raw.image, tta=tta).masks[0]) for raw in raws]
+        per_image, first = [], preds[0]
+        for index, raw, pred in zip(self.held_out, raws, preds):
             per_image.append(dict(image=Path(self.source.name(index)).name, **segmentation_scores(raw.mask, pred, self.cell)))
-            first = pred if first is None else first
         mean = {key: float(np.mean([r[key] for r in per_image])) for key in ("pixel_error", "rand_error", "membrane_dice")}
         return mean, per_image, first
 

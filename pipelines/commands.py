@@ -74,6 +74,8 @@ def add_segment(subparsers) -> None:
                          help="input tile side (valid padding: default the model's sample_size; same padding: default whole images; "
                               "3D: the side of a cubic tile)")
     segment.add_argument("--overlap", type=int, default=None, metavar="N", help="sliding-window overlap for same-padding models (default a quarter tile)")
+    segment.add_argument("--blend", choices=["ramp", "gaussian", "uniform"], default="ramp",
+                         help="how overlapping sliding windows are averaged (default ramp: linear over the overlap)")
     segment.add_argument("--strict", action="store_true", help="stop at the first image that cannot be read (default: skip it, exit 1 at the end)")
     _device_options(segment)
 
@@ -234,7 +236,8 @@ def run_segment(args) -> int:
                 print(f"warning: skipped {file}: {err}", file=sys.stderr)
                 skipped.append(file)
                 continue
-            result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, tta=args.tta or False, threshold=args.threshold)
+            result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend, tta=args.tta or False,
+                          threshold=args.threshold)
             if arrays:
                 _write_label_array(staging / file.stem, result, args.probabilities)
             else:

@@ -16,7 +16,7 @@ from unet_diffusion.nd import per_channel
 
 from .images import to_arrays, to_image_list, to_tensor
 from .inference import eval_mode, fail_if
-from .tiling import mirror_pad, overlap_tile, sliding_window, whole_image
+from .tiling import BLENDS, mirror_pad, overlap_tile, sliding_window, whole_image
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
 CONDITIONING = ("time_embedding", "num_class_labels", "context_dim")  # config fields of inputs other than the image
@@ -40,6 +40,16 @@ class SegmentationOutput(BaseOutput):
 
     masks: np.ndarray | torch.Tensor | list
     probabilities: np.ndarray | torch.Tensor | list
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """How one call cuts its inputs: the ``__call__`` arguments of the same names."""
+
+    tile_size: int | tuple[int, ...] | None
+    overlap: int | None
+    blend: str
+    tiles_per_batch: int
 
 
 def _dihedral(tta, dims: int = 2) -> list[tuple[int, bool]]:
@@ -119,6 +129,7 @@ class SegmentationPipeline(DiffusionPipeline):
         *,
         tile_size: int | tuple[int, int] | None = None,
         overlap: int | None = None,
+        blend: str = "ramp",
         tta=False,
         threshold: float | None = None,
         tiles_per_batch: int = 4,
@@ -136,6 +147,9 @@ class SegmentationPipeline(DiffusionPipeline):
                 tiles and less overlap. Same padding: ``None`` (default) runs whole images; a size
                 switches to a sliding window over larger images.
             overlap: sliding window only: the overlap of neighbouring tiles (default a quarter tile).
+            blend: sliding window only: how overlapping tiles are averaged: ``"ramp"`` (weights falling linearly over
+                the overlap towards each tile's edges), ``"gaussian"`` (falling from each tile's centre, sigma 1/8 of
+                the tile) or ``"uniform"``.
             tta: test-time augmentation, averaged over probabilities: ``"flip"`` (4 flips), ``"d4"`` or
                 ``True`` (8 flips and 90-degree rotations), ``False`` (none).
             threshold: two-class models only: the mask is class 1 where its probability is at least
@@ -151,7 +165,9 @@ class SegmentationPipeline(DiffusionPipeline):
             (output_type not in ("np", "pt"), f"output_type must be 'np' or 'pt'; got {output_type!r}."),
             (not isinstance(tiles_per_batch, int) or tiles_per_batch < 1,
              f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}."),
+            (blend not in BLENDS, f"blend must be one of {', '.join(map(repr, BLENDS))}; got {blend!r}."),
         )
+        tiling = _Tiling(tile_size, overlap, blend, tiles_per_batch)
         channels, dims = self.unet.config.in_channels, self._dims
         if dims == 2:
             batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
@@ -163,7 +179,7 @@ class SegmentationPipeline(DiffusionPipeline):
         masks, probabilities = [], []
         with eval_mode(self.unet):
             for batch in batches:
-                probs = self._probabilities(self._normalize(batch), transforms, tile_size, overlap, tiles_per_batch)
+                probs = self._probabilities(self._normalize(batch), transforms, tiling)
                 probabilities.append(probs)
                 masks.append(probs.argmax(dim=1) if threshold is None else (probs[:, 1] >= threshold).long())
         self.maybe_free_model_hooks()
@@ -192,7 +208,7 @@ class SegmentationPipeline(DiffusionPipeline):
         std = per_channel(torch.tensor(self.config.image_std, dtype=torch.float32).reshape(1, -1), pixels)
         return ((pixels - mean) / std).to(device=self._execution_device, dtype=self.unet.dtype)
 
-    def _probabilities(self, image, transforms, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+    def _probabilities(self, image, transforms, tiling: _Tiling) -> torch.Tensor:
         """Per-class probabilities ``(B, K, H, W)``, averaged over the test-time transforms."""
         total = None
         for turns, flip in transforms:
@@ -200,7 +216,7 @@ class SegmentationPipeline(DiffusionPipeline):
             # A copy in the standard layout: a one-channel map can also pass for channels-last, and the convolutions
             # would then take another path, with results a few 1e-6 apart for inputs that differ only in layout.
             x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x.clone(memory_format=torch.contiguous_format)
-            logits = self._logits(x, tile_size, overlap, tiles_per_batch)
+            logits = self._logits(x, tiling)
             probs = self._to_probabilities(logits)
             probs = torch.rot90(probs, -turns, dims=(-2, -1)) if turns else probs
             probs = probs.flip(-1) if flip else probs
@@ -217,34 +233,34 @@ class SegmentationPipeline(DiffusionPipeline):
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.unet(x).sample
 
-    def _logits(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+    def _logits(self, image, tiling: _Tiling) -> torch.Tensor:
         if self.unet.config.padding == "valid":
-            return self._overlap_tile(image, tile_size, tiles_per_batch)
-        return self._same_padding(image, tile_size, overlap, tiles_per_batch)
+            return self._overlap_tile(image, tiling)
+        return self._same_padding(image, tiling)
 
-    def _overlap_tile(self, image, tile_size, tiles_per_batch) -> torch.Tensor:
-        tile = self._tile(tile_size, "sample_size")
+    def _overlap_tile(self, image, tiling: _Tiling) -> torch.Tensor:
+        tile = self._tile(tiling.tile_size, "sample_size")
         try:
             out = self.unet.output_size(tile)
         except ValueError as err:
             raise InputError(f"tile_size {tile} does not fit this valid-padding model: {err}") from None
-        return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiles_per_batch, self.progress_bar)
+        return overlap_tile(self._predict, image, tile, out, self.unet.downsampling_factor, tiling.tiles_per_batch, self.progress_bar)
 
-    def _same_padding(self, image, tile_size, overlap, tiles_per_batch) -> torch.Tensor:
+    def _same_padding(self, image, tiling: _Tiling) -> torch.Tensor:
         f = 1 if self.unet.config.pad_input else self.unet.downsampling_factor
         sides = tuple(image.shape[2:])
-        if tile_size is None or all(side <= t for side, t in zip(sides, self._tile(tile_size))):
+        if tiling.tile_size is None or all(side <= t for side, t in zip(sides, self._tile(tiling.tile_size))):
             return whole_image(self._predict, self.unet, image)  # mirror-padded up to a size the model takes
-        tile = self._tile(tile_size)
+        tile = self._tile(tiling.tile_size)
         bad = [t for t in tile if t % f]
         if bad:
             raise InputError(f"tile_size {tile} must be a multiple of {f} (the model's downsampling factor) for this same-padding model.")
-        overlap = tuple(t // 4 for t in tile) if overlap is None else (overlap,) * len(tile)
+        overlap = tuple(t // 4 for t in tile) if tiling.overlap is None else (tiling.overlap,) * len(tile)
         if not all(0 <= o < t for o, t in zip(overlap, tile)):
             raise InputError(f"overlap must lie in [0, tile_size); got {overlap[0]} for tile {tile}.")
         # Sides smaller than a tile are mirrored up to it, so every window is a full tile.
         padded = mirror_pad(image, (0,) * len(tile), [max(t - side, 0) for t, side in zip(tile, sides)])
-        logits = sliding_window(self._predict, padded, tile, overlap, tiles_per_batch, self.progress_bar)
+        logits = sliding_window(self._predict, padded, tile, overlap, tiling.tiles_per_batch, self.progress_bar, tiling.blend)
         return logits[(slice(None), slice(None), *(slice(side) for side in sides))]
 
     def _tile(self, tile_size, default: str | None = None) -> tuple[int, ...]:

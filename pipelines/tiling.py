@@ -120,27 +120,40 @@ def overlap_tile(predict: Predict, image: torch.Tensor, tile: Size, out: Size, s
     return result[_window((0,) * len(sides), sides)]
 
 
-def blend_weights(size: int, ramp: int) -> torch.Tensor:
-    """1-D weights rising linearly over ``ramp`` pixels from each end, positive everywhere."""
+BLENDS = ("ramp", "gaussian", "uniform")
+GAUSSIAN_SIGMA = 1 / 8  # of the tile side, as nnU-Net weighs its sliding windows
+
+
+def blend_weights(size: int, ramp: int, blend: str = "ramp") -> torch.Tensor:
+    """1-D weights of one window side, positive everywhere: ``"ramp"`` rises linearly over ``ramp`` pixels from each
+    end, ``"gaussian"`` falls off from the centre with a standard deviation of 1/8 of the side, ``"uniform"`` is flat."""
     i = torch.arange(size, dtype=torch.float32)
+    if blend == "gaussian":
+        weight = torch.exp(-0.5 * ((i - (size - 1) / 2) / (GAUSSIAN_SIGMA * size)) ** 2)
+        return weight.clamp_min(weight.max() * 1e-3)  # the edges still count where no other window reaches
+    if blend == "uniform":
+        return torch.ones(size)
     return (torch.minimum(i + 1, size - i) / max(ramp, 1)).clamp(max=1.0)
 
 
-def tile_weights(tile: Size, overlap: Size) -> torch.Tensor:
+def tile_weights(tile: Size, overlap: Size, blend: str = "ramp") -> torch.Tensor:
     """The blending weights of one window: the product of each axis's ``blend_weights``."""
-    weight = blend_weights(tile[0], overlap[0])
+    if blend not in BLENDS:
+        raise InputError(f"blend must be one of {', '.join(map(repr, BLENDS))}; got {blend!r}.")
+    weight = blend_weights(tile[0], overlap[0], blend)
     for side, ramp in zip(tile[1:], overlap[1:]):
-        weight = weight[..., None] * blend_weights(side, ramp)
+        weight = weight[..., None] * blend_weights(side, ramp, blend)
     return weight
 
 
 def sliding_window(predict: Predict, image: torch.Tensor, tile: Size, overlap: Size, tiles_per_batch: int = 4,
-                   progress: Progress | None = None) -> torch.Tensor:
+                   progress: Progress | None = None, blend: str = "ramp") -> torch.Tensor:
     """Same-padding inference of ``(B, C, H, W)`` images (or signals, volumes) no smaller than ``tile``; returns
     ``(B, K, H, W)``.
 
     Windows of size ``tile`` step by ``tile - overlap`` along each axis; where they overlap, outputs are
-    averaged with weights that ramp down over ``overlap`` positions towards each window's edges.
+    averaged with weights that ramp down over ``overlap`` positions towards each window's edges (``blend="ramp"``),
+    fall off as a Gaussian from each window's centre (``"gaussian"``), or are equal (``"uniform"``).
     """
     sides = tuple(image.shape[2:])
     if any(side < t for side, t in zip(sides, tile)):
@@ -150,7 +163,7 @@ def sliding_window(predict: Predict, image: torch.Tensor, tile: Size, overlap: S
     result = total = weight = None
     for corner, tile_out in zip(positions, _run_tiles(predict, image, positions, tile, tiles_per_batch, progress)):
         if result is None:
-            weight = tile_weights(tile, overlap).to(tile_out)
+            weight = tile_weights(tile, overlap, blend).to(tile_out)
             result = tile_out.new_zeros(image.shape[0], tile_out.shape[1], *sides)
             total = tile_out.new_zeros(sides)
         result[_window(corner, tile)] += weight * tile_out

@@ -143,3 +143,25 @@ def test_2d_outputs_and_gradients_are_bitwise_those_of_the_2d_only_network():
     assert sorted(got) == sorted(expected)
     differ = [key for key in got if not torch.equal(got[key], expected[key])]
     assert not differ, f"2D results changed: {differ}"
+
+
+def test_3d_gradient_checkpointing_gives_the_same_gradients_and_bf16_autocast_runs():
+    torch.manual_seed(0)
+    model = UNet(dims=3, in_channels=1, channels=(8, 16), norm_groups=4, attention_levels=(1,), weight_init="torch")
+    x, t = torch.randn(2, 1, 8, 8, 8), torch.tensor([10, 700])
+
+    def gradients():
+        model.zero_grad()
+        model(x, t).sample.square().mean().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    model.enable_gradient_checkpointing()
+    checkpointed = gradients()
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, t).sample
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    out.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -69,16 +69,20 @@ def test_3d_overlap_tiles_equal_one_forward_over_the_mirrored_volume():
 def test_3d_sliding_window_of_a_same_padding_model_equals_its_whole_volume_prediction_where_tiles_see_everything():
     """Blended windows are exact for a network whose output at a voxel depends on that voxel only."""
     volume = torch.rand(2, 1, 11, 9, 13)
-    blended = sliding_window(lambda x: torch.cat([x * 2 + 1, -x], dim=1), volume, tile=(6, 4, 8), overlap=(2, 2, 3), tiles_per_batch=3)
-    torch.testing.assert_close(blended, torch.cat([volume * 2 + 1, -volume], dim=1))
+    for blend in ("ramp", "gaussian", "uniform"):
+        blended = sliding_window(lambda x: torch.cat([x * 2 + 1, -x], dim=1), volume, tile=(6, 4, 8), overlap=(2, 2, 3),
+                                 tiles_per_batch=3, blend=blend)
+        torch.testing.assert_close(blended, torch.cat([volume * 2 + 1, -volume], dim=1))
     torch.manual_seed(0)
     unet = UNet(dims=3, in_channels=1, out_channels=2, head="segment", channels=(4, 8), norm_groups=4, blocks_per_level=1,
                 time_embedding=None, mid_attention=False, skips="level").eval()
     pipe = SegmentationPipeline(unet=unet)
-    windows = pipe(volume[:1], tile_size=8, overlap=2, output_type="pt").probabilities
+    windows = pipe(volume[:1], tile_size=8, overlap=2, blend="gaussian", output_type="pt").probabilities
     whole = pipe(volume[:1], output_type="pt").probabilities
     assert windows.shape == whole.shape == (1, 2, 11, 9, 13)
     assert (windows - whole).abs().mean() < 0.05  # only the window edges differ (zero padding there)
+    with pytest.raises(InputError, match="blend must be one of 'ramp', 'gaussian', 'uniform'"):
+        pipe(volume[:1], tile_size=8, blend="cosine")
 
 
 def test_1d_segmentation_takes_arrays_and_flips():

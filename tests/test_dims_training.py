@@ -8,8 +8,9 @@ from trainkit import merged
 
 from pipelines import SegmentationPipeline
 from train.config import config_from_dict
-from train.data import Volumes, open_source
+from train.data import Examples, Volumes, open_source
 from train.loop import read_log, train
+from train.segmentation import SegmentationTask
 from train.transforms import VolumeTransform
 from unet_diffusion.errors import InputError
 
@@ -85,6 +86,18 @@ def test_a_3d_segmenter_trains_on_npy_volumes_and_its_pipeline_segments_a_volume
     assert out.masks.shape == (1, 9, 13, 13) and out.probabilities.shape == (1, 2, 9, 13, 13)
 
 
+def test_crops_per_example_draws_different_crops_of_one_volume(tmp_path):
+    volume, labels = balls()
+    write_slices(tmp_path / "image", volume)
+    write_slices(tmp_path / "label", labels * 255)
+    config = volume_config(tmp_path, tmp_path / "image", tmp_path / "label", data={"mask_values": [0, 255], "crops_per_example": 3})
+    examples = Examples(open_source(config), [0], SegmentationTask(config).prepare, seed=0, repeats=3)
+    assert len(examples) == 3  # the one training part, three times an epoch
+    crops = [examples[(0, i)]["image"] for i in range(3)]
+    assert not torch.equal(crops[0], crops[1]) and not torch.equal(crops[1], crops[2])
+    assert train(config).step == 4  # a batch of 2 from one training part: only with several crops of it
+
+
 def test_volume_crops_move_the_labels_with_the_voxels():
     torch.manual_seed(0)
     from train.config import AugmentConfig
@@ -102,7 +115,6 @@ def test_volume_crops_move_the_labels_with_the_voxels():
 
 def test_a_3d_model_on_2d_data_and_a_2d_model_on_volumes_are_refused(tmp_path):
     from train.config import ConfigError
-    from train.segmentation import SegmentationTask
 
     with pytest.raises(ConfigError, match="set data.source to 'volumes'"):
         SegmentationTask(config_from_dict(merged(VOLUME_SEGMENTATION, data={"source": "synthetic", "image_size": 8})))
@@ -110,3 +122,44 @@ def test_a_3d_model_on_2d_data_and_a_2d_model_on_volumes_are_refused(tmp_path):
     two_d["model"] = {"preset": None, "args": {**two_d["model"]["args"], "dims": 2}}
     with pytest.raises(ConfigError, match=r"trains a 3D model \(model.args.dims: 3\)"):
         SegmentationTask(config_from_dict(two_d))
+
+
+def signal_config(tmp_path, path, **data):
+    values = {
+        "task": "diffusion",
+        "model": {"preset": None, "args": {"dims": 1, "channels": [8, 16], "norm_groups": 4, "blocks_per_level": 1,
+                                           "mid_attention": False, "num_class_labels": 2}},
+        "data": {"source": "arrays", "data_files": str(path), "image_column": "signals", "label_column": "labels",
+                 "image_size": 16, "channels": 1, **data},
+        "diffusion": {"num_train_timesteps": 100, "sample_every": 0, "num_samples": 4, "sample_steps": 3},
+        "optim": {"lr": 1e-3},
+        "ema": {"decay": 0.9},
+        "train": {"steps": 4, "batch_size": 4, "log_every": 1, "checkpoint_every": 0, "progress_bar": False,
+                  "output_dir": str(tmp_path / "run")},
+    }
+    return config_from_dict(values)
+
+
+def test_a_1d_denoiser_trains_on_arrays_and_samples_signals_through_the_cli(tmp_path):
+    from unet_diffusion.cli import main
+
+    phase = np.linspace(0, 2 * np.pi, 16)
+    labels = np.arange(32) % 2
+    signals = np.stack([np.sin(phase * (1 + k) + i) for i, k in enumerate(labels)]).astype(np.float32)  # (32, 16) in [-1, 1]
+    np.savez(tmp_path / "waves.npz", signals=signals, labels=labels)
+    result = train(signal_config(tmp_path, tmp_path / "waves.npz"))
+    assert result.step == 4
+    samples = np.load(result.run_dir / "samples.npy")
+    assert samples.shape == (4, 1, 16) and 0 <= samples.min() and samples.max() <= 1
+    code = main(["sample", str(result.run_dir / "pipeline"), "--num-images", "2", "--steps", "2", "--class-label", "1",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 0 and np.load(tmp_path / "out" / "00001.npy").shape == (16,)
+
+
+def test_arrays_out_of_range_or_of_the_wrong_size_are_refused(tmp_path):
+    np.savez(tmp_path / "loud.npz", signals=np.full((8, 16), 3.0, dtype=np.float32), labels=np.zeros(8, dtype=np.int64))
+    with pytest.raises(InputError, match=r"floats in \[-1, 1\]"):
+        train(signal_config(tmp_path, tmp_path / "loud.npz"))
+    np.savez(tmp_path / "long.npz", signals=np.zeros((8, 20), dtype=np.float32), labels=np.zeros(8, dtype=np.int64))
+    with pytest.raises(InputError, match=r"this run takes \(1, 16\)"):
+        train(signal_config(tmp_path, tmp_path / "long.npz"))

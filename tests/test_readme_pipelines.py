@@ -30,3 +30,13 @@ def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
         assert main([*argv[1:], "--no-progress"]) == 0, line
     assert (tmp_path / "samples" / "grid.png").is_file() and len(list((tmp_path / "guided").glob("0*.png"))) == 4
     assert (tmp_path / "masks" / "cell.png").is_file() and (tmp_path / "masks" / "cell_overlay.png").is_file()
+
+
+def test_readme_signals_and_volumes_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (python,) = code_blocks("Signals and volumes (1D and 3D)")
+    namespace: dict = {}
+    exec(python.replace("num_inference_steps=10", "num_inference_steps=2"), namespace)  # noqa: S102
+    assert namespace["waves"].shape == (2, 256, 1)
+    out = namespace["out"]
+    assert out.masks.shape == (1, 20, 64, 64) and out.probabilities.shape == (1, 2, 20, 64, 64)

@@ -30,7 +30,7 @@ def test_readme_training_commands_parse_and_their_configs_load():
         assert args.command == "train"
         load_config(PROJECT_ROOT / args.config, args.overrides)   # the config exists and the overrides are valid
         trains += 1
-    assert trains == 8
+    assert trains == 9
 
 
 def test_readme_training_python_example_runs(tmp_path, monkeypatch):

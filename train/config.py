@@ -58,19 +58,20 @@ class AugmentConfig:
 class DataConfig:
     """Where the examples come from and how they are shaped."""
 
-    source: Literal["synthetic", "datasets", "pairs", "volumes"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders, volumes.
+    source: Literal["synthetic", "datasets", "pairs", "volumes", "arrays"] = "synthetic"  # Built-in shapes, Hugging Face datasets, image/mask folders, volumes, NumPy arrays.
     path: str | None = None                       # datasets: hub name or builder ("parquet", "imagefolder", ...).
-    data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded.
+    data_files: str | list | None = None          # datasets: file(s) or glob(s) for a builder; ${UNET_DATA_DIR} is expanded. arrays: one .npy / .npz file.
     data_dir: str | None = None                   # datasets: folder for a builder such as "imagefolder".
     split: str = "train"                          # datasets: the split to read.
-    image_column: str = "image"                   # datasets: column of images.
-    label_column: str | None = None               # datasets: column of class labels (class-conditional diffusion).
+    image_column: str = "image"                   # datasets: column of images. arrays: the .npz array of examples.
+    label_column: str | None = None               # datasets: column of class labels (class-conditional diffusion). arrays: the .npz array of labels.
     mask_column: str | None = None                # datasets: column of segmentation masks.
     context_column: str | None = None             # Column of cross-attention context, (L, context_dim) numbers per example.
     image_dir: str | None = None                  # pairs: folder of images. volumes: folder of .npy/.npz volumes, or of one volume's image slices.
     mask_dir: str | None = None                   # pairs: folder of masks, matched to images by file stem. volumes: the label volumes (or slices) alike.
     split_depth_at: list | None = None            # volumes: cut every volume at these slice indices; each part is an example (hold one out with val_size).
     crop_depth: int | None = None                 # volumes: depth of the training crops (default image_size, the side of their H x W).
+    crops_per_example: int = 1                    # Training examples drawn from each example per epoch, each with its own crop and augmentation.
     mask_values: list | None = None               # Mask pixel value of each class, in class order; None = the pixel value is the class.
     image_size: int = 32                          # Diffusion: images are resized and center-cropped to this. Segmentation: output crop side.
     channels: int = 3                             # Image channels: 1 (grayscale) or 3 (RGB).
@@ -223,7 +224,7 @@ def _at(config: Config, key: str):
 
 
 POSITIVE = ("train.steps", "train.batch_size", "train.grad_accum", "train.keep_checkpoints", "train.eval_batch_size",
-            "data.image_size", "diffusion.num_train_timesteps", "optim.lr")
+            "data.image_size", "data.crops_per_example", "diffusion.num_train_timesteps", "optim.lr")
 NON_NEGATIVE = ("train.log_every", "train.eval_every", "train.checkpoint_every", "optim.warmup_steps")
 
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipelines.images import image_files, load_array
 from unet_diffusion.errors import InputError
+from unet_diffusion.presets import preset_config
 
 from .config import Config, DataConfig, expand_path
 
@@ -314,6 +315,63 @@ class Volumes:
         return RawExample(image[:, start:stop], mask=labels[start:stop])
 
 
+class Arrays:
+    """Signals or volumes for a denoiser, as one NumPy file: a ``.npy`` array of examples, or an ``.npz`` archive with
+    the examples under ``data.image_column`` and, for class-conditional runs, integer labels under ``data.label_column``.
+
+    The examples array is ``(N, L)`` / ``(N, C, L)`` (signals) or ``(N, D, H, W)`` / ``(N, C, D, H, W)`` (volumes), the
+    layout with one channel without its axis; uint8 values are scaled to [-1, 1], floats must already lie in it.
+    """
+
+    def __init__(self, data: DataConfig, dims: int):
+        if not isinstance(data.data_files, str):
+            raise InputError("data.source is 'arrays': set data.data_files to one .npy or .npz file.")
+        path = Path(expand_path(data.data_files))
+        if not path.is_file():
+            raise FileNotFoundError(f"data.data_files {path} is not a file (set UNET_DATA_DIR if the config uses it).")
+        self.path, labels = str(path), None
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                for key in (data.image_column, data.label_column):
+                    if key is not None and key not in arrays.files:
+                        raise InputError(f"{path} has no array {key!r} (data.image_column / data.label_column); it has {arrays.files}.")
+                examples = arrays[data.image_column]
+                labels = arrays[data.label_column] if data.label_column else None
+        elif data.label_column:
+            raise InputError(f"data.label_column={data.label_column!r} names an array of an .npz archive; {path} is a single "
+                             "array. Save examples and labels together with numpy.savez.")
+        else:
+            examples = load_array(path)
+        if examples.ndim == dims + 1:
+            examples = examples[:, None]  # one channel
+        if examples.ndim != dims + 2:
+            raise InputError(f"{path} holds {examples.shape}; a {dims}D model trains on (N, C, ...) arrays with {dims} spatial axes.")
+        if labels is not None and labels.shape != (len(examples),):
+            raise InputError(f"the labels in {path} are {labels.shape}; expected one integer per example, ({len(examples)},).")
+        if examples.dtype == np.uint8:
+            examples = examples.astype(np.float32) / 127.5 - 1
+        elif not (np.issubdtype(examples.dtype, np.floating) and -1.0001 <= examples.min() and examples.max() <= 1.0001):
+            raise InputError(f"the examples in {path} must be uint8 or floats in [-1, 1] (the denoiser's range); got {examples.dtype} "
+                             f"values {examples.min():.3g}..{examples.max():.3g}. Scale them first.")
+        self.examples, self.labels = examples.astype(np.float32), labels
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def name(self, index: int) -> str:
+        return f"{self.path}[{index}]"
+
+    def load(self, index: int) -> RawExample:
+        label = None if self.labels is None else int(self.labels[index])
+        return RawExample(self.examples[index], label=label)
+
+
+def model_dims(config: Config) -> int:
+    """The spatial dimensions of the configured model: ``model.args.dims``, else its preset's, else 2."""
+    fields = preset_config(config.model.preset, **config.model.args) if config.model.preset else config.model.args
+    return int(fields.get("dims", 2))
+
+
 def open_source(config: Config):
     """The raw-example source named by ``config.data``."""
     data = config.data
@@ -326,6 +384,8 @@ def open_source(config: Config):
         return DatasetsSource(data)
     if data.source == "volumes":
         return Volumes(data)
+    if data.source == "arrays":
+        return Arrays(data, dims=model_dims(config))
     return ImageMaskPairs(data)
 
 
@@ -382,19 +442,22 @@ class Examples(Dataset):
 
     ``prepare(raw, index)`` turns a RawExample into a dict of tensors; it may draw random numbers
     from torch's global generator, which is seeded for each (epoch, index) and restored afterwards.
+    With ``repeats`` every example appears that many times an epoch, each time with its own draws
+    (several random crops of a few large images or volumes).
     """
 
-    def __init__(self, source, indices: list[int], prepare: Callable[[RawExample, int], dict], seed: int):
-        self.source, self.indices, self.prepare, self.seed = source, list(indices), prepare, seed
+    def __init__(self, source, indices: list[int], prepare: Callable[[RawExample, int], dict], seed: int, repeats: int = 1):
+        self.source, self.indices, self.prepare, self.seed, self.repeats = source, list(indices), prepare, seed, repeats
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) * self.repeats
 
     def __getitem__(self, key) -> dict:
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        index = self.indices[i]
+        repeat, position = divmod(i, len(self.indices))
+        index = self.indices[position]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(example_seed(self.seed, epoch, index))
+            torch.manual_seed(example_seed(self.seed, epoch * self.repeats + repeat, index))
             return self.prepare(self.source.load(index), index)
 
 
@@ -444,5 +507,5 @@ def epoch_of(micro_batch: int, examples: int, global_batch: int) -> float:
 
 __all__ = [
     "BadImageError", "DatasetsSource", "ExampleOrder", "Examples", "ImageMaskPairs", "RawExample",
-    "SyntheticShapes", "Volumes", "check_images", "example_seed", "open_source", "split_indices", "training_loader",
+    "Arrays", "SyntheticShapes", "Volumes", "check_images", "example_seed", "open_source", "split_indices", "training_loader",
 ]

@@ -1,7 +1,8 @@
 """The denoising task: DDPM training of the U-Net with diffusers' noise schedules.
 
 Each example draws its noise, timestep and condition dropout in ``prepare`` (seeded per example,
-see ``train.data``), so the loss only runs the network. Targets: epsilon, v or the clean sample;
+see ``train.data``), so the loss only runs the network. Images come as PIL images; signals and
+volumes for 1D / 3D denoisers as arrays already in [-1, 1] (``data.source: arrays``). Targets: epsilon, v or the clean sample;
 optional min-SNR-gamma weighting; class labels or a cross-attention context from the data, dropped
 to the null label / a zero context with probability ``condition_dropout`` for classifier-free
 guidance.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.training_utils import compute_snr
@@ -73,6 +75,13 @@ class DiffusionTask:
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
+        dims = self.unet_config.dims
+        if dims != 2 and (d.vae or d.eval_samples or config.data.source != "arrays"):
+            raise ConfigError(f"a {dims}D denoiser trains on arrays (data.source: arrays), without diffusion.vae or "
+                              "diffusion.eval_samples (both are for images).")
+        if dims == 2 and config.data.source == "arrays":
+            raise ConfigError("data.source 'arrays' holds signals or volumes: set model.args.dims to 1 or 3 (images come "
+                              "through datasets, pairs or synthetic).")
         self.trainer, self._train_buckets = None, None
         self.extractor = self.reference = None  # in-training FID/KID: the feature extractor and the validation features
 
@@ -114,7 +123,7 @@ class DiffusionTask:
 
     def prepare(self, raw, index: int) -> dict:
         c, d = self.unet_config, self.config.diffusion
-        x0 = self.transform(TF.pil_to_tensor(raw.image))                     # (C, S, S) in [-1, 1]
+        x0 = self._clean_sample(raw, index)                                   # (C, S, S) in [-1, 1]
         noise = torch.randn(c.in_channels, c.sample_size, c.sample_size) if self.vae is not None else torch.randn_like(x0)
         example = {"x0": x0, "noise": noise, "t": torch.randint(d.num_train_timesteps, ())}
         drop = bool(torch.rand(()) < d.condition_dropout)
@@ -124,6 +133,17 @@ class DiffusionTask:
         if context is not None:
             example["context"] = torch.zeros_like(context) if drop else context
         return example
+
+    def _clean_sample(self, raw, index: int) -> torch.Tensor:
+        """The example in [-1, 1]: an image resized and cropped to ``data.image_size``, or an array of that size as it is."""
+        if not isinstance(raw.image, np.ndarray):
+            return self.transform(TF.pil_to_tensor(raw.image))
+        c = self.unet_config
+        expected = (c.in_channels, *(self.config.data.image_size,) * c.dims)
+        if raw.image.shape != expected:
+            raise InputError(f"example {index} is {raw.image.shape}; this run takes {expected} (data.channels and "
+                             f"data.image_size along each of the {c.dims} axes).")
+        return torch.from_numpy(raw.image)
 
     def _condition(self, raw, index: int):
         """The example's label and ``(L, D)`` context that the model takes, checked by the network's own rules."""
@@ -176,7 +196,7 @@ class DiffusionTask:
             target = self.scheduler.get_velocity(x0, noise, t)
         else:
             target = x0
-        per_example = (pred - target.float()).pow(2).mean(dim=(1, 2, 3))       # (B,)
+        per_example = (pred - target.float()).pow(2).mean(dim=tuple(range(1, pred.ndim)))  # (B,)
         gamma = self.config.diffusion.min_snr_gamma
         if gamma:
             per_example = per_example * min_snr_weights(compute_snr(self.scheduler, t), gamma, prediction)
@@ -265,21 +285,27 @@ class DiffusionTask:
                         guidance_scale=d.guidance_scale if conditional and d.guidance_scale != 1.0 else None).images.cpu()
 
     def pictures(self, step: int) -> Path:
-        path = self.trainer.run_dir / "samples" / f"step-{step:08d}.png"
+        path = self.trainer.run_dir / "samples" / f"step-{step:08d}{self._samples_suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(self.sample_grid(), path)
+        save_samples(self.sample_grid(), path)
         return path
+
+    @property
+    def _samples_suffix(self) -> str:
+        """Images are written as a PNG grid, signals and volumes as one ``.npy`` array of the samples."""
+        return ".png" if self.unet_config.dims == 2 else ".npy"
 
     def finish(self, step: int) -> None:
         """Write the final sample grid, the weights (EMA when kept) and the pipeline folder."""
         trainer = self.trainer
         run_dir = trainer.run_dir
         unet = trainer.accelerator.unwrap_model(trainer.model)
-        save_grid(self.sample_grid(), run_dir / "samples.png")
+        samples = run_dir / f"samples{self._samples_suffix}"
+        save_samples(self.sample_grid(), samples)
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config)
         self.save_pipeline(run_dir / "pipeline")
-        trainer.log(f"wrote {run_dir / 'samples.png'}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
+        trainer.log(f"wrote {samples}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
 
     def save_pipeline(self, folder: Path) -> None:
         """The ``DenoisePipeline`` folder of the current weights (EMA when kept)."""
@@ -306,6 +332,15 @@ def load_vae(source: str):
     if not hasattr(vae, "encode") or not hasattr(vae.config, "latent_channels"):
         raise ConfigError(f"diffusion.vae={source} is a {type(vae).__name__}, not an autoencoder with latents.")
     return vae.eval().requires_grad_(False)
+
+
+def save_samples(samples: torch.Tensor, path: Path) -> None:
+    """Images ``(N, C, H, W)`` as a grid picture (``save_grid``); signals and volumes as one float32 ``.npy``, ``(N, C, ...)``
+    in [0, 1]."""
+    if path.suffix == ".npy":
+        np.save(path, samples.float().numpy())
+    else:
+        save_grid(samples, path)
 
 
 def save_grid(images: torch.Tensor, path: Path, min_side: int = 64) -> None:

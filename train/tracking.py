@@ -64,9 +64,10 @@ def trackers(run_dir: str | os.PathLike, log_with: list[str] | None) -> list:
 
 
 def log_picture(accelerator, path: str | os.PathLike, step: int) -> None:
-    """Show a picture the run wrote (sample grid, overlays) in the trackers that take images (TensorBoard)."""
+    """Show a picture the run wrote (sample grid, overlays) in the trackers that take images (TensorBoard); the
+    samples of 1D / 3D denoisers, written as arrays, are not pictures."""
     tensorboard = next((t for t in accelerator.trackers if t.name == "tensorboard"), None)
-    if tensorboard is not None:
+    if tensorboard is not None and Path(path).suffix.lower() != ".npy":
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
         tensorboard.log_images({"pictures": pixels}, step=step, dataformats="HWC")
