@@ -1,15 +1,18 @@
 """Training-step and inference speed of our U-Net against diffusers' ``UNet2DModel`` on the same
 architecture, with the same weights (``unet_diffusion.to_diffusers``), inputs, device, precision
-and batch.
+and batch; and of our 3D U-Net (``dims=3``) against MONAI's ``DiffusionModelUNet`` built with the
+same levels, blocks, attention and widths (its own initialisation: MONAI's weights do not convert),
+on the same volumes.
 
     python -m bench.speed --quick                      # ddpm-cifar10, float32, batch 2
     python -m bench.speed                              # ddpm-cifar10 and ddpm-64, every variant
     python -m bench.speed --device cuda --batch 128 --configs ddpm-cifar10 --variants bf16 bf16-compile
+    python -m bench.speed --configs ldm-3d --variants fp32 bf16   # the 3D row (pip install monai)
 
 Variants combine ``bf16`` (autocast), ``cl`` (channels_last) and ``compile`` (``torch.compile``)
-with ``-``; ``fp32`` is plain float32 eager. A training step is forward, MSE loss against noise,
-backward and an Adam step. Images/s are medians of interleaved repeats (ours, diffusers, diffusers,
-ours, ...), with the spread; ``ratio`` is ours / diffusers (above 1: we are faster). Peak memory is
+with ``-``; ``fp32`` is plain float32 eager (``cl`` does not apply to volumes). A training step is forward, MSE loss against noise,
+backward and an Adam step. Images/s are medians of interleaved repeats (ours, peer, peer,
+ours, ...), with the spread; ``speed ratio`` is the peer's step time over ours (above 1: we are faster). Peak memory is
 that of one training step above what was held before it (weights, gradients freed between steps,
 Adam state): ``torch.cuda.max_memory_allocated`` on CUDA, live tensor bytes on CPU. MFU is model
 FLOPs (forward + backward, counted by ``FlopCounterMode``) per second over the peak of a large
@@ -22,6 +25,7 @@ import contextlib
 import copy
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +51,12 @@ CONFIGS = {
     "ddpm-64": preset_config(
         "ddpm-cifar10", sample_size=64, channels=(64, 128, 256, 256), attention_levels=(2,)
     ),
+    # A 3D denoiser with the layout of MONAI's DiffusionModelUNet defaults (widths 32/64/64/64, 2 residual blocks a
+    # level, attention with 8-channel heads at the two lowest levels and in the middle), on 32^3 volumes.
+    "ldm-3d": dict(
+        sample_size=32, dims=3, in_channels=1, channels=(32, 64, 64, 64), blocks_per_level=2, attention_levels=(2, 3),
+        mid_attention=True, attention_head_channels=8, norm_eps=1e-6, flip_sin_to_cos=True, freq_shift=0,
+    ),
 }
 DEFAULT_VARIANTS = ["fp32", "bf16", "cl", "compile"]
 
@@ -60,10 +70,39 @@ def parse_variant(name: str) -> dict:
     return dict(bf16="bf16" in parts, channels_last="cl" in parts, compile="compile" in parts)
 
 
-def build_pair(config: dict, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, float]:
-    """Our model and diffusers' with converted weights, and the max |difference| of their outputs."""
+def peer_name(config: dict) -> str:
+    """Who our model races: diffusers for images, MONAI for volumes."""
+    return "monai" if config.get("dims", 2) == 3 else "diffusers"
+
+
+class MonaiDenoiser(torch.nn.Module):
+    """MONAI's ``DiffusionModelUNet`` answering ``(x, t) -> .sample`` like ours and diffusers'."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        try:
+            from monai.networks.nets import DiffusionModelUNet
+        except ImportError:
+            raise SystemExit("the 3D row races MONAI's DiffusionModelUNet: pip install monai (or the bench extra)") from None
+        levels = len(config["channels"])
+        self.net = DiffusionModelUNet(
+            spatial_dims=config["dims"], in_channels=config["in_channels"], out_channels=config["in_channels"],
+            num_res_blocks=config["blocks_per_level"], channels=config["channels"],
+            attention_levels=[level in config["attention_levels"] for level in range(levels)],
+            num_head_channels=config["attention_head_channels"], norm_eps=config["norm_eps"],
+        )
+
+    def forward(self, x, t):
+        return SimpleNamespace(sample=self.net(x, t))
+
+
+def build_pair(config: dict, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, float | None]:
+    """Our model and the peer's: diffusers' with converted weights and the max |difference| of their outputs, or
+    MONAI's of the same layout (its own weights: no difference to report)."""
     torch.manual_seed(0)
     ours = UNet(**config).eval()
+    if peer_name(config) == "monai":
+        return ours.to(device), MonaiDenoiser(config).eval().to(device), None
     theirs = copy.deepcopy(to_diffusers(ours)).eval()  # deepcopy: no storage shared with ours
     ours, theirs = ours.to(device), theirs.to(device)
     size = config["sample_size"]
@@ -105,11 +144,14 @@ def make_step(model, mode: str, variant: dict, x, t, noise, device):
 def bench_config(name: str, batch: int, variants: list[str], modes: list[str], repeats: int, device, peaks, clock: str,
                  warmup: int = 1) -> tuple[list, dict]:
     config = CONFIGS[name]
+    peer = peer_name(config)
     ours, theirs, diff = build_pair(config, device)
-    print(f"{name}: {ours.num_parameters():,} parameters, max |ours - diffusers| = {diff:.2e}", flush=True)
+    theirs_count = sum(p.numel() for p in theirs.parameters())
+    same = f"max |ours - {peer}| = {diff:.2e}" if diff is not None else f"{peer}: {theirs_count:,} parameters (its own weights)"
+    print(f"{name}: {ours.num_parameters():,} parameters, {same}", flush=True)
     size = config["sample_size"]
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, config["in_channels"], size, size, generator=g).to(device)
+    x = torch.randn(batch, config["in_channels"], *(size,) * config.get("dims", 2), generator=g).to(device)
     noise = torch.randn(x.shape, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
 
@@ -122,10 +164,13 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
     rows = []
     for variant_name in variants:
         variant = parse_variant(variant_name)
+        if variant["channels_last"] and x.ndim != 4:
+            print(f"{name}: skipped {variant_name} (channels_last is for images)", flush=True)
+            continue
         xv = x.to(memory_format=torch.channels_last) if variant["channels_last"] else x
         for mode in modes:
             # Fresh copies per variant: channels_last and compile change the modules they touch.
-            models = {"ours": copy.deepcopy(ours), "diffusers": copy.deepcopy(theirs)}
+            models = {"ours": copy.deepcopy(ours), peer: copy.deepcopy(theirs)}
             steps = {k: make_step(m, mode, variant, xv, t, noise, device) for k, m in models.items()}
             start = time.perf_counter()
             for s in steps.values():
@@ -137,24 +182,24 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
                 mem = {k: peak_memory(s, device) for k, s in steps.items()}  # the CPU tracker cannot see inside compiled code
             peak = peaks["bf16" if variant["bf16"] else "fp32"]
             row = dict(config=name, batch=batch, variant=variant_name, mode=mode)
-            for k in ("ours", "diffusers"):
+            for k in ("ours", peer):
                 row[f"{k} img/s"] = fmt_rate(times[k], batch)
                 row[f"{k} MFU"] = f"{100 * flops[mode] / times[k]['median'] / peak:.1f}%"
                 if mem:
                     row[f"{k} MB"] = f"{mem[k] / 2**20:.0f}"
-            row["speed ratio"] = f"{times['diffusers']['median'] / times['ours']['median']:.2f}x"
+            row["speed ratio"] = f"{times[peer]['median'] / times['ours']['median']:.2f}x"
             if mem:
-                row["mem ratio"] = f"{mem['ours'] / mem['diffusers']:.2f}x"
+                row["mem ratio"] = f"{mem['ours'] / mem[peer]:.2f}x"
             row["_raw"] = dict(times=times, peak_bytes=mem, flops=flops[mode], first_call_s=warm_s, matmul_peak=peak)
             rows.append(row)
             print(format_table([row], COLUMNS), flush=True)
             del models, steps
-    return rows, dict(parameters=ours.num_parameters(), max_abs_diff=diff, flops=flops)
+    return rows, dict(parameters=ours.num_parameters(), peer=peer, peer_parameters=theirs_count, max_abs_diff=diff, flops=flops)
 
 
-COLUMNS = [
-    "config", "batch", "variant", "mode", "ours img/s", "diffusers img/s", "speed ratio",
-    "ours MB", "diffusers MB", "mem ratio", "ours MFU", "diffusers MFU",
+COLUMNS = [  # a row fills the columns of its peer (diffusers for images, MONAI for volumes); the others print "-"
+    "config", "batch", "variant", "mode", "ours img/s", "diffusers img/s", "monai img/s", "speed ratio",
+    "ours MB", "diffusers MB", "monai MB", "mem ratio", "ours MFU", "diffusers MFU", "monai MFU",
 ]
 
 
@@ -168,7 +213,7 @@ def options(parser) -> None:
 
 def measure(bench: Bench) -> None:
     args, device, quick = bench.args, bench.device, bench.args.quick
-    configs = args.configs or (["ddpm-cifar10"] if quick else list(CONFIGS))
+    configs = args.configs or (["ddpm-cifar10"] if quick else [name for name, c in CONFIGS.items() if peer_name(c) == "diffusers"])
     variants = args.variants or (["fp32"] if quick else DEFAULT_VARIANTS + (["bf16-compile"] if device.type == "cuda" else []))
     for v in variants:
         try:
@@ -190,7 +235,7 @@ def measure(bench: Bench) -> None:
         payload = dict(args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
         bench.save(payload)  # after each config, so a cut-short run keeps what it measured
     bench.report(payload, rows, COLUMNS, f"\n{describe(bench.info)}; images/s ({args.clock} clock) median (min-max) of {repeats} "
-                 "interleaved repeats; ratio = ours / diffusers")
+                 "interleaved repeats; speed ratio = peer's step time / ours (above 1: we are faster)")
 
 
 def main(argv=None) -> int:

@@ -165,3 +165,18 @@ def test_3d_gradient_checkpointing_gives_the_same_gradients_and_bf16_autocast_ru
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     out.float().square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_the_speed_benchmarks_3d_row_races_monai_on_the_same_layout():
+    pytest.importorskip("monai")
+    from bench.speed import CONFIGS, build_pair, peer_name
+
+    config = {**CONFIGS["ldm-3d"], "channels": (32, 32, 32, 32)}  # a smaller copy of the row's network
+    assert peer_name(config) == "monai"
+    ours, theirs, diff = build_pair(config, torch.device("cpu"))
+    assert diff is None  # MONAI's weights are its own: there is no output difference to report
+    x, t = torch.randn(1, 1, 16, 16, 16), torch.tensor([500])
+    with torch.no_grad():
+        assert ours(x, t).sample.shape == theirs(x, t).sample.shape == x.shape
+    ratio = sum(p.numel() for p in theirs.parameters()) / ours.num_parameters()
+    assert 0.8 < ratio < 1.25, ratio  # of similar size
