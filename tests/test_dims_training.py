@@ -110,7 +110,24 @@ def test_volume_crops_move_the_labels_with_the_voxels():
         assert crop.shape == (1, 4, 8, 8) and labels.shape == weights.shape == (4, 8, 8)
         assert torch.equal((crop[0] > 0.5).long(), labels)
     with pytest.raises(InputError, match="volumes take flips"):
-        VolumeTransform((4, 8, 8), (4, 8, 8), AugmentConfig(elastic_std=10.0))
+        VolumeTransform((4, 8, 8), (4, 8, 8), AugmentConfig(rotation=10.0))
+
+
+def test_3d_elastic_deformation_moves_labels_with_the_voxels_and_drops_what_it_invents():
+    from train.config import AugmentConfig
+
+    torch.manual_seed(0)
+    volume, labels = balls(depth=12, side=16)
+    image, mask = torch.from_numpy(volume[None] / 255.0).float(), torch.from_numpy(labels).long()
+    still = VolumeTransform((12, 16, 16), (12, 16, 16), AugmentConfig(elastic_std=0.0))(image, mask)
+    assert torch.equal(still[0], image) and torch.equal(still[1], mask)
+    warped, warped_mask, weights = VolumeTransform((12, 16, 16), (12, 16, 16), AugmentConfig(elastic_std=3.0))(image, mask)
+    assert not torch.equal(warped, image)
+    kept = weights > 0
+    assert 0.5 < kept.float().mean() < 1.0  # some voxels came from outside the volume and are left out
+    # Labels follow the voxels: bright (ball) voxels of the warped volume are labelled 1 where the weights keep them.
+    agree = ((warped[0] > 0.55) == (warped_mask == 1))[kept].float().mean()
+    assert agree > 0.9
 
 
 def test_a_3d_model_on_2d_data_and_a_2d_model_on_volumes_are_refused(tmp_path):

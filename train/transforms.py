@@ -124,8 +124,10 @@ class JointTransform:
 class VolumeTransform:
     """Augment a volume and its label volume together, then cut a training crop (the 3D ``JointTransform``).
 
-    Lossless augmentations only: flips along each axis (``hflip``: W, ``vflip``: H, ``dflip``: D) and quarter
-    turns in the H-W plane; free rotations and elastic deformation are refused for volumes (``check``).
+    Flips along each axis (``hflip``: W, ``vflip``: H, ``dflip``: D), quarter turns in the H-W plane, the elastic
+    deformation in 3D (``elastic_std`` voxels of displacement along each axis on an ``elastic_grid``^3 lattice,
+    interpolated trilinearly; voxels pulled from outside the volume are left out of the loss) and brightness; free
+    rotations are refused for volumes (``check``).
 
     Args:
         out_size: ``(d, h, w)`` of the label crop (the network's output size).
@@ -143,12 +145,29 @@ class VolumeTransform:
         self.margins = tuple((i - o) // 2 for i, o in zip(in_size, out_size))
         self.flip_axes = [axis for axis, on in ((-3, augment.dflip), (-2, augment.vflip), (-1, augment.hflip)) if on]
         self.rotate90, self.brightness = augment.rotate90, augment.brightness
+        self.elastic_std, self.elastic_grid = augment.elastic_std, augment.elastic_grid
 
     @staticmethod
     def check(augment: AugmentConfig) -> None:
-        if augment.rotation or augment.elastic_std:
-            raise InputError("data.augment.rotation and elastic_std deform 2D images; volumes take flips (hflip, vflip, dflip), "
-                             "rotate90 and brightness. Set them to 0.")
+        if augment.rotation:
+            raise InputError("data.augment.rotation turns 2D images; volumes take flips (hflip, vflip, dflip), rotate90, "
+                             "elastic_std and brightness. Set it to 0.")
+
+    def _warp(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor):
+        """The same random elastic deformation of the volume (trilinear), its labels and weights (nearest); weights
+        are zero where the deformation pulled voxels from outside the volume."""
+        sides = mask.shape
+        coarse = torch.randn(1, 3, *(self.elastic_grid,) * 3) * self.elastic_std       # (1, 3, g, g, g) voxels: dz, dy, dx
+        shift = F.interpolate(coarse, size=sides, mode="trilinear", align_corners=True)[0]  # (3, D, H, W)
+        axes = [torch.linspace(-1, 1, n) for n in sides]
+        base = torch.stack(torch.meshgrid(*axes, indexing="ij"))                        # (3, D, H, W): z, y, x in [-1, 1]
+        to_unit = torch.tensor([2.0 / max(n - 1, 1) for n in sides]).view(3, 1, 1, 1)
+        grid = (base + shift * to_unit).flip(0).permute(1, 2, 3, 0)[None]               # (1, D, H, W, 3): x, y, z
+        sample = lambda t, mode: F.grid_sample(t[None], grid, mode=mode, padding_mode="zeros", align_corners=True)[0]
+        inside = sample(torch.ones(1, *sides), "nearest")[0]
+        image = sample(image, "bilinear")                                               # trilinear for 5D input
+        mask = sample(mask[None].float(), "nearest")[0].round().long()
+        return image, mask, sample(weights[None].float(), "nearest")[0] * inside
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None):
         """``image`` float ``(C, D, H, W)``, ``mask`` int ``(D, H, W)``, ``weights`` float ``(D, H, W)`` or None.
@@ -162,6 +181,8 @@ class VolumeTransform:
         if self.rotate90:
             turns = int(torch.randint(4, ()).item())
             image, mask, weights = (torch.rot90(t, turns, dims=(-2, -1)) for t in (image, mask, weights))
+        if self.elastic_std:
+            image, mask, weights = self._warp(image, mask, weights)
         if self.brightness:
             image = (image * (1 + (2 * torch.rand(()) - 1) * self.brightness)).clamp(0, 1)
         if any(side < out for side, out in zip(mask.shape, self.out_size)):
