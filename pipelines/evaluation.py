@@ -12,8 +12,10 @@ sets with one reference reads it once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -43,19 +45,38 @@ def inception(weights: str | os.PathLike | None = None) -> nn.Module:
     except ImportError:
         raise InputError('FID and KID need torchmetrics and torch-fidelity: pip install "unet-diffusion[eval]".') from None
     path = _inception_file(weights or os.environ.get(INCEPTION_WEIGHTS_ENV))
-    return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+    # torch-fidelity reads the file with torch.load(weights_only=False), which would run any code a pickle holds;
+    # torch's own switch makes that one read weights-only, so a file of anything but tensors is refused unread.
+    with _forced_weights_only():
+        try:
+            return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=str(path))
+        except pickle.UnpicklingError as err:
+            raise InputError(f"{path} is not a plain file of tensors and is not read (unpickling it could run code): "
+                             f"{str(err).splitlines()[0]}; {_WEIGHTS_ADVICE}.") from None
+
+
+@contextlib.contextmanager
+def _forced_weights_only():
+    """Every ``torch.load`` inside is weights-only, whatever its call site asks (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``)."""
+    before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = before
+
+
+_WEIGHTS_ADVICE = (f"pass --inception-weights PATH (the file {INCEPTION_FILE}) or set {INCEPTION_WEIGHTS_ENV}, "
+                   "or give your own feature extractor (--features MODULE:FUNCTION)")
 
 
 def _inception_file(weights: str | os.PathLike | None) -> Path:
-    """A local Inception weights file that holds tensors only.
-
-    torch-fidelity unpickles the file without the weights-only restriction (and downloads with
-    ``load_state_dict_from_url``, whose ``weights_only`` is False too), which would run any code a
-    pickle holds. So the file is fetched here and first read with ``weights_only=True``: a file that
-    passes holds nothing but tensors, and only then is it handed over.
-    """
-    advice = (f"pass --inception-weights PATH (the file {INCEPTION_FILE}) or set {INCEPTION_WEIGHTS_ENV}, "
-              "or give your own feature extractor (--features MODULE:FUNCTION)")
+    """The local Inception weights file: ``weights``, else torch's hub cache, downloaded there once when online
+    (torch-fidelity's own download would unpickle without the weights-only restriction)."""
+    advice = _WEIGHTS_ADVICE
     if weights is None:
         from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 
@@ -71,11 +92,6 @@ def _inception_file(weights: str | os.PathLike | None) -> Path:
     weights = Path(weights)
     if not weights.is_file():
         raise InputError(f"no Inception weights at {weights}; {advice}.")
-    try:
-        torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any refusal of the safe unpickler means: not a plain tensor file
-        raise InputError(f"{weights} is not a plain file of tensors and is not read (unpickling it could run code): "
-                         f"{str(err).splitlines()[0]}; {advice}.") from None
     return weights
 
 
