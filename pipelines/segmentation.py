@@ -16,7 +16,7 @@ from unet_diffusion.nd import per_channel
 
 from .images import to_arrays, to_image_list, to_tensor
 from .inference import eval_mode, fail_if
-from .tiling import BLENDS, mirror_pad, overlap_tile, sliding_window, whole_image
+from .tiling import check_blend, mirror_pad, overlap_tile, sliding_window, whole_image
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
 CONDITIONING = ("time_embedding", "num_class_labels", "context_dim")  # config fields of inputs other than the image
@@ -165,8 +165,8 @@ class SegmentationPipeline(DiffusionPipeline):
             (output_type not in ("np", "pt"), f"output_type must be 'np' or 'pt'; got {output_type!r}."),
             (not isinstance(tiles_per_batch, int) or tiles_per_batch < 1,
              f"tiles_per_batch must be a positive int; got {tiles_per_batch!r}."),
-            (blend not in BLENDS, f"blend must be one of {', '.join(map(repr, BLENDS))}; got {blend!r}."),
         )
+        check_blend(blend)  # before any network call, tiled or not
         tiling = _Tiling(tile_size, overlap, blend, tiles_per_batch)
         channels, dims = self.unet.config.in_channels, self._dims
         if dims == 2:

@@ -136,10 +136,15 @@ def blend_weights(size: int, ramp: int, blend: str = "ramp") -> torch.Tensor:
     return (torch.minimum(i + 1, size - i) / max(ramp, 1)).clamp(max=1.0)
 
 
-def tile_weights(tile: Size, overlap: Size, blend: str = "ramp") -> torch.Tensor:
-    """The blending weights of one window: the product of each axis's ``blend_weights``."""
+def check_blend(blend: str) -> None:
+    """``blend`` is one of ``BLENDS``."""
     if blend not in BLENDS:
         raise InputError(f"blend must be one of {', '.join(map(repr, BLENDS))}; got {blend!r}.")
+
+
+def tile_weights(tile: Size, overlap: Size, blend: str = "ramp") -> torch.Tensor:
+    """The blending weights of one window: the product of each axis's ``blend_weights``."""
+    check_blend(blend)
     weight = blend_weights(tile[0], overlap[0], blend)
     for side, ramp in zip(tile[1:], overlap[1:]):
         weight = weight[..., None] * blend_weights(side, ramp, blend)
