@@ -68,6 +68,11 @@ def add_segment(subparsers) -> None:
     segment.add_argument("--threshold", type=float, default=None, metavar="T",
                          help="two-class models: class 1 where p(class 1) >= T, with 0 < T < 1, instead of the most probable "
                               "class (0.5 = the argmax; higher marks fewer class-1 pixels)")
+    segment.add_argument("--instances", type=int, default=None, metavar="CLASS",
+                         help="also label the objects of class CLASS one by one (seeded watershed, so a gap in a boundary does "
+                              "not merge two objects): NAME_instances.png, 16-bit, 0 off the class and 1..N (3D / 1D: .npy)")
+    segment.add_argument("--seed-threshold", type=float, default=0.9, metavar="P",
+                         help="with --instances: object cores are where p(CLASS) >= P (default 0.9)")
     segment.add_argument("--mask-values", choices=["spread", "index"], default="spread", help="gray values of the mask PNGs (default spread)")
     segment.add_argument("--tta", choices=["flip", "d4"], default=None, help="test-time augmentation: 4 flips or all 8 flips and rotations")
     segment.add_argument("--tile-size", type=int, default=None, metavar="N",
@@ -213,7 +218,8 @@ def run_segment(args) -> int:
     pixels in [0, 1]. An image that cannot be read is skipped with a warning (exit status 1 at the end),
     or stops the run with --strict. 1D and 3D models read .npy arrays ((L,) / (D, H, W), or with a leading
     channel axis) and write NAME.npy, the uint8 labels of every sample / voxel (and NAME_prob.npy, float32
-    (K, ...), with --probabilities)."""
+    (K, ...), with --probabilities). --instances CLASS also writes NAME_instances.png (16-bit; .npy for arrays
+    or past 65535 objects): the objects of that class, 0 off it and 1..N one each."""
     from unet_diffusion.outputs import staged_output
 
     from .images import image_files, load_array, load_image
@@ -237,7 +243,9 @@ def run_segment(args) -> int:
                 skipped.append(file)
                 continue
             result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend, tta=args.tta or False,
-                          threshold=args.threshold)
+                          threshold=args.threshold, instances=args.instances, seed_threshold=args.seed_threshold)
+            if args.instances is not None:
+                _write_instances(staging / f"{file.stem}_instances", result.instances[0], arrays)
             if arrays:
                 _write_label_array(staging / file.stem, result, args.probabilities)
             else:
@@ -250,6 +258,17 @@ def run_segment(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _write_instances(stem: Path, labels, arrays: bool) -> None:
+    """``STEM.png`` (16-bit object labels) for an image with at most 65535 objects, ``STEM.npy`` (int32) otherwise."""
+    import numpy as np
+    from PIL import Image
+
+    if arrays or labels.max() > np.iinfo(np.uint16).max:
+        np.save(f"{stem}.npy", labels.astype(np.int32))
+    else:
+        Image.fromarray(labels.astype(np.uint16)).save(f"{stem}.png")
 
 
 def _write_label_array(stem: Path, result, probabilities: bool) -> None:

@@ -16,6 +16,7 @@ from unet_diffusion.nd import per_channel
 
 from .images import to_arrays, to_image_list, to_tensor
 from .inference import eval_mode, fail_if
+from .instances import check_instance_options, label_instances
 from .tiling import check_blend, mirror_pad, overlap_tile, sliding_window, whole_image
 
 TTA_CHOICES = (None, False, True, "flip", "d4")
@@ -36,10 +37,13 @@ class SegmentationOutput(BaseOutput):
     (softmax; a one-logit model gives ``[1 - p, p]``). numpy arrays or tensors, as
     ``output_type`` asks; lists of per-image arrays when the input images differ in size. 1D and 3D
     models give ``(B, L)`` / ``(B, D, H, W)`` masks and ``(B, K, L)`` / ``(B, K, D, H, W)`` probabilities.
+    ``instances``: with ``instances=c``, the objects of class ``c`` labelled one by one (int32, shaped as
+    ``masks``: 0 off the class, 1..N per image); ``None`` otherwise.
     """
 
     masks: np.ndarray | torch.Tensor | list
     probabilities: np.ndarray | torch.Tensor | list
+    instances: np.ndarray | torch.Tensor | list | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,13 @@ def _dihedral(tta, dims: int = 2) -> list[tuple[int, bool]]:
     if tta == "flip":
         return [(0, False), (0, True), (2, False), (2, True)]  # identity, h-flip, both flips, v-flip
     return [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+def _label_objects(probability: torch.Tensor, mask: torch.Tensor, seed_threshold: float, min_seed_size: int) -> torch.Tensor:
+    """``label_instances`` of every item of a batch: ``(B, ...)`` probabilities and masks to ``(B, ...)`` int32 labels."""
+    labelled = [label_instances(p, m, seed_threshold=seed_threshold, min_seed_size=min_seed_size)
+                for p, m in zip(probability.cpu().numpy(), mask.cpu().numpy())]
+    return torch.from_numpy(np.stack(labelled)).to(probability.device)
 
 
 def _gather(batches: list[torch.Tensor], output_type: str):
@@ -132,6 +143,9 @@ class SegmentationPipeline(DiffusionPipeline):
         blend: str = "ramp",
         tta=False,
         threshold: float | None = None,
+        instances: int | None = None,
+        seed_threshold: float = 0.9,
+        min_seed_size: int = 10,
         tiles_per_batch: int = 4,
         output_type: str = "np",
         return_dict: bool = True,
@@ -155,12 +169,17 @@ class SegmentationPipeline(DiffusionPipeline):
             threshold: two-class models only: the mask is class 1 where its probability is at least
                 ``threshold`` (strictly between 0 and 1), instead of the most probable class. 0.5 gives
                 the argmax up to exact ties; higher values mark fewer class-1 pixels.
+            instances: a class index: also label that class's objects one by one (``output.instances``), each
+                grown by a seeded watershed from a core where its probability is at least ``seed_threshold``
+                (cores under ``min_seed_size`` pixels are dropped), so that a gap in the boundary between two
+                objects does not merge them (``pipelines.instances.label_instances``).
             tiles_per_batch: tiles per network call (memory against speed).
             output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
-            return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities)`` tuple.
+            return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities[, instances])`` tuple.
         """
         transforms = _dihedral(tta, self._dims)
         self._check_threshold(threshold)
+        self._check_instances(instances, seed_threshold, min_seed_size)
         fail_if(
             (output_type not in ("np", "pt"), f"output_type must be 'np' or 'pt'; got {output_type!r}."),
             (not isinstance(tiles_per_batch, int) or tiles_per_batch < 1,
@@ -176,15 +195,18 @@ class SegmentationPipeline(DiffusionPipeline):
         if len({tuple(b.shape[1:]) for b in batches}) == 1:
             batches = [torch.cat(batches)]  # one size: one batch through the network
 
-        masks, probabilities = [], []
+        masks, probabilities, objects = [], [], []
         with eval_mode(self.unet):
             for batch in batches:
                 probs = self._probabilities(self._normalize(batch), transforms, tiling)
                 probabilities.append(probs)
                 masks.append(probs.argmax(dim=1) if threshold is None else (probs[:, 1] >= threshold).long())
+                if instances is not None:
+                    objects.append(_label_objects(probs[:, instances], masks[-1] == instances, seed_threshold, min_seed_size))
         self.maybe_free_model_hooks()
-        masks, probabilities = _gather(masks, output_type), _gather(probabilities, output_type)
-        return SegmentationOutput(masks=masks, probabilities=probabilities) if return_dict else (masks, probabilities)
+        output = SegmentationOutput(masks=_gather(masks, output_type), probabilities=_gather(probabilities, output_type),
+                                    instances=_gather(objects, output_type) if objects else None)
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------ steps
     @property
@@ -202,6 +224,14 @@ class SegmentationPipeline(DiffusionPipeline):
             (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 < threshold < 1,
              f"threshold must be a number strictly between 0 and 1; got {threshold!r}."),
         )
+
+    def _check_instances(self, instances, seed_threshold, min_seed_size) -> None:
+        if instances is None:
+            return
+        classes = max(self.unet.config.out_channels, 2)
+        fail_if((isinstance(instances, bool) or not isinstance(instances, int) or not 0 <= instances < classes,
+                 f"instances must be the index of the class whose objects to label, 0..{classes - 1}; got {instances!r}."))
+        check_instance_options(seed_threshold, min_seed_size)
 
     def _normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         mean = per_channel(torch.tensor(self.config.image_mean, dtype=torch.float32).reshape(1, -1), pixels)

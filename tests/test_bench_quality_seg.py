@@ -7,6 +7,7 @@ import yaml
 from trainkit import TINY_SEGMENTATION, merged
 
 from bench.equal_time import STEP_CAP, parse_methods
+from bench.metrics import cell_components
 from bench.quality_seg import (
     METHODS,
     TRAINING,
@@ -144,9 +145,9 @@ def test_quick_narrows_any_network_and_finds_a_crop(tmp_path):
 def test_scores_and_curve(tmp_path):
     truth = np.ones((20, 20), np.int64)
     truth[10] = 0  # a membrane line between two cells
-    perfect = segmentation_scores(truth, truth, cell=1)
+    perfect = segmentation_scores(truth, truth, cell=1, cells=cell_components(truth == 1))
     assert perfect["pixel_error"] == 0 and perfect["rand_error"] == pytest.approx(0) and perfect["membrane_dice"] == 1
-    merged_cells = segmentation_scores(truth, np.ones_like(truth), cell=1)
+    merged_cells = segmentation_scores(truth, np.ones_like(truth), cell=1, cells=np.ones_like(truth))
     assert merged_cells["pixel_error"] == 0.05 and merged_cells["rand_error"] > 0.3 and merged_cells["membrane_dice"] == 0
     pytest.importorskip("matplotlib")
     points = [dict(minutes=m, mean=dict(pixel_error=e, rand_error=e)) for m, e in ((1, 0.3), (2, 0.2))]

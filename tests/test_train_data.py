@@ -241,3 +241,32 @@ def test_diffusion_examples_are_checked_by_the_networks_rules():
     t = torch.arange(task.scheduler.config.num_train_timesteps)
     alpha_bar = task.scheduler.alphas_cumprod
     torch.testing.assert_close(compute_snr(task.scheduler, t), alpha_bar / (1 - alpha_bar), rtol=1e-6, atol=0)
+
+
+def test_logit_normal_timesteps_favour_the_middle_and_validation_stays_uniform():
+    from trainkit import TINY_DIFFUSION, merged
+
+    from train.config import ConfigError, config_from_dict
+    from train.diffusion import DiffusionTask
+
+    def middle_share(task, prepare):
+        torch.manual_seed(0)
+        steps = task.config.diffusion.num_train_timesteps
+        ts = torch.stack([prepare(SyntheticShapes(8, 1).load(0), 0)["t"] for _ in range(2000)])
+        assert ts.dtype == torch.int64 and 0 <= ts.min() and ts.max() < steps
+        return ((ts >= steps // 4) & (ts < 3 * steps // 4)).float().mean().item()
+
+    uniform = DiffusionTask(config_from_dict(TINY_DIFFUSION))
+    logit = DiffusionTask(config_from_dict(merged(TINY_DIFFUSION, diffusion={**TINY_DIFFUSION["diffusion"],
+                                                                           "timestep_sampling": "logit_normal"})))
+    assert abs(middle_share(uniform, uniform.prepare) - 0.5) < 0.05
+    assert abs(middle_share(logit, logit.prepare) - 0.73) < 0.05  # P(|N(0, 1)| < logit(3/4) = 1.10) = 0.73
+    assert abs(middle_share(logit, logit.prepare_eval) - 0.5) < 0.05
+    shifted = DiffusionTask(config_from_dict(merged(TINY_DIFFUSION, diffusion={
+        **TINY_DIFFUSION["diffusion"], "timestep_sampling": "logit_normal", "logit_mean": -3.0, "logit_std": 0.1})))
+    torch.manual_seed(0)
+    assert shifted.prepare(SyntheticShapes(8, 1).load(0), 0)["t"] < 10  # sigmoid(-3) T = 4.7
+    with pytest.raises(ConfigError, match="diffusion.logit_std must be positive"):
+        config_from_dict(merged(TINY_DIFFUSION, diffusion={"logit_std": 0.0}))
+    with pytest.raises(ConfigError, match="timestep_sampling"):
+        config_from_dict(merged(TINY_DIFFUSION, diffusion={"timestep_sampling": "lognormal"}))

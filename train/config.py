@@ -95,6 +95,9 @@ class DiffusionConfig:
     zero_terminal_snr: bool = False               # Rescale the betas so the last step is pure noise (Lin et al. 2023).
     prediction: Prediction = "epsilon"            # The network's target: the noise, v (Salimans & Ho 2022), or the clean sample.
     min_snr_gamma: float | None = None            # Min-SNR-gamma loss weighting (5 is usual); None = plain MSE.
+    timestep_sampling: Literal["uniform", "logit_normal"] = "uniform"  # Training timesteps: uniform, or t/T = sigmoid(N(logit_mean, logit_std^2)) (SD3: more of the middle noise levels).
+    logit_mean: float = 0.0                       # logit_normal: the mean of logit(t/T); below 0 favours less noise.
+    logit_std: float = 1.0                        # logit_normal: the spread of logit(t/T).
     condition_dropout: float = 0.1                # Probability of training with the null label / empty context (classifier-free guidance).
     sample_every: int = 1000                      # Write a grid of samples (EMA weights) every this many steps; 0 = only at the end.
     num_samples: int = 16                         # Images in each sample grid.
@@ -224,7 +227,7 @@ def _at(config: Config, key: str):
 
 
 POSITIVE = ("train.steps", "train.batch_size", "train.grad_accum", "train.keep_checkpoints", "train.eval_batch_size",
-            "data.image_size", "data.crops_per_example", "diffusion.num_train_timesteps", "optim.lr")
+            "data.image_size", "data.crops_per_example", "diffusion.num_train_timesteps", "diffusion.logit_std", "optim.lr")
 NON_NEGATIVE = ("train.log_every", "train.eval_every", "train.checkpoint_every", "optim.warmup_steps")
 
 

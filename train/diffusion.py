@@ -121,11 +121,11 @@ class DiffusionTask:
         """Read one example to check that the data carries what the model needs."""
         self.prepare(examples.source.load(examples.indices[0]), examples.indices[0])
 
-    def prepare(self, raw, index: int) -> dict:
+    def prepare(self, raw, index: int, *, uniform_timestep: bool = False) -> dict:
         c, d = self.unet_config, self.config.diffusion
         x0 = self._clean_sample(raw, index)                                   # (C, S, S) in [-1, 1]
         noise = torch.randn(c.in_channels, c.sample_size, c.sample_size) if self.vae is not None else torch.randn_like(x0)
-        example = {"x0": x0, "noise": noise, "t": torch.randint(d.num_train_timesteps, ())}
+        example = {"x0": x0, "noise": noise, "t": self._timestep(uniform_timestep)}
         drop = bool(torch.rand(()) < d.condition_dropout)
         label, context = self._condition(raw, index)
         if label is not None:
@@ -133,6 +133,14 @@ class DiffusionTask:
         if context is not None:
             example["context"] = torch.zeros_like(context) if drop else context
         return example
+
+    def _timestep(self, uniform: bool) -> torch.Tensor:
+        """A training timestep by ``diffusion.timestep_sampling`` (validation: always uniform, so its loss compares runs)."""
+        d = self.config.diffusion
+        if uniform or d.timestep_sampling == "uniform":
+            return torch.randint(d.num_train_timesteps, ())
+        fraction = torch.sigmoid(d.logit_mean + d.logit_std * torch.randn(()))
+        return (fraction * d.num_train_timesteps).long().clamp(max=d.num_train_timesteps - 1)
 
     def _clean_sample(self, raw, index: int) -> torch.Tensor:
         """The example in [-1, 1]: an image resized and cropped to ``data.image_size``, or an array of that size as it is."""
@@ -160,7 +168,7 @@ class DiffusionTask:
         return label, context
 
     def prepare_eval(self, raw, index: int) -> dict:
-        return self.prepare(raw, index)
+        return self.prepare(raw, index, uniform_timestep=True)
 
     # ------------------------------------------------------------------------ loss
     def loss(self, model, batch: dict) -> torch.Tensor:
