@@ -247,6 +247,36 @@ def test_a_folder_that_is_not_a_cache_is_refused_and_the_cache_needs_a_vae(tmp_p
         build_task(config_from_dict(values))
 
 
+def test_the_shipped_latent_config_trains_with_a_small_stand_in_autoencoder_tiny(tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from train.config import load_config
+    from train.loop import train
+
+    stand_in = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                               num_decoder_blocks=(1, 1))  # the config's VAE class, with 2x smaller latents
+    stand_in.save_pretrained(tmp_path / "vae")
+    config = load_config("isbi2012_latent", [f"diffusion.vae={tmp_path / 'vae'}", "data.source=synthetic",
+                                             "data.synthetic_size=6", "data.image_size=16", "data.val_size=2",
+                                             "train.steps=2", "train.budget_minutes=null", "train.batch_size=2",
+                                             "diffusion.num_samples=2", "diffusion.sample_steps=2",
+                                             f"train.output_dir={tmp_path / 'run'}", "train.progress_bar=false"])
+    assert config.diffusion.cache_latents and config.diffusion.vae.endswith("vae")
+    result = train(config, log=lambda text: None)
+    assert result.step == 2 and (result.run_dir / "latents" / "fingerprint.json").is_file()
+    assert (result.run_dir / "pipeline" / "vae" / "config.json").is_file()
+
+
+def test_the_readme_shows_the_latent_cache():
+    from readme import README
+
+    text = README.read_text()
+    latent = text[text.index("- **Latent diffusion**"):]
+    latent = latent[:latent.index("\n- **", 1)]
+    for words in ("diffusion.cache_latents", "diffusion.latent_cache_dir", "configs/isbi2012_latent.yaml", "not measured"):
+        assert words in latent
+
+
 def test_the_images_fingerprint_follows_the_data_files(tmp_path):
     import os
 
