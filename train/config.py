@@ -104,6 +104,8 @@ class DiffusionConfig:
     sample_steps: int = 50                        # DDIM steps for the sample grids.
     guidance_scale: float = 1.0                   # Classifier-free guidance scale for conditional sample grids (1 = none).
     vae: str | None = None                        # A diffusers AutoencoderKL / AutoencoderTiny folder or Hub id: train on its latents.
+    cache_latents: bool = False                   # With vae: encode every image once before training (each flip of it with data.augment.hflip / vflip) and train on those latents.
+    latent_cache_dir: str | None = None           # Their datasets folder, encoded again when the VAE or data change; None = <train.output_dir>/latents.
     eval_samples: int = 0                         # At each evaluation, FID and KID of this many EMA samples against the validation images (0 = off).
     eval_features: str | None = None              # Their feature extractor, MODULE:FUNCTION returning an nn.Module; None = the FID Inception-v3.
     inception_weights: str | None = None          # Local FID Inception weights for eval_samples (else $UNET_DIFFUSION_INCEPTION_WEIGHTS or a download).

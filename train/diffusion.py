@@ -29,6 +29,8 @@ from unet_diffusion.weights import check_config
 
 from .checkpoint import ema_weights
 from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
+from .data import Examples
+from .latent_cache import CachedExample, LatentCache, check_cache_folder, draw_flip, latent_cache
 from .losses import min_snr_weights
 from .transforms import diffusion_transform
 
@@ -72,6 +74,7 @@ class DiffusionTask:
                               "image is pure noise and cannot be recovered from an epsilon prediction.")
         self.scheduler = noise_scheduler(config)
         self.vae = load_vae(d.vae) if d.vae else None  # latent diffusion: the denoiser works on the VAE's latents
+        check_latent_options(config, self.vae)
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
             self.unet_config = build_unet(config, **self._fixed_fields()).config
@@ -104,8 +107,6 @@ class DiffusionTask:
             raise ConfigError("the diffusion task needs a denoising model (head='denoise'); this one has head='segment'.")
         if c.learned_variance:
             raise ConfigError("learned_variance needs a variational-bound loss this trainer does not have; set model.args.learned_variance=false.")
-        if self.vae is not None and self.vae.config.in_channels != self.config.data.channels:
-            raise ConfigError(f"the VAE encodes {self.vae.config.in_channels}-channel images but data.channels={self.config.data.channels}.")
         if c.num_class_labels is not None and self.config.diffusion.condition_dropout > 0 and not c.null_class_label:
             raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
         size = self._fixed_fields()["sample_size"]
@@ -121,11 +122,24 @@ class DiffusionTask:
         """Read one example to check that the data carries what the model needs."""
         self.prepare(examples.source.load(examples.indices[0]), examples.indices[0])
 
+    def examples_source(self, source, indices: list[int]):
+        """Where the examples are read: ``source``, or with ``diffusion.cache_latents`` the latents of its examples
+        ``indices``, encoded once (by the main process; the others wait, then read them)."""
+        if not self.config.diffusion.cache_latents:
+            return source
+        with torch.random.fork_rng(devices=[]):  # the data fits the model, checked before encoding it all (no draws spent)
+            self.prepare(source.load(indices[0]), indices[0])
+        c = self.unet_config
+        columns = {"label": c.num_class_labels is not None, "context": c.context_dim}
+        check_cache_folder(self.config)  # on every process, so that none waits for a main process that refused
+        with self.trainer.accelerator.main_process_first():
+            return latent_cache(self.vae, source, indices, self.config, columns, self.trainer.log)
+
     def prepare(self, raw, index: int, *, uniform_timestep: bool = False) -> dict:
         c, d = self.unet_config, self.config.diffusion
-        x0 = self._clean_sample(raw, index)                                   # (C, S, S) in [-1, 1]
+        x0 = self._clean_sample(raw, index)                                   # (C, S, S) in [-1, 1]; cached: latents (C, s, s)
         noise = torch.randn(c.in_channels, c.sample_size, c.sample_size) if self.vae is not None else torch.randn_like(x0)
-        example = {"x0": x0, "noise": noise, "t": self._timestep(uniform_timestep)}
+        example = {"latents" if isinstance(raw, CachedExample) else "x0": x0, "noise": noise, "t": self._timestep(uniform_timestep)}
         drop = bool(torch.rand(()) < d.condition_dropout)
         label, context = self._condition(raw, index)
         if label is not None:
@@ -143,7 +157,10 @@ class DiffusionTask:
         return (fraction * d.num_train_timesteps).long().clamp(max=d.num_train_timesteps - 1)
 
     def _clean_sample(self, raw, index: int) -> torch.Tensor:
-        """The example in [-1, 1]: an image resized and cropped to ``data.image_size``, or an array of that size as it is."""
+        """The example in [-1, 1]: an image resized and cropped to ``data.image_size``, or an array of that size as it is;
+        or from a latent cache, the latents of the flip the image transform would draw."""
+        if isinstance(raw, CachedExample):
+            return draw_flip(raw.latents, self.config.data.augment)
         if not isinstance(raw.image, np.ndarray):
             return self.transform(TF.pil_to_tensor(raw.image))
         c = self.unet_config
@@ -192,9 +209,7 @@ class DiffusionTask:
 
     def example_losses(self, model, batch: dict) -> torch.Tensor:
         """The (weighted) loss of each example, ``(B,)``."""
-        x0, noise, t = batch["x0"], batch["noise"], batch["t"]
-        if self.vae is not None:
-            x0 = encode(self.vae, x0)
+        x0, noise, t = self._clean(batch), batch["noise"], batch["t"]
         noisy = self.scheduler.add_noise(x0, noise, t)
         pred = model(noisy, t, class_labels=batch.get("label"), encoder_hidden_states=batch.get("context")).sample.float()
         prediction = self.config.diffusion.prediction
@@ -209,6 +224,12 @@ class DiffusionTask:
         if gamma:
             per_example = per_example * min_snr_weights(compute_snr(self.scheduler, t), gamma, prediction)
         return per_example
+
+    def _clean(self, batch: dict) -> torch.Tensor:
+        """What the denoiser learns to draw: the data, or with a VAE its latents (cached, or encoded now)."""
+        if "latents" in batch:
+            return batch["latents"]
+        return batch["x0"] if self.vae is None else encode(self.vae, batch["x0"])
 
     # ------------------------------------------------------------------------ evaluation and pictures
     def evaluate(self) -> dict:
@@ -256,11 +277,17 @@ class DiffusionTask:
         if self.extractor is None:
             self.extractor = load_extractor(d.eval_features, d.inception_weights)[0].to(self.trainer.accelerator.device)
         if self.reference is None:  # the validation images, once: fixed for the run
-            images = torch.stack([examples[i]["x0"] for i in range(len(examples))]) / 2 + 0.5
-            self.reference = tensor_features(images, self.extractor)
+            self.reference = tensor_features(self._validation_images(examples), self.extractor)
         generated = tensor_features(self.sample_grid(d.eval_samples), self.extractor)
         scores = distances(generated, self.reference)
         return {"fid": scores["fid"], "kid": scores["kid"]}
+
+    def _validation_images(self, examples: Examples) -> torch.Tensor:
+        """The validation images ``(N, C, H, W)`` in [0, 1] as their examples draw them (from the image source when the
+        examples are cached latents)."""
+        if isinstance(examples.source, LatentCache):
+            examples = Examples(examples.source.images, examples.indices, self.prepare_eval, examples.seed)
+        return torch.stack([examples[i]["x0"] for i in range(len(examples))]) / 2 + 0.5
 
     def picture_every(self) -> int:
         return self.config.diffusion.sample_every
@@ -340,6 +367,14 @@ def load_vae(source: str):
     if not hasattr(vae, "encode") or not hasattr(vae.config, "latent_channels"):
         raise ConfigError(f"diffusion.vae={source} is a {type(vae).__name__}, not an autoencoder with latents.")
     return vae.eval().requires_grad_(False)
+
+
+def check_latent_options(config: Config, vae) -> None:
+    """``diffusion.cache_latents`` needs a VAE, and the VAE must take the data's channels."""
+    if config.diffusion.cache_latents and vae is None:
+        raise ConfigError("diffusion.cache_latents caches a VAE's latents: set diffusion.vae as well, or cache_latents: false.")
+    if vae is not None and vae.config.in_channels != config.data.channels:
+        raise ConfigError(f"the VAE encodes {vae.config.in_channels}-channel images but data.channels={config.data.channels}.")
 
 
 def save_samples(samples: torch.Tensor, path: Path) -> None:

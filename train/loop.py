@@ -147,6 +147,7 @@ class Trainer:
             train_idx = check_images(source, train_idx, config.data.on_bad_image, self.log)
             if val_idx:
                 val_idx = check_images(source, val_idx, config.data.on_bad_image, self.log)
+        source = self.task.examples_source(source, train_idx + val_idx)  # e.g. a cache of their VAE latents
         self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed, config.data.crops_per_example)
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)

@@ -134,6 +134,10 @@ class SegmentationTask:
     def check_examples(self, examples) -> None:
         self.prepare(examples.source.load(examples.indices[0]), examples.indices[0])
 
+    def examples_source(self, source, indices: list[int]):
+        """Where the examples are read: the source itself (nothing is cached)."""
+        return source
+
     def _tensors(self, raw, index: int):
         if raw.mask is None:
             raise InputError(f"example {index} has no mask; a segmentation run needs masks (data.mask_column or data.mask_dir).")

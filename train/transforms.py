@@ -21,13 +21,14 @@ from .config import AugmentConfig
 
 def diffusion_transform(image_size: int, augment: AugmentConfig) -> v2.Compose:
     """uint8 image tensor ``(C, H, W)`` -> float ``(C, S, S)`` in [-1, 1], resized and center-cropped."""
-    steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
-    if augment.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if augment.vflip:
-        steps.append(v2.RandomVerticalFlip())
+    steps = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *diffusion_flips(augment)]
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])]
     return v2.Compose(steps)
+
+
+def diffusion_flips(augment: AugmentConfig) -> list[v2.Transform]:
+    """The random flips of a denoiser's images (``data.augment.hflip`` / ``vflip``), in the order they are drawn."""
+    return [flip for flip, wanted in ((v2.RandomHorizontalFlip(), augment.hflip), (v2.RandomVerticalFlip(), augment.vflip)) if wanted]
 
 
 class RandomRotate90(v2.Transform):
