@@ -128,3 +128,34 @@ def test_a_peft_lora_adapter_on_every_conv_sees_every_call_and_trains():
             out.square().mean().backward()
             lora_grads = [p.grad for name, p in model.named_parameters() if "lora_" in name]
             assert lora_grads and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_the_fused_op_can_be_switched_off_per_model_and_per_run(tmp_path, monkeypatch):
+    from conftest import tiny_config
+    from trainkit import TINY_DIFFUSION, merged
+
+    import unet_diffusion.fused as fused
+    from train import train
+    from train.config import config_from_dict
+    from unet_diffusion import UNet
+
+    calls = []
+    original = fused._NormActConv.apply
+    monkeypatch.setattr(fused._NormActConv, "apply", lambda *args: calls.append(1) or original(*args))
+    torch.manual_seed(0)
+    model = UNet(**tiny_config()).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    outputs = {}
+    for enabled in (True, False):
+        model.set_fused_norm_conv(enabled)
+        calls.clear()
+        out = model(x, 3).sample
+        (grad,) = torch.autograd.grad(out.square().sum(), x)
+        outputs[enabled] = out.detach(), grad
+        assert bool(calls) == enabled
+    torch.testing.assert_close(outputs[True], outputs[False])
+    config = config_from_dict(merged(TINY_DIFFUSION, model={**TINY_DIFFUSION["model"], "fused_norm_conv": False},
+                                     train={**TINY_DIFFUSION["train"], "steps": 2, "output_dir": str(tmp_path / "run")}))
+    calls.clear()
+    train(config)
+    assert not calls  # no training step took the fused op

@@ -38,6 +38,7 @@ class ModelConfig:
     preset: str | None = "tiny"                   # Named architecture to start from; None = the UNet defaults.
     args: dict = field(default_factory=dict)      # UNet constructor fields overriding the preset, e.g. {channels: [32, 64]}.
     gradient_checkpointing: bool = False          # Recompute activations in the backward pass to save memory.
+    fused_norm_conv: bool = True                  # GroupNorm-SiLU-conv as one op that saves memory by recomputing; false: faster for small networks on a CPU.
 
 
 @dataclass

@@ -112,6 +112,8 @@ class Trainer:
         model = self.task.build_model()
         if config.model.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        if not config.model.fused_norm_conv and hasattr(model, "set_fused_norm_conv"):  # the benches' peers have no fused op
+            model.set_fused_norm_conv(False)
         self.ema = None
         if config.ema.enabled:
             e = config.ema

@@ -62,6 +62,8 @@ class ResidualBlock(nn.Module):
     passed through SiLU (the U-Net computes that once for all blocks).
     """
 
+    fused_norm_conv = True  # UNet.set_fused_norm_conv switches it per instance
+
     def __init__(self, in_channels: int, out_channels: int, config: BlockConfig, *, output_scale: float = 1.0):
         super().__init__()
         self.scale_shift = config.time_injection == "scale_shift"
@@ -83,7 +85,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         # norm -> SiLU -> conv runs fused: it saves only its input for backward (see fused.py).
-        h = norm_act_conv(x, self.norm1, self.conv1)
+        h = norm_act_conv(x, self.norm1, self.conv1, fused=self.fused_norm_conv)
         scale = shift = None
         if self.emb_proj is not None:
             e = self.emb_proj(emb)  # (B, C or 2C)
@@ -92,7 +94,7 @@ class ResidualBlock(nn.Module):
             else:
                 h = h.add_(per_channel(e, h))  # h is a fresh conv output that nothing saved
         p = self.dropout.p if self.training else 0.0
-        h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p)
+        h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p, fused=self.fused_norm_conv)
         skip = x if self.shortcut is None else self.shortcut(x)
         if self.shrink:
             skip = center_crop(skip, h.shape[2:])

@@ -32,7 +32,9 @@ class Head(nn.Module):
         kernel = 3 if kind == "denoise" else 1
         self.conv = conv(dims, in_channels, out_channels, kernel, padding=kernel // 2)
 
+    fused_norm_conv = True  # UNet.set_fused_norm_conv switches it per instance
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.norm is not None:
-            return norm_act_conv(x, self.norm, self.conv)
+            return norm_act_conv(x, self.norm, self.conv, fused=self.fused_norm_conv)
         return self.conv(x)

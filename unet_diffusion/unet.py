@@ -320,6 +320,15 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         super().enable_layerwise_casting(storage_dtype, compute_dtype, *args, **kwargs)
         self._layerwise_compute_dtype = compute_dtype
 
+    def set_fused_norm_conv(self, enabled: bool) -> None:
+        """Run every ``GroupNorm -> SiLU -> conv`` as one autograd op that saves only its input and recomputes the
+        normalisation in the backward pass (``True``, the default: less memory), or as the plain modules (``False``:
+        no recomputation, a few percent faster where memory is not short, e.g. small networks on a CPU). Outputs
+        and gradients are the same either way."""
+        for module in self.modules():
+            if "fused_norm_conv" in type(module).__dict__:
+                module.fused_norm_conv = bool(enabled)
+
     # ------------------------------------------------------------------------ presets
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
