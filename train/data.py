@@ -457,7 +457,9 @@ class Examples(Dataset):
         repeat, position = divmod(i, len(self.indices))
         index = self.indices[position]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(example_seed(self.seed, epoch * self.repeats + repeat, index))
+            # The CPU generator only: torch.manual_seed would also queue a seed for every accelerator's generator
+            # (a stack trace recorded per call, 0.3 ms) and leave them changed, as fork_rng restores the CPU's alone.
+            torch.default_generator.manual_seed(example_seed(self.seed, epoch * self.repeats + repeat, index))
             return self.prepare(self.source.load(index), index)
 
 
