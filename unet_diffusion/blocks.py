@@ -84,7 +84,7 @@ class ResidualBlock(nn.Module):
         return n - self.shrink
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        # norm -> SiLU -> conv runs fused: it saves only its input for backward (see fused.py).
+        # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see fused.py).
         h = norm_act_conv(x, self.norm1, self.conv1, fused=self.fused_norm_conv)
         scale = shift = None
         if self.emb_proj is not None:

@@ -19,7 +19,18 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .attention import AttentionProcessorsMixin, Context, context_bias
-from .blocks import BlockKind, Downsample, Downsampling, Padding, TimeInjection, UNetBlock, Upsample, Upsampling, conv_padding
+from .blocks import (
+    BlockKind,
+    Downsample,
+    Downsampling,
+    Padding,
+    ResidualBlock,
+    TimeInjection,
+    UNetBlock,
+    Upsample,
+    Upsampling,
+    conv_padding,
+)
 from .embeddings import TimeFeatures, embeddings
 from .errors import InputError
 from .heads import Head, HeadKind
@@ -326,7 +337,7 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         no recomputation, a few percent faster where memory is not short, e.g. small networks on a CPU). Outputs
         and gradients are the same either way."""
         for module in self.modules():
-            if "fused_norm_conv" in type(module).__dict__:
+            if isinstance(module, (ResidualBlock, Head)):  # the modules that call norm_act_conv
                 module.fused_norm_conv = bool(enabled)
 
     # ------------------------------------------------------------------------ presets
