@@ -118,7 +118,7 @@ class Trainer:
         if config.ema.enabled:
             e = config.ema
             self.ema = EMAModel(model.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
-                                power=e.power, update_after_step=e.update_after_step)
+                                power=e.power, update_after_step=e.update_after_step, foreach=True)
         optimizer = self._optimizer(model)
         self.step, self.total_steps = 0, config.train.steps
         self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(config.optim, optimizer, self.total_steps))
