@@ -248,7 +248,7 @@ class DenoisePipeline(DiffusionPipeline):
 
     def _predict(self, sample, t, run: _Run) -> torch.Tensor:
         """The U-Net output at ``t``, with classifier-free guidance when a scale is given."""
-        if run.guidance_scale is None:
+        if run.guidance_scale is None or run.guidance_scale == 1:  # s = 1 is the conditional model: skip the null pass
             return self.unet(sample, t, class_labels=run.labels, encoder_hidden_states=run.context).sample
         null_labels, null_context = run.null
 

@@ -171,6 +171,10 @@ def test_class_conditional_sampling_and_guidance():
     np.testing.assert_allclose(run(class_labels=[0, 1, 2], guidance_scale=1.0), labelled, atol=1e-5)
     np.testing.assert_allclose(run(class_labels=[0, 1, 2], guidance_scale=0.0), run(class_labels=[3, 3, 3]), atol=1e-5)
     assert np.abs(run(class_labels=[0, 1, 2], guidance_scale=4.0) - labelled).max() > 1e-3
+    batches = []  # s = 1 costs one forward of the batch a step, as no guidance does; other scales two (uncond, cond)
+    pipe.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    run(class_labels=[0, 1, 2], guidance_scale=1.0), run(class_labels=[0, 1, 2], guidance_scale=2.0)
+    assert batches == [3, 3, 6, 6]
 
 
 def test_context_conditional_sampling_and_guidance():
