@@ -1,5 +1,5 @@
 """1D, 2D and 3D networks on one core: shapes and gradients of every block kind, a 3D round trip, and
-2D outputs bitwise equal to those of the 2D-only network the ``dims`` switch replaced."""
+2D outputs equal (up to kernel reassociation) to those of the 2D-only network the ``dims`` switch replaced."""
 
 from pathlib import Path
 
@@ -139,13 +139,21 @@ def reference_outputs() -> dict[str, torch.Tensor]:
     return results
 
 
-def test_2d_outputs_and_gradients_are_bitwise_those_of_the_2d_only_network():
-    """The reference was computed by the network before ``dims`` existed (commit 44d3a4c, this machine type)."""
+# The reference was computed on one CPU type; another CPU, ISA (AVX2, AVX-512, NEON) or thread count makes oneDNN
+# and ATen pick other kernels, which sum in another order. That reassociation moves fp32 results by a few ulps a layer:
+# measured up to 3e-6 of a tensor's largest value (one thread against two, and ONEDNN_MAX_CPU_ISA=SSE41 with
+# ATEN_CPU_CAPABILITY=default against AVX2). A changed operation moves them by 1e-3 or more.
+REASSOCIATION = 2e-5  # of the tensor's largest magnitude
+
+
+def test_2d_outputs_and_gradients_are_those_of_the_2d_only_network():
+    """The reference was computed by the network before ``dims`` existed (commit 44d3a4c)."""
     expected = load_file(REFERENCE)
     got = reference_outputs()
     assert sorted(got) == sorted(expected)
-    differ = [key for key in got if not torch.equal(got[key], expected[key])]
-    assert not differ, f"2D results changed: {differ}"
+    differ = {key: (got[key] - expected[key]).abs().max().item() / expected[key].abs().max().item() for key in got
+              if not torch.allclose(got[key], expected[key], rtol=0, atol=REASSOCIATION * expected[key].abs().max().item())}
+    assert not differ, f"2D results changed (difference / largest value): {differ}"
 
 
 def test_3d_gradient_checkpointing_gives_the_same_gradients_and_bf16_autocast_runs():
