@@ -21,13 +21,19 @@ MODEL_HELP = (
     "HF_HUB_OFFLINE=1 reads the cache only)"
 )
 
+OUT_HELP = ("folder for the {what}: created if missing; an existing one must be empty (see --overwrite). The files appear "
+            "when the run has finished, all at once")
+OVERWRITE_HELP = ("replace what an existing --out holds: its files are removed and this run's written, so no earlier result "
+                  "stays beside the new ones (a folder with subfolders, or one that holds an input, is refused)")
+
 
 def add_sample(subparsers) -> None:
     """The ``sample`` subcommand."""
     sample = add_command(subparsers, "sample", run_sample, "sample images (or 1D signals, 3D volumes) from noise with a trained denoiser",
                          api_flags=API_FLAGS)
     sample.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    sample.add_argument("--out", required=True, metavar="DIR", help="folder for the images (created if missing)")
+    sample.add_argument("--out", required=True, metavar="DIR", help=OUT_HELP.format(what="images"))
+    sample.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     sample.add_argument("--num-images", type=int, default=16, metavar="N", help="images to sample (default 16)")
     sample.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call (default 16)")
     _sampling_options(sample)
@@ -60,7 +66,8 @@ def add_segment(subparsers) -> None:
                           api_flags=API_FLAGS)
     segment.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     segment.add_argument("input", metavar="INPUT", help="an image file or a folder of images (3D and 1D models: a .npy file or a folder of them)")
-    segment.add_argument("--out", required=True, metavar="DIR", help="folder for the masks (created if missing)")
+    segment.add_argument("--out", required=True, metavar="DIR", help=OUT_HELP.format(what="masks"))
+    segment.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     segment.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png: the image with the classes tinted")
     segment.add_argument("--probabilities", action="store_true",
                          help="also write the probabilities: NAME_prob.png, p(class 1) as 16-bit grayscale (0..65535 = 0..1), "
@@ -129,9 +136,10 @@ def run_sample(args) -> int:
     than one channel). A pipeline folder brings its own
     scheduler, and so does a weights file written by training (the schedule it was trained with travels
     in its metadata); any other bare U-Net is sampled on a default DDPM schedule: 1000 training steps,
-    linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type)."""
+    linear betas 1e-4 to 0.02, epsilon prediction (see --prediction-type). --out must be new or empty (checked
+    before sampling); --overwrite replaces what it holds, so no earlier image stays beside the new ones."""
 
-    from unet_diffusion.outputs import staged_output
+    from unet_diffusion.outputs import check_output, staged_output
 
     from .images import load_image, make_grid
     from .inference import fail_if
@@ -139,13 +147,14 @@ def run_sample(args) -> int:
 
     _check_sampling(args)
     fail_if(((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."))
+    check_output(args.out, args.overwrite, _reads(args))  # before the sampling, not after it
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
     pipe = _open_pipeline(load_denoise_pipeline, args.model, args, prediction_type=args.prediction_type)
     if pipe._dims != 2:
         return _write_arrays(pipe, args, image)
     images = _sample_images(pipe, args, args.class_label, image=image, strength=args.strength, mask_image=mask)
-    with staged_output(args.out) as staging:
+    with staged_output(args.out, args.overwrite, _reads(args)) as staging:
         for i, picture in enumerate(images):
             picture.save(staging / f"{i:05d}.png")
         make_grid(images).save(staging / "grid.png")
@@ -163,12 +172,17 @@ def _write_arrays(pipe, args, image) -> int:
 
     fail_if((image is not None, f"--image works with image models; this model has dims={pipe._dims}."))
     arrays = _sample_images(pipe, args, args.class_label, output_type="np")
-    with staged_output(args.out) as staging:
+    with staged_output(args.out, args.overwrite, _reads(args)) as staging:
         for i, array in enumerate(arrays):
             np.save(staging / f"{i:05d}.npy", (array[..., 0] if array.shape[-1] == 1 else array).astype(np.float32))
     shape = " x ".join(map(str, arrays[0].shape[:-1]))
     print(f"wrote {len(arrays)} arrays of {shape} to {args.out}")
     return 0
+
+
+def _reads(args) -> list[str]:
+    """The files and folders a command reads, which ``--overwrite`` must never remove."""
+    return [path for path in (args.model, getattr(args, "input", None), getattr(args, "image", None), getattr(args, "mask", None)) if path]
 
 
 def _check_sampling(args) -> None:
@@ -219,20 +233,24 @@ def run_segment(args) -> int:
     or stops the run with --strict. 1D and 3D models read .npy arrays ((L,) / (D, H, W), or with a leading
     channel axis) and write NAME.npy, the uint8 labels of every sample / voxel (and NAME_prob.npy, float32
     (K, ...), with --probabilities). --instances CLASS also writes NAME_instances.png (16-bit; .npy for arrays
-    or past 65535 objects): the objects of that class, 0 off it and 1..N one each."""
-    from unet_diffusion.outputs import staged_output
+    or past 65535 objects): the objects of that class, 0 off it and 1..N one each. --out must be new or
+    empty; --overwrite replaces what it holds (no earlier mask stays beside the new ones). Two inputs whose
+    outputs would share a name (a.png and a.jpg both write a.png) are an error before anything runs."""
+    from unet_diffusion.outputs import check_output, staged_output
 
     from .images import image_files, load_array, load_image
     from .inference import fail_if
     from .loading import load_segmentation_pipeline
 
+    check_output(args.out, args.overwrite, _reads(args))
     pipe = _open_pipeline(load_segmentation_pipeline, args.model, args)
     arrays = pipe._dims != 2
     fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={pipe._dims}."))
     files = image_files(args.input, (".npy",)) if arrays else image_files(args.input)
+    _check_output_names(files, args)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
     skipped = []
-    with staged_output(args.out) as staging, _progress(len(files), "image", args.quiet) as bar:
+    with staged_output(args.out, args.overwrite, _reads(args)) as staging, _progress(len(files), "image", args.quiet) as bar:
         for file in files:
             try:
                 image = load_array(file) if arrays else load_image(file)
@@ -251,6 +269,9 @@ def run_segment(args) -> int:
             else:
                 _write_segmentation(file, staging / file.stem, image, result, num_classes, args)
             bar.update(1)
+        if len(skipped) == len(files):
+            raise InputError(f"none of the {len(files)} inputs could be read (see the warnings above); nothing was written "
+                             f"to {args.out}.")
     written = len(files) - len(skipped)
     print(f"wrote {written} mask{'' if written == 1 else 's'} to {args.out}")
     if skipped:
@@ -258,6 +279,21 @@ def run_segment(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _check_output_names(files: list[Path], args) -> None:
+    """Every output is named after its input's stem (``a.png`` -> ``a.png``, ``a_prob.png``, ...): two inputs that
+    would write one name (``a.png`` and ``a.jpg``; ``a.png`` and ``a_overlay.png`` with --overlay) are an error."""
+    suffixes = ["", *(["_overlay"] if args.overlay else []), *(["_prob"] if args.probabilities else []),
+                *(["_instances"] if args.instances is not None else [])]
+    writer: dict[str, Path] = {}
+    for file in files:
+        for suffix in suffixes:
+            name = file.stem + suffix
+            if name in writer:
+                raise InputError(f"{writer[name].name} and {file.name} would both write {name} (outputs are named after the "
+                                 "input without its extension); rename one of them, or segment them into separate folders.")
+            writer[name] = file
 
 
 def _write_instances(stem: Path, labels, arrays: bool) -> None:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from unet_diffusion.errors import InputError
+from unet_diffusion.outputs import umask_modes
 
 from .images import image_files, load_image
 
@@ -165,6 +166,7 @@ def reference_features(folder: str | os.PathLike, extractor: nn.Module, extracto
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = path.with_suffix(".tmp")
         save_file({"features": features.contiguous()}, staging)
+        umask_modes(staging)  # save_file writes 0600
         staging.replace(path)  # written whole or not at all
     return features
 

@@ -38,10 +38,14 @@ def load_image(path: str | os.PathLike) -> PIL.Image.Image:
 
 
 def image_files(path: str | os.PathLike, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """``path`` itself if it is a file, else the image files (files ending in ``suffixes``) in the folder, sorted by name."""
+    """``path`` itself if it is a file ending in one of ``suffixes``, else the folder's files ending in them, sorted by name."""
     path = Path(path)
     kind = "image" if suffixes == IMAGE_SUFFIXES else "/".join(suffixes)
     if path.is_file():
+        if path.suffix.lower() not in suffixes:
+            raise InputError(f"{path} is not an {kind} file: expected a name ending in {', '.join(suffixes)}"
+                             + (" (a .npy array is read by 1D and 3D models)" if path.suffix.lower() == ".npy" else "")
+                             + "; pass such a file, or a folder of them.")
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is neither an {kind} file nor a folder.")

@@ -25,6 +25,7 @@ from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 from unet_diffusion.hub import resolve
 from unet_diffusion.inputs import check_conditioning
+from unet_diffusion.outputs import umask_modes
 from unet_diffusion.weights import check_config
 
 from .checkpoint import ema_weights
@@ -353,6 +354,7 @@ def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path, vae=None) 
     """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/, vae/ for latent diffusion) that
     ``unet-diffusion sample`` opens."""
     DenoisePipeline(unet=unet, scheduler=scheduler, vae=vae).save_pretrained(str(folder), safe_serialization=True)
+    umask_modes(folder)  # save_pretrained writes safetensors 0600
 
 
 # ---------------------------------------------------------------------------- latent diffusion

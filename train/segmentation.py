@@ -23,6 +23,7 @@ from pipelines.segmentation import conditioned_through
 from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
+from unet_diffusion.outputs import umask_modes
 
 from .checkpoint import ema_weights
 from .config import Config, ConfigError
@@ -218,6 +219,7 @@ class SegmentationTask:
         with ema_weights(unet, self.trainer.ema):
             # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
             SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(folder), safe_serialization=True)
+        umask_modes(folder)  # save_pretrained writes safetensors 0600
 
     def picture_every(self) -> int:
         return self.config.segmentation.overlay_every
