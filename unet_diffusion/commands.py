@@ -59,7 +59,7 @@ def run_convert(args: argparse.Namespace) -> int:
     model = UNet.from_pretrained(src, variant=args.variant)
     out = to_diffusers(model) if target == TO_DIFFUSERS else model
     # nn.Module.to: ModelMixin.to warns about float32-only modules, which these models do not have.
-    with staged_output(dst) as staging:
+    with staged_output(dst, args.overwrite, reads=[src]) as staging:
         torch.nn.Module.to(out, getattr(torch, args.dtype)).save_pretrained(staging)
     params = sum(p.numel() for p in out.parameters())
     print(f"{src} ({class_name}) -> {dst} ({type(out).__name__}, {params:,} parameters, {args.dtype})")

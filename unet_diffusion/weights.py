@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 
 from .annotations import check_arguments
 from .errors import InputError
+from .outputs import umask_modes
 
 CONFIG_METADATA_KEY = "unet_diffusion_config"
 SCHEDULER_METADATA_KEY = "unet_diffusion_scheduler"  # the noise schedule the weights were trained with
@@ -165,13 +166,15 @@ def pickle_conversion_command(pickle: Path, target: Path) -> str:
 
 # ---------------------------------------------------------------------------- atomic writes
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """``safetensors.torch.save_file`` through a temporary file renamed into place."""
+    """``safetensors.torch.save_file`` through a temporary file renamed into place, with the mode ``open`` gives
+    under the umask (``save_file`` and ``mkstemp`` would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        umask_modes(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
