@@ -1,17 +1,19 @@
-"""The README's sampling and segmentation examples run as written (with fewer steps)."""
+"""The sampling and segmentation examples of docs/pipelines.md run as written (with fewer steps)."""
 
 import shlex
 
 import numpy as np
 import PIL.Image
-from readme import code_blocks
+from readme import code_blocks, commands
 
 from unet_diffusion.cli import main
 
+PAGE = "docs/pipelines.md"
 
-def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
+
+def test_pipelines_page_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (python,) = code_blocks("Sampling and segmentation")
+    (python,) = code_blocks("Sampling and segmentation", page=PAGE)
     namespace: dict = {}
     exec(python.replace("num_inference_steps=50", "num_inference_steps=2").replace("num_inference_steps=20", "num_inference_steps=2"), namespace)  # noqa: S102
     assert len(namespace["images"]) == 4 and namespace["images"][0].size == (32, 32)
@@ -23,8 +25,7 @@ def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
     # The commands, on the models the Python example saved.
     (tmp_path / "images").mkdir()
     PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 36), dtype=np.uint8)).save(tmp_path / "images" / "cell.png")
-    (commands,) = code_blocks("Sampling and segmentation", language="bash")
-    for line in commands.strip().splitlines():
+    for line in commands("Sampling and segmentation", page=PAGE):
         argv = shlex.split(line.replace("--steps 50", "--steps 2").replace("--steps 20", "--steps 2").replace("--num-images 16", "--num-images 2"))
         assert argv[0] == "unet-diffusion"
         assert main([*argv[1:], "--no-progress"]) == 0, line
@@ -32,9 +33,9 @@ def test_readme_sampling_and_segmentation_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "masks" / "cell.png").is_file() and (tmp_path / "masks" / "cell_overlay.png").is_file()
 
 
-def test_readme_signals_and_volumes_example_runs(tmp_path, monkeypatch):
+def test_pipelines_page_signals_and_volumes_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (python,) = code_blocks("Signals and volumes (1D and 3D)")
+    (python,) = code_blocks("Signals and volumes (1D and 3D)", page=PAGE)
     namespace: dict = {}
     exec(python.replace("num_inference_steps=10", "num_inference_steps=2"), namespace)  # noqa: S102
     assert namespace["waves"].shape == (2, 256, 1)

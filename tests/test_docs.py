@@ -1,0 +1,90 @@
+"""The README and docs/ say what the results and the code say: rendered tables are current, the documented
+fields are the real ones, and every link leads somewhere."""
+
+import dataclasses
+import inspect
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+from readme import ROOT, section
+
+from bench import report
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def table_first_column(text: str) -> list[str]:
+    """The code names in the first column of every Markdown table row of ``text`` (header and rule left out)."""
+    return re.findall(r"^\| `([^`]+)` \|", text, flags=re.M)
+
+
+def test_committed_pages_equal_their_rendering():
+    stale = [page for page, text in report.render_all().items() if (ROOT / page).read_text() != text]
+    assert not stale, f"out of date: {stale}; run python -m bench.report and commit the pages"
+
+
+def test_documented_unet_fields_are_the_constructors_parameters():
+    from unet_diffusion import UNet
+
+    documented = table_first_column(section("Fields", "docs/model.md"))
+    parameters = [name for name in inspect.signature(UNet.__init__).parameters if name != "self"]
+    assert documented == parameters
+    assert all(meaning for *_, meaning in report.unet_fields()), "a UNet field has no line comment to describe it"
+
+
+def test_documented_training_keys_are_the_configs_fields():
+    from train.config import Config
+
+    def keys(cls, prefix=""):
+        for field in dataclasses.fields(cls):
+            key = f"{prefix}{field.name}"
+            inner = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+            yield from keys(type(inner), f"{key}.") if dataclasses.is_dataclass(inner) else [key]
+
+    documented = table_first_column(section("Every field", "docs/training.md"))
+    assert documented == list(keys(Config))
+    assert all(meaning for rows in report.config_sections().values() for *_, meaning in rows)
+
+
+def test_tables_follow_the_results(tmp_path, monkeypatch):
+    """A changed measurement changes the rendered README, and its provenance is printed with it."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for path in report.RESULTS.glob("*.json"):
+        (results / path.name).write_text(path.read_text())
+    mnist = json.loads((results / "config_mnist.json").read_text())
+    mnist["scores"][0]["agreement"] = 0.123
+    mnist["provenance"]["commit"] = "abc1234"
+    (results / "config_mnist.json").write_text(json.dumps(mnist))
+    monkeypatch.setattr(report, "RESULTS", results)
+    report.result.cache_clear()
+    try:
+        configs = report.render_configs()
+        assert "agreement 0.123" in configs and "agreement 0.950" not in configs
+        assert "`abc1234`" in report.render_mnist()
+    finally:
+        report.result.cache_clear()
+
+
+def test_an_unknown_marker_is_an_error():
+    with pytest.raises(KeyError, match="no-such-table"):
+        report.render_page("<!-- bench.report: no-such-table -->\n<!-- /bench.report -->\n")
+
+
+def test_rendering_imports_no_torch():
+    code = "import sys; from bench import report; report.render_all(); print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_relative_link_and_picture_resolves(page):
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)  # code is not links
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t)]
+    missing = [t for t in local if not (page.parent / t).exists()]
+    assert not missing, f"{page.name} links to missing files: {missing}"
