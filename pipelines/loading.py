@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
 from unet_diffusion.hub import resolve
 from unet_diffusion.loading import load_unet
-from unet_diffusion.weights import read_scheduler_config
+from unet_diffusion.weights import check_json_files, read_json, read_scheduler_config
 
 from .samplers import scheduler_class
 from .sampling import DenoisePipeline
@@ -35,7 +34,8 @@ def _pipeline_folder(path: Path, task: str) -> bool:
     index = path / "model_index.json"
     if not index.is_file():
         return False
-    info = json.loads(index.read_text())
+    check_json_files(path)  # every config of the folder, before diffusers reads them
+    info = read_json(index)
     name = info.get("_class_name")
     if name not in PIPELINE_CLASSES[task]:
         other = next((t for t, names in PIPELINE_CLASSES.items() if name in names), None)

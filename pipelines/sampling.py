@@ -9,7 +9,6 @@ guidance, image-to-image and inpainting.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError, InputTypeError
 from unet_diffusion.hub import resolve
 from unet_diffusion.inputs import check_conditioning
+from unet_diffusion.weights import read_json
 
 from .images import to_pil, to_tensor
 from .inference import eval_mode, fail_if
@@ -143,7 +143,7 @@ class DenoisePipeline(DiffusionPipeline):
         source = {key: kwargs.pop(key) for key in ("revision", "cache_dir", "local_files_only", "token") if key in kwargs}
         folder = resolve(pretrained_model_name_or_path, **source)
         index = folder / "model_index.json"
-        components = json.loads(index.read_text()) if index.is_file() else {}
+        components = read_json(index) if index.is_file() else {}
         if components.get("unet", [None, None])[1] not in DIFFUSERS_CLASSES:
             return super().from_pretrained(folder, **kwargs)
         scheduler = scheduler_class(components.get("scheduler", [None, "DDPMScheduler"])[1], str(index))

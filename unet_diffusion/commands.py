@@ -7,7 +7,6 @@ network load inside the handler.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .cli import add_command
@@ -38,12 +37,13 @@ def run_convert(args: argparse.Namespace) -> int:
     from .hub import resolve
     from .outputs import staged_output
     from .unet import UNet
+    from .weights import read_json
 
     src, dst = resolve(args.src), Path(args.dst)  # a folder, or a Hub id read through the cache
     config_path = src / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")
-    class_name = json.loads(config_path.read_text()).get("_class_name")
+    class_name = read_json(config_path).get("_class_name")
     if class_name in DIFFUSERS_CLASSES:
         source_format = TO_DIFFUSERS
     elif class_name == UNet.__name__:

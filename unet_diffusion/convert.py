@@ -22,7 +22,7 @@ import torch
 
 from .errors import InputError
 from .plan import attention_heads, embedding_width, head_channels
-from .weights import raise_if_mismatched, state_dict_differences
+from .weights import raise_if_mismatched, raise_if_other_kind, state_dict_differences
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
@@ -520,6 +520,7 @@ def fill_model(model: torch.nn.Module, state_dict: dict, source: str, dtype: tor
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in state_dict.items()}
     raise_if_mismatched(*state_dict_differences(expected, found), source=source)
+    raise_if_other_kind(model, {name: t.dtype for name, t in state_dict.items()}, source)
     # copy=True: the tensors may belong to a live model, which must not share storage with this one.
     state_dict = {name: t.to(dtype=dtype or t.dtype, copy=True) for name, t in state_dict.items()}
     model.load_state_dict(state_dict, strict=True, assign=True)

@@ -135,12 +135,14 @@ def norm_act_conv(
 
     The fused op and the plain composition give the same result. The fused op is taken only when it
     can stand in for the modules: plain ``GroupNorm``/``ConvNd`` without hooks or wrappers (adapters,
-    offloading, feature extraction keep working), not under ``torch.compile`` (which fuses by itself).
-    Autocast is honoured as for ``nn.Conv2d`` (the normalisation runs in the input's precision, the
+    offloading, feature extraction keep working), not under ``torch.compile`` (which fuses by itself),
+    and not on the meta device (shapes only: there is nothing to save memory on, and autocast knows no
+    meta device). Autocast is honoured as for ``nn.Conv2d`` (the normalisation runs in the input's precision, the
     convolution in the autocast dtype).
     """
     grad_needed = torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
-    if not (fused and grad_needed) or torch.compiler.is_compiling() or not _fusable(norm, conv):
+    on_meta = x.device.type == "meta" or conv.weight.device.type == "meta"
+    if not (fused and grad_needed) or on_meta or torch.compiler.is_compiling() or not _fusable(norm, conv):
         return _composed(x, norm, conv, scale, shift, dropout)
     device_type = x.device.type
     conv_dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype

@@ -7,7 +7,6 @@ loading policy for both kinds of folder: our own (``config.json`` + safetensors)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -20,9 +19,11 @@ from .weights import (
     check_config,
     model_shapes,
     raise_if_mismatched,
+    raise_if_other_kind,
+    read_json,
     read_safetensors,
     safetensors_files,
-    safetensors_shapes,
+    safetensors_header,
     state_dict_differences,
 )
 
@@ -58,7 +59,7 @@ def diffusers_folder_class(folder: Path) -> str | None:
     config_path = folder / "config.json"
     if not config_path.is_file():
         return None
-    name = json.loads(config_path.read_text()).get("_class_name")
+    name = read_json(config_path).get("_class_name")
     return name if name in DIFFUSERS_CLASSES else None
 
 
@@ -120,7 +121,7 @@ class PretrainedMixin:
         config_path = folder / "config.json"
         if not config_path.is_file():
             raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path)
         class_name = config.get("_class_name", cls.__name__)
         if class_name != cls.__name__:
             raise InputError(
@@ -128,12 +129,14 @@ class PretrainedMixin:
                 f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
             )
         check_config(cls, config, source=str(config_path))
-        found: dict[str, tuple] = {}
+        found: dict[str, tuple[tuple, str]] = {}
         for file in safetensors_files(folder, variant):
-            found.update(safetensors_shapes(file))
+            found.update(safetensors_header(file))
         with torch.device("meta"):
             skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
-        raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), found), source=str(folder))
+        shapes = {name: shape for name, (shape, _) in found.items()}
+        raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), shapes), source=str(folder))
+        raise_if_other_kind(skeleton, {name: dtype for name, (_, dtype) in found.items()}, source=str(folder))
 
     @classmethod
     def from_diffusers_folder(
@@ -154,7 +157,7 @@ class PretrainedMixin:
             raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
         device = one_device(device_map)
         folder = Path(folder)
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json(folder / "config.json")
         state_dict: dict[str, torch.Tensor] = {}
         for file in safetensors_files(folder, variant):
             state_dict.update(read_safetensors(file))

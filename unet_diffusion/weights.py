@@ -97,11 +97,11 @@ def unreadable(path: str | os.PathLike, err: Exception) -> InputError:
                       "copy or write it again.")
 
 
-def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple]:
-    """Tensor name -> shape read from a safetensors header (no tensor data is read)."""
+def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[tuple, str]]:
+    """Tensor name -> (shape, dtype name such as ``"F32"``) read from a safetensors header (no tensor data is read)."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            return {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
     except Exception as err:  # safetensors raises its own error types for corrupt headers
         raise unreadable(path, err) from err
 
@@ -117,15 +117,82 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise unreadable(path, err) from err
 
 
+# safetensors' dtype names by prefix (F32, BF16, I64, U8, C64, F8_E4M3) -> torch's (float32, bfloat16, int64, ...)
+SAFETENSORS_DTYPE_PREFIXES = {"BF": "bfloat", "F": "float", "I": "int", "U": "uint", "C": "complex"}
+
+
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch's name of a torch dtype or of a safetensors header's dtype (``"I32"`` -> ``"int32"``)."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).removeprefix("torch.")
+    if dtype == "BOOL":
+        return "bool"
+    prefix = "BF" if dtype.startswith("BF") else dtype[:1]
+    return SAFETENSORS_DTYPE_PREFIXES.get(prefix, dtype) + dtype[len(prefix):].lower()
+
+
+def dtype_kind(dtype: torch.dtype | str) -> str:
+    """``"a bool"``, ``"an integer"``, ``"a floating-point"`` or ``"a complex"`` (torch dtype or safetensors name)."""
+    name = dtype_name(dtype)
+    if name == "bool":
+        return "a bool"
+    return "a complex" if name.startswith("complex") else "a floating-point" if "float" in name else "an integer"
+
+
+def raise_if_other_kind(model: torch.nn.Module, found: dict[str, torch.dtype | str], source: str) -> None:
+    """Refuse tensors whose dtype is of another kind than the model's (an int32 or bool tensor for a float parameter):
+    loading would cast them silently. Another float precision is fine (fp16 variants load into float32 models)."""
+    expected = {name: t.dtype for name, t in model.state_dict().items()}
+    wrong = [(name, found[name], expected[name]) for name in sorted(set(expected) & set(found))
+             if dtype_kind(found[name]) != dtype_kind(expected[name])]
+    if wrong:
+        name, given, wanted = wrong[0]
+        more = f" ({len(wrong) - 1} more tensors alike)" if len(wrong) > 1 else ""
+        raise CheckpointMismatchError(
+            f"the checkpoint {source} holds {name} as {dtype_name(given)} but the model's parameter is "
+            f"{dtype_name(wanted)}{more}; {dtype_kind(given)} tensor is not cast into {dtype_kind(wanted)} parameter "
+            "(only float precisions convert). These are not this model's weights: save them again from the trained "
+            "model; no weight was loaded."
+        )
+
+
 def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state_dict`` into ``model`` after checking that names and shapes match exactly."""
+    """Copy ``state_dict`` into ``model`` after checking that names and shapes match exactly and that no tensor
+    changes kind (integer or bool into float); float precisions convert."""
     found = {name: tuple(t.shape) for name, t in state_dict.items()}
     raise_if_mismatched(*state_dict_differences(model_shapes(model), found), source=source)
+    raise_if_other_kind(model, {name: t.dtype for name, t in state_dict.items()}, source)
     model.load_state_dict(state_dict, strict=True)
 
 
 # ---------------------------------------------------------------------------- folders
 WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a model folder (``config.json``, ``model_index.json``, a shard index), ours or diffusers'.
+
+    Every loader reads these files here, so a truncated or hand-broken file is one ``InputError`` naming the
+    file and where the text stops parsing, never a ``JSONDecodeError`` traceback.
+    """
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a JSONDecodeError says the line and column
+        raise InputError(f"{path} is not valid JSON ({err}); it may be truncated or edited by hand: repair it, or "
+                         "save or download the model again.") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{path} holds a JSON {type(value).__name__}, not the object of names a config file holds; "
+                         "save or download the model again.")
+    return value
+
+
+def check_json_files(folder: str | os.PathLike) -> None:
+    """Read every JSON file of a pipeline folder and of its component folders (``unet/``, ``scheduler/``), so that a
+    broken one is named by ``read_json`` before diffusers reads it (diffusers says only "not a valid JSON file")."""
+    folder = Path(folder)
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*/*.json")]):
+        read_json(path)
 
 
 def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> list[Path]:
@@ -142,7 +209,10 @@ def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> 
     if single.is_file():
         return [single]
     if index.is_file():
-        return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise InputError(f"{index} has no weight_map (tensor name -> shard file); save or download the model again.")
+        return sorted({folder / name for name in weight_map.values()})
     hint = ""
     if (folder / f"{stem}.bin").is_file():
         hint = (f" It has {stem}.bin, a pickle, which is not read because unpickling can run code; convert it once with: "
