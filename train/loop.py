@@ -32,11 +32,13 @@ from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, s
 from diffusers.training_utils import EMAModel
 
 from unet_diffusion.errors import InputError
+from unet_diffusion.outputs import umask_modes
 
 from .budget import TimeBudget, lr_schedule
 from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_best, read_state, replace_best, resolve_resume
 from .config import Config, ConfigError, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
+from .lock import RunLock, describe
 from .plots import PLOT_FILE, plot_run
 from .tracking import LOGS_DIR, log_picture, read_log, trackers
 
@@ -220,9 +222,33 @@ class Trainer:
         if self.config.train.cpu_threads:
             torch.set_num_threads(self.config.train.cpu_threads)
         try:
-            return self._run(resume)
+            with self._output_lock():
+                return self._run(resume)
         finally:
             torch.set_num_threads(threads)
+
+    @contextlib.contextmanager
+    def _output_lock(self):
+        """Hold ``train.output_dir``'s lock (``lock``) for the run, before anything is written there: the main
+        process takes it, and every process stops if it could not."""
+        acc = self.accelerator
+        with contextlib.ExitStack() as stack:
+            lock, refused = None, None
+            if acc.is_main_process:
+                try:
+                    lock = stack.enter_context(RunLock(self.run_dir))
+                except InputError as err:
+                    refused = err
+            if acc.num_processes > 1:
+                anyone = acc.reduce(torch.tensor(float(refused is not None), device=acc.device), "sum").item()
+                if anyone and refused is None:
+                    refused = InputError(f"{self.run_dir} is in use by another training run (the main process names it).")
+            if refused is not None:
+                raise refused
+            if lock is not None and lock.took_over:
+                self.log(f"note: {self.run_dir} was held by a run that did not end ({describe(lock.took_over)}); "
+                         "it is gone, so this run takes the folder over")
+            yield
 
     def _run(self, resume: str | None) -> RunResult:
         c, acc = self.config.train, self.accelerator
@@ -439,7 +465,10 @@ class Trainer:
                     "planned_steps": self.total_steps}
         if self.budget is not None:
             counters["trained_seconds"] = self.budget.trained_seconds(self._loop_seconds())
-        return self.checkpoints.save(self.step, counters)
+        checkpoint = self.checkpoints.save(self.step, counters)
+        if self.accelerator.is_main_process:
+            umask_modes(checkpoint)  # save_pretrained writes safetensors 0600
+        return checkpoint
 
     @contextlib.contextmanager
     def _signals(self):
