@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from unet_diffusion.errors import InputError
-from unet_diffusion.weights import WEIGHTS_NAME, load_state_dict_strict, read_safetensors
+from unet_diffusion.weights import WEIGHTS_NAME, load_state_dict_strict, read_json, read_safetensors
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer.json"
@@ -82,7 +82,41 @@ def resolve_resume(resume: str | None, run_dir: str | os.PathLike) -> Path | Non
 
 def read_state(checkpoint: str | os.PathLike) -> dict:
     """The ``trainer.json`` of a checkpoint."""
-    return json.loads((Path(checkpoint) / STATE_FILE).read_text())
+    return read_json(Path(checkpoint) / STATE_FILE)
+
+
+# ---------------------------------------------------------------------------- may a run resume with this config?
+# The sections that say what is trained; a resume with other values would load weights into another network.
+MODEL_SECTIONS = ("task", "model")
+# Settings of those sections that choose how the network is computed, not what it computes or holds: a resume may
+# change them (e.g. turn on gradient checkpointing to fit a larger batch).
+EXECUTION_ONLY = ("model.gradient_checkpointing", "model.fused_norm_conv")
+ABSENT = "(not set)"
+
+
+def _fields(value, prefix: str) -> dict:
+    """A nested dict as dotted field -> value (lists and other values as they are)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    return {key: v for name, item in value.items() for key, v in _fields(item, f"{prefix}.{name}").items()}
+
+
+def model_changes(saved: dict, now: dict) -> list[str]:
+    """The fields of ``MODEL_SECTIONS`` that differ between a run's saved config and ``now`` (both as
+    ``Config.to_dict()``), each as ``field: saved X, now Y``; the ``EXECUTION_ONLY`` settings aside."""
+    before = {k: v for section in MODEL_SECTIONS for k, v in _fields(saved.get(section, ABSENT), section).items()}
+    after = {k: v for section in MODEL_SECTIONS for k, v in _fields(now.get(section, ABSENT), section).items()}
+    return [f"{key}: saved {before.get(key, ABSENT)}, now {after.get(key, ABSENT)}"
+            for key in sorted(set(before) | set(after))
+            if key not in EXECUTION_ONLY and before.get(key, ABSENT) != after.get(key, ABSENT)]
+
+
+def raise_if_model_changed(saved: dict, now: dict, checkpoint: str | os.PathLike) -> None:
+    """Refuse to resume ``checkpoint`` when ``now`` trains another network than its run's ``saved`` config."""
+    changes = model_changes(saved, now)
+    if changes:
+        raise InputError(f"cannot resume from {checkpoint}: its run trained another model ({'; '.join(changes)}); "
+                         "resume with the run's values, or start a new run in another train.output_dir.")
 
 
 class Checkpoints:
@@ -198,7 +232,7 @@ BEST_DIR, BEST_FILE = "best", "best.json"
 def read_best(run_dir: Path) -> dict | None:
     """The ``best.json`` of a run's best pipeline (metric, value, step), or None when there is none yet."""
     path = Path(run_dir) / BEST_DIR / BEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def replace_best(run_dir: Path, write, record: dict) -> Path:

@@ -77,8 +77,10 @@ def _train(config, resume) -> int:
 
 
 def _load(config_name, args, *overrides):
-    quiet = ["train.progress_bar=false"] if args.quiet else []
-    return load_config(config_name, [*overrides, *quiet, *args.overrides])
+    config = load_config(config_name, [*overrides, *args.overrides])
+    if args.quiet:  # set on the config, not as an override: messages quote only the overrides a user typed
+        config.train.progress_bar = False
+    return config
 
 
 def run_train(args) -> int:

@@ -318,10 +318,24 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
     raise FileNotFoundError(f"no config file at {path}; give a YAML file or the name of a shipped config ({names}).")
 
 
+DEFAULT_DATA_DIR = "../shared/data"
+
+
 def expand_path(text: str | None) -> str | None:
-    """Expand ``${UNET_DATA_DIR}`` (default: ``../shared/data`` beside the project), ``~`` and other variables."""
+    """Expand ``${UNET_DATA_DIR}``, ``~`` and other variables.
+
+    ``UNET_DATA_DIR`` defaults to ``../shared/data`` from the current folder (not from the installed package, which
+    a pip install puts inside the environment). A path through it whose folder does not exist is an error naming
+    the folder tried.
+    """
     if text is None:
         return None
-    data_dir = os.environ.get("UNET_DATA_DIR") or str((PROJECT_ROOT / ".." / "shared" / "data").resolve())
-    text = text.replace("${UNET_DATA_DIR}", data_dir).replace("$UNET_DATA_DIR", data_dir)
+    if "$UNET_DATA_DIR" in text or "${UNET_DATA_DIR}" in text:
+        given = os.environ.get("UNET_DATA_DIR")
+        data_dir = Path(given or DEFAULT_DATA_DIR).expanduser().resolve()
+        if not data_dir.is_dir():
+            why = f"UNET_DATA_DIR={given}" if given else f"UNET_DATA_DIR is not set: {DEFAULT_DATA_DIR} from the current folder"
+            raise FileNotFoundError(f"{text} needs the datasets folder, but {data_dir} is not a folder ({why}); set "
+                                    "UNET_DATA_DIR to the folder holding the datasets.")
+        text = text.replace("${UNET_DATA_DIR}", str(data_dir)).replace("$UNET_DATA_DIR", str(data_dir))
     return os.path.expanduser(os.path.expandvars(text))

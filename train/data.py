@@ -13,6 +13,7 @@ order sampler simply starts at the right micro-batch.
 
 from __future__ import annotations
 
+import glob
 import io
 import zipfile
 from dataclasses import dataclass
@@ -153,7 +154,16 @@ class DatasetsSource:
                 f"cannot load dataset {data.path!r} (data_files={files!r}): {err}. For the shipped configs set "
                 "UNET_DATA_DIR to the folder holding the datasets."
             ) from None
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as err:
+            # datasets fails on parquet files without rows with errors that do not say so (an Arrow batch size of 0,
+            # "corresponds to no data"); an unknown split is a ValueError too.
+            if data.path == "parquet" and _parquet_rows(files) == 0:
+                raise InputError(f"data.data_files={files!r}: the parquet data has no rows; give files with examples.") from None
+            cause = " ".join(str(err.__cause__ or err).split())
+            raise InputError(f"cannot load dataset {data.path!r} (data_files={files!r}, split={data.split!r}): {cause}") from None
         self.label = f"{data.path}[{data.split}]"
+        if len(self.ds) == 0:
+            raise InputError(f"{self.label} (data_files={files!r}) has no rows; give data with examples, or another data.split.")
         columns = self.ds.column_names
         for key in ("image_column", "label_column", "mask_column", "context_column"):
             column = getattr(data, key)
@@ -192,6 +202,18 @@ class DatasetsSource:
         label = int(row[d.label_column]) if d.label_column else None
         context = np.asarray(row[d.context_column], dtype=np.float32) if d.context_column else None
         return RawExample(image, mask=mask, label=label, context=context)
+
+
+def _parquet_rows(files: str | list | dict | None) -> int | None:
+    """The rows of the local parquet files (or globs) named, from their footers; ``None`` when that cannot be told."""
+    import pyarrow.parquet as pq
+
+    patterns = [files] if isinstance(files, str) else files if isinstance(files, list) else []
+    paths = [path for pattern in patterns for path in sorted(glob.glob(pattern))]
+    try:
+        return sum(pq.read_metadata(path).num_rows for path in paths) if paths else None
+    except Exception:  # an unreadable file: datasets' own error says more
+        return None
 
 
 class ImageMaskPairs:
@@ -342,6 +364,8 @@ class Arrays:
                              "array. Save examples and labels together with numpy.savez.")
         else:
             examples = load_array(path)
+        if len(examples) == 0:
+            raise InputError(f"{path} holds no examples (its array is {examples.shape}); give an array of at least one.")
         if examples.ndim == dims + 1:
             examples = examples[:, None]  # one channel
         if examples.ndim != dims + 2:

@@ -35,7 +35,16 @@ from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
 from .budget import TimeBudget, lr_schedule
-from .checkpoint import Checkpoints, latest_checkpoint, list_checkpoints, read_best, read_state, replace_best, resolve_resume
+from .checkpoint import (
+    Checkpoints,
+    latest_checkpoint,
+    list_checkpoints,
+    raise_if_model_changed,
+    read_best,
+    read_state,
+    replace_best,
+    resolve_resume,
+)
 from .config import Config, ConfigError, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
 from .lock import RunLock, describe
@@ -206,10 +215,7 @@ class Trainer:
             import yaml
 
             theirs = yaml.safe_load(saved.read_text()) or {}
-            for key in ("task", "model"):
-                if theirs.get(key) != mine[key]:
-                    raise InputError(f"cannot resume from {checkpoint}: its run was made with a different {key} "
-                                     f"({theirs.get(key)!r}, now {mine[key]!r}).")
+            raise_if_model_changed(theirs, mine, checkpoint)
             before, now = theirs.get("train", {}).get("batch_size"), mine["train"]["batch_size"]
             if before != now:
                 self.log(f"note: train.batch_size was {before} in the checkpoint's run and is {now} now; the data order "
