@@ -7,6 +7,7 @@ parsed arguments and returns an exit status. torch, diffusers and the pipelines 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -45,13 +46,19 @@ def add_sample(subparsers) -> None:
 
 def _sampling_options(parser: argparse.ArgumentParser) -> None:
     """How ``sample`` (and ``evaluate``, given a model) draw images from noise."""
-    parser.add_argument("--steps", type=int, default=None, metavar="N", help="denoising steps (default: 1000 for DDPM, 50 for the others)")
-    parser.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default=None, help="sampler (default: the model's scheduler, DDPM for a bare U-Net)")
-    parser.add_argument("--eta", type=float, default=0.0, metavar="ETA", help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default 0)")
+    # Left out, each of --sampler, --steps, --guidance-scale and --eta is the model's stored default (a run saves its
+    # config's), else diffusers' default; the command prints what it used.
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="denoising steps (default: the model's stored default, else 1000 for DDPM and 50 for the others)")
+    parser.add_argument("--sampler", choices=list(SAMPLER_SCHEDULERS), default=None,
+                        help="sampler (default: the model's stored default, else its scheduler; DDPM for a bare U-Net)")
+    parser.add_argument("--eta", type=float, default=None, metavar="ETA",
+                        help="DDIM's eta: 0 deterministic, 1 DDPM-like noise (default: the model's stored default, else 0)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="image i uses seed + i, whatever the batch size (default 0)")
     parser.add_argument("--class-label", type=int, nargs="+", default=None, metavar="LABEL",
                         help="class-conditional models: one label for every image, or one per image")
-    parser.add_argument("--guidance-scale", type=float, default=None, metavar="S", help="classifier-free guidance scale (needs the null label); default none")
+    parser.add_argument("--guidance-scale", type=float, default=None, metavar="S",
+                        help="classifier-free guidance scale (needs the null label; 1 = none; default: the model's stored default, else none)")
     parser.add_argument("--height", type=int, default=None, metavar="H", help="image height (default: the model's sample_size)")
     parser.add_argument("--width", type=int, default=None, metavar="W", help="image width (default: the model's sample_size)")
     parser.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
@@ -190,12 +197,22 @@ def _check_sampling(args) -> None:
     from .inference import fail_if
 
     labels = args.class_label
+    sizes = [("--height", args.height), ("--width", args.width), *(("--size", side) for side in args.size or [])]
     fail_if(
         (args.num_images < 1, f"--num-images must be at least 1; got {args.num_images}."),
         (args.batch_size < 1, f"--batch-size must be at least 1; got {args.batch_size}."),
+        (args.steps is not None and args.steps < 1, f"--steps must be at least 1; got {args.steps}."),
+        *((side is not None and side < 1, f"{flag} must be a positive number of pixels; got {side}.") for flag, side in sizes),
+        (args.eta is not None and not 0 <= args.eta <= 1, f"--eta must lie in [0, 1] (0 deterministic DDIM, 1 DDPM-like); got {args.eta}."),
         (labels is not None and len(labels) not in (1, args.num_images),
          f"--class-label takes one label or one per image ({args.num_images}); got {len(labels or [])}."),
+        (args.guidance_scale is not None and not math.isfinite(args.guidance_scale),
+         f"--guidance-scale must be a finite number (1 = no guidance); got {args.guidance_scale}."),
     )
+    if args.guidance_scale is not None and args.guidance_scale < 0:
+        # Legitimate (it steers away from the condition), but more often a typo: say what it does.
+        print(f"note: --guidance-scale {args.guidance_scale:g} is negative: the samples are pushed away from the asked "
+              "condition; 1 is no guidance and above 1 strengthens it.", file=sys.stderr)
 
 
 def _sample_images(pipe, args, labels: list[int] | None, output_type: str = "pil", **init) -> list:
@@ -203,6 +220,8 @@ def _sample_images(pipe, args, labels: list[int] | None, output_type: str = "pil
     image i from seed + i and ``labels`` (one for all, or one per image)."""
     import torch
 
+    settings = pipe.sampling_settings(args.sampler, args.steps, args.guidance_scale, args.eta)
+    print(f"sampling {args.num_images} with {settings.describe()} (the model's defaults unless given as flags)")
     one_batch = args.num_images <= args.batch_size
     pipe.set_progress_bar_config(disable=args.quiet or not one_batch)  # one batch: the bar counts denoising steps
     images = []

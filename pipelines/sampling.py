@@ -32,6 +32,8 @@ from .samplers import SAMPLER_SCHEDULERS, scheduler_class
 SAMPLERS: dict[str, type[SchedulerMixin]] = {name: scheduler_class(cls, 'SAMPLER_SCHEDULERS') for name, cls in SAMPLER_SCHEDULERS.items()}
 
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+# The ``__call__`` arguments a pipeline can store as its sampling defaults (``sampling=``, saved in model_index.json).
+SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "eta")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -55,6 +57,35 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
         raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
     config = like.config if like is not None else DDPMScheduler().config
     return sampler.from_config(config)
+
+
+@dataclass
+class SamplingSettings:
+    """What one call samples with, after the pipeline's stored defaults have filled in what the caller left out."""
+
+    scheduler: SchedulerMixin
+    num_inference_steps: int
+    guidance_scale: float | None          # None: the conditional model alone
+    eta: float
+
+    def describe(self) -> str:
+        """One line for people, e.g. ``DDPMScheduler, 100 steps, guidance 1.5``."""
+        guidance = "no guidance" if self.guidance_scale is None else f"guidance {self.guidance_scale:g}"
+        eta = f", eta {self.eta:g}" if self.eta else ""
+        return f"{type(self.scheduler).__name__}, {self.num_inference_steps} steps, {guidance}{eta}"
+
+
+def check_sampling_defaults(values: dict | None) -> dict | None:
+    """Stored sampling defaults: a mapping of some of ``SAMPLING_KEYS`` to names and numbers, or ``None``."""
+    if values is None:
+        return None
+    unknown = sorted(set(values) - set(SAMPLING_KEYS))
+    fail_if((not isinstance(values, dict), f"sampling defaults must be a mapping of {', '.join(SAMPLING_KEYS)}; got {values!r}."),
+            (bool(unknown), f"sampling defaults take {', '.join(SAMPLING_KEYS)}; got unknown {', '.join(unknown)}."))
+    sampler = values.get("sampler")
+    fail_if((sampler is not None and sampler not in SAMPLERS,
+             f"the default sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}."))
+    return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass
@@ -101,6 +132,8 @@ class DenoisePipeline(DiffusionPipeline):
     ``save_pretrained`` / ``from_pretrained`` store both parts (``unet/``, ``scheduler/`` and a
     ``model_index.json``). The scheduler's config says how the model was trained (betas,
     ``prediction_type`` epsilon / v_prediction / sample); ``sampler=`` picks how to sample.
+    ``sampling`` stores how the pipeline samples when a call does not say (a training run stores its config's
+    ``diffusion.sampler``, ``sample_steps``, ``guidance_scale`` and ``eta``); it is saved in ``model_index.json``.
     Turn the progress bar off with ``pipe.set_progress_bar_config(disable=True)``.
 
     Args:
@@ -109,6 +142,9 @@ class DenoisePipeline(DiffusionPipeline):
             default DDPM schedule (1000 linear steps, epsilon prediction).
         vae: optional diffusers autoencoder (``AutoencoderKL``, ``AutoencoderTiny``) for latent diffusion: the
             U-Net denoises its latents and the pipeline decodes them to images.
+        sampling: the sampling defaults, a dict of ``sampler`` (a name from ``SAMPLERS``), ``num_inference_steps``,
+            ``guidance_scale`` and ``eta``, each optional; ``None`` keeps diffusers' defaults (the scheduler as
+            given, every training step for DDPM, 50 for the others, no guidance).
 
     Example:
         >>> from diffusers import DDPMScheduler
@@ -119,7 +155,7 @@ class DenoisePipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]
 
-    def __init__(self, unet: UNet, scheduler: SchedulerMixin | str, vae=None):
+    def __init__(self, unet: UNet, scheduler: SchedulerMixin | str, vae=None, sampling: dict | None = None):
         super().__init__()
         if getattr(unet.config, "head", "denoise") != "denoise":
             raise InputError(
@@ -134,6 +170,7 @@ class DenoisePipeline(DiffusionPipeline):
             raise InputError(f"the VAE's latents have {vae.config.latent_channels} channels but the U-Net takes "
                              f"{unet.config.in_channels}; train the U-Net on this VAE's latents (in_channels = latent_channels).")
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+        self.register_to_config(sampling=check_sampling_defaults(sampling))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -155,14 +192,17 @@ class DenoisePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self, batch_size: int | None = None, *, num_inference_steps: int | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None, sampler=None, eta: float = 0.0,
+        generator: torch.Generator | list[torch.Generator] | None = None, sampler=None, eta: float | None = None,
         class_labels=None, encoder_hidden_states: torch.Tensor | None = None,
         negative_encoder_hidden_states: torch.Tensor | None = None, guidance_scale: float | None = None,
         image=None, strength: float | None = None, mask_image=None, height: int | None = None, width: int | None = None,
         size: int | tuple[int, ...] | None = None,
-        output_type: str = "pil", return_dict: bool = True,
+        output_type: str = "pil", return_dict: bool = True, use_clipped_model_output: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Sample ``batch_size`` images (signals or volumes for a U-Net with ``dims`` 1 or 3).
+
+        ``sampler``, ``num_inference_steps``, ``guidance_scale`` and ``eta`` left at ``None`` take the pipeline's
+        stored sampling defaults (``sampling``) when it has them; ``sampling_settings`` says what a call will use.
 
         Args:
             batch_size: images to make; ``None`` takes it from the conditioning or the init image, else 1.
@@ -173,6 +213,7 @@ class DenoisePipeline(DiffusionPipeline):
                 ``"euler"``, ...) or a scheduler class uses that sampler on the same training schedule;
                 a scheduler object is used as is. Only this call is affected.
             eta: DDIM's eta (0 = deterministic DDIM, 1 = DDPM-like noise); only for schedulers that take it.
+                ``None``: the stored default when the sampler is the stored one, else 0.
             class_labels: an int, a sequence or a ``(B,)`` tensor; needed by class-conditional models. The
                 null label (index ``num_class_labels``) samples unconditionally.
             encoder_hidden_states: ``(B, L, context_dim)`` (or ``(L, context_dim)``, shared) context for
@@ -197,6 +238,10 @@ class DenoisePipeline(DiffusionPipeline):
                 ``"pt"`` (``(B, C, H, W)`` float in [0, 1]) or ``"latent"`` (the raw final sample). 1D and
                 3D models give ``"np"`` (channels last: ``(B, L, C)``, ``(B, D, H, W, C)``), ``"pt"`` or ``"latent"``.
             return_dict: return an ``ImagePipelineOutput`` (``.images``) or a one-element tuple.
+            use_clipped_model_output: DDIM-style steps only: when the predicted clean sample is clipped to [-1, 1],
+                re-derive the noise from the clipped one (``True``, the default). Guidance drives the prediction far
+                past [-1, 1], and mixing the clipped sample with the unclipped noise pushes samples off the data.
+                ``False`` is diffusers' ``DDIMPipeline`` default and gives its images exactly.
         """
         fail_if(
             (output_type not in OUTPUT_TYPES,
@@ -207,11 +252,12 @@ class DenoisePipeline(DiffusionPipeline):
              "negative_encoder_hidden_states is used only with guidance_scale; pass a guidance_scale too."),
         )
         self._check_dims(output_type, image)
-        scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
+        settings = self.sampling_settings(sampler, num_inference_steps, guidance_scale, eta)
+        scheduler = settings.scheduler
         run = self._prepare(batch_size, generator, class_labels, encoder_hidden_states, negative_encoder_hidden_states,
-                            guidance_scale, image, mask_image, (height, width, size))
+                            settings.guidance_scale, image, mask_image, (height, width, size))
         learned_variance = self._check_variance(scheduler)
-        timesteps = self._timesteps(scheduler, num_inference_steps, strength, run)
+        timesteps = self._timesteps(scheduler, settings.num_inference_steps, strength, run)
         noise = randn_tensor(run.shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         if run.init is None:
             sample = noise * scheduler.init_noise_sigma
@@ -219,10 +265,26 @@ class DenoisePipeline(DiffusionPipeline):
             return self._output(run.init, output_type, return_dict)
         else:
             sample = scheduler.add_noise(run.init, noise, timesteps[:1].repeat(len(run.init)))
-        step_kwargs = self._step_kwargs(scheduler, eta, generator)
+        step_kwargs = self._step_kwargs(scheduler, settings.eta, generator, use_clipped_model_output)
         sample = self._denoise(scheduler, timesteps, sample, noise, run, step_kwargs, learned_variance)
         self.maybe_free_model_hooks()
         return self._output(sample, output_type, return_dict)
+
+    def sampling_settings(self, sampler=None, num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                          eta: float | None = None) -> SamplingSettings:
+        """What a call with these arguments samples with: each one left ``None`` is the pipeline's stored default
+        (``sampling``), else diffusers' (the pipeline's scheduler, every training step for DDPM and 50 for the others,
+        no guidance, eta 0). A stored eta applies only to the stored sampler."""
+        stored = self.config.get("sampling") or {}
+        own_sampler = sampler is None or sampler == stored.get("sampler")
+        sampler = stored.get("sampler") if sampler is None else sampler
+        scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
+        steps = stored.get("num_inference_steps") if num_inference_steps is None else num_inference_steps
+        if steps is None:
+            steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
+        guidance_scale = stored.get("guidance_scale") if guidance_scale is None else guidance_scale
+        eta = (stored.get("eta", 0.0) if own_sampler else 0.0) if eta is None else eta
+        return SamplingSettings(scheduler, steps, guidance_scale, eta)
 
     def _decoded(self, sample: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from the final sample: itself, or with a VAE its latents decoded (latent diffusion)."""
@@ -352,16 +414,18 @@ class DenoisePipeline(DiffusionPipeline):
              f"height and width are for images; this model has dims={dims}: give size (one side, or {dims} sides)."),
         )
         wanted = _sides(size, dims, "size") if size is not None else (height, width) if dims == 2 else (None,) * dims
+        fail_if((any(w is not None and not w >= 1 for w in wanted),
+                 f"the sample size must be positive on every axis; got {', '.join(map(str, wanted))}."))
         if init is not None:
             image_size = tuple(init.shape[2:])
-            fail_if((tuple(w or i for w, i in zip(wanted, image_size)) != image_size,
+            fail_if((tuple(i if w is None else w for w, i in zip(wanted, image_size)) != image_size,
                      f"height, width = {wanted[0]}, {wanted[1]} but the init image is {image_size[0]} x {image_size[1]}; "
                      "leave them out or resize the image."))
             wanted = image_size
         if None in wanted:
             default = self.unet.config.sample_size
             fail_if((default is None, "the U-Net config has no sample_size; pass the size (height and width for images)."))
-            wanted = tuple(w or d for w, d in zip(wanted, _sides(default, dims, "the U-Net's sample_size")))
+            wanted = tuple(d if w is None else w for w, d in zip(wanted, _sides(default, dims, "the U-Net's sample_size")))
         wanted = tuple(int(w) for w in wanted)
         out = tuple(self.unet.output_size(wanted))  # raises naming valid sizes nearby
         fail_if((out != wanted, f"a {' x '.join(map(str, wanted))} input gives a {' x '.join(map(str, out))} output with "
@@ -408,8 +472,6 @@ class DenoisePipeline(DiffusionPipeline):
     def _timesteps(self, scheduler, num_inference_steps, strength, run: _Run) -> torch.Tensor:
         """The schedule; image-to-image and inpainting run only its last ``strength`` part."""
         training_steps = scheduler.config.num_train_timesteps
-        if num_inference_steps is None:
-            num_inference_steps = training_steps if isinstance(scheduler, DDPMScheduler) else 50
         fail_if((not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= training_steps,
                  f"num_inference_steps must be an integer from 1 to the {training_steps} training steps; "
                  f"got {num_inference_steps!r}."))
@@ -432,7 +494,7 @@ class DenoisePipeline(DiffusionPipeline):
         return timesteps[begin:]
 
     @staticmethod
-    def _step_kwargs(scheduler, eta: float, generator) -> dict:
+    def _step_kwargs(scheduler, eta: float, generator, use_clipped_model_output: bool) -> dict:
         accepted = inspect.signature(scheduler.step).parameters
         fail_if((eta and "eta" not in accepted, f"eta applies to DDIM-style samplers; {type(scheduler).__name__} takes none. "
                                                 "Leave eta at 0 or use sampler='ddim'."))
@@ -442,7 +504,7 @@ class DenoisePipeline(DiffusionPipeline):
             # default), the step mixes a clipped x0 with the noise of the unclipped one; under guidance,
             # whose x0 overshoots far past [-1, 1], that pushes the samples off the data (guidance 3 on
             # MNIST was reported at 0-4% of digits of the asked class; tests/test_guidance_quality.py).
-            kwargs["use_clipped_model_output"] = True
+            kwargs["use_clipped_model_output"] = use_clipped_model_output
         return kwargs
 
     def _output(self, sample: torch.Tensor, output_type: str, return_dict: bool):

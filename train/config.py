@@ -15,6 +15,7 @@ from typing import Literal
 
 import yaml
 
+from pipelines.samplers import SAMPLER_SCHEDULERS
 from unet_diffusion.annotations import build_dataclass
 from unet_diffusion.errors import InputError
 
@@ -102,8 +103,10 @@ class DiffusionConfig:
     condition_dropout: float = 0.1                # Probability of training with the null label / empty context (classifier-free guidance).
     sample_every: int = 1000                      # Write a grid of samples (EMA weights) every this many steps; 0 = only at the end.
     num_samples: int = 16                         # Images in each sample grid.
-    sample_steps: int = 50                        # DDIM steps for the sample grids.
-    guidance_scale: float = 1.0                   # Classifier-free guidance scale for conditional sample grids (1 = none).
+    sampler: str = "ddim"                         # How the sample grids and the saved pipeline sample by default: ddpm, ddim, dpm++, euler, ...
+    sample_steps: int = 50                        # Denoising steps of the sample grids and the saved pipeline's default.
+    guidance_scale: float = 1.0                   # Classifier-free guidance scale of the grids and the saved pipeline's default (1 = none).
+    eta: float = 0.0                              # sampler ddim: its eta (0 deterministic, 1 DDPM-like noise), also stored as the default.
     vae: str | None = None                        # A diffusers AutoencoderKL / AutoencoderTiny folder or Hub id: train on its latents.
     cache_latents: bool = False                   # With vae: encode every image once before training (each flip of it with data.augment.hflip / vflip) and train on those latents.
     latent_cache_dir: str | None = None           # Their datasets folder, encoded again when the VAE or data change; None = <train.output_dir>/latents.
@@ -216,10 +219,31 @@ class Config:
             raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB); got {self.data.channels}.")
         if not 0 <= self.diffusion.condition_dropout < 1:
             raise ConfigError(f"diffusion.condition_dropout must be in [0, 1); got {self.diffusion.condition_dropout}.")
+        self._check_sampling()
         if not isinstance(self.data.val_size, list) and self.data.val_size < 0:
             raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a count >= 1; got {self.data.val_size}.")
         return self
 
+
+    def _check_sampling(self) -> None:
+        """The sampling defaults a diffusion run stores with its pipeline."""
+        d = self.diffusion
+        if d.sampler not in SAMPLER_SCHEDULERS:
+            raise ConfigError(f"diffusion.sampler must be one of {', '.join(SAMPLER_SCHEDULERS)}; got {d.sampler!r}.")
+        if not 1 <= d.sample_steps <= d.num_train_timesteps:
+            raise ConfigError(f"diffusion.sample_steps must be from 1 to diffusion.num_train_timesteps ({d.num_train_timesteps}); "
+                              f"got {d.sample_steps}.")
+        if d.eta and (d.sampler != "ddim" or not 0 <= d.eta <= 1):
+            raise ConfigError(f"diffusion.eta is DDIM's, from 0 to 1: set diffusion.sampler: ddim, or eta: 0; got eta {d.eta} "
+                              f"with sampler {d.sampler}.")
+
+    def sampling_defaults(self, conditional: bool) -> dict:
+        """The ``DenoisePipeline`` sampling defaults of this run (``sampling=``), which its sample grids use too;
+        guidance only for a ``conditional`` model (class labels or a context)."""
+        d = self.diffusion
+        guidance = d.guidance_scale if conditional and d.guidance_scale != 1.0 else None
+        return {"sampler": d.sampler, "num_inference_steps": d.sample_steps, "guidance_scale": guidance,
+                "eta": d.eta if d.sampler == "ddim" else None}
 
 
 def _at(config: Config, key: str):

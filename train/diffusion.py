@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import save_image
@@ -312,13 +312,17 @@ class DiffusionTask:
         unet = trainer.accelerator.unwrap_model(trainer.model)
         labels, context = self._conditions(num, trainer.accelerator.device)
         generator = torch.Generator().manual_seed(self.config.train.seed)
-        conditional = labels is not None or context is not None
-        pipe = DenoisePipeline(unet=unet, scheduler=DDIMScheduler.from_config(self.scheduler.config), vae=self.vae)
+        pipe = DenoisePipeline(unet=unet, scheduler=self.scheduler, vae=self.vae, sampling=self.sampling_defaults)
         pipe.set_progress_bar_config(disable=True)
-        with ema_weights(unet, trainer.ema):
-            return pipe(num, num_inference_steps=d.sample_steps, generator=generator, class_labels=labels,
-                        encoder_hidden_states=context, output_type="pt",
-                        guidance_scale=d.guidance_scale if conditional and d.guidance_scale != 1.0 else None).images.cpu()
+        with ema_weights(unet, trainer.ema):  # sampled as the saved pipeline samples by default
+            return pipe(num, generator=generator, class_labels=labels, encoder_hidden_states=context, output_type="pt").images.cpu()
+
+    @property
+    def sampling_defaults(self) -> dict:
+        """How the grids and the saved pipeline sample: the config's ``diffusion.sampler``, ``sample_steps``,
+        ``guidance_scale`` (for a conditional model) and ``eta``."""
+        c = self.unet_config
+        return self.config.sampling_defaults(conditional=c.num_class_labels is not None or c.context_dim is not None)
 
     def pictures(self, step: int) -> Path:
         path = self.trainer.run_dir / "samples" / f"step-{step:08d}{self._samples_suffix}"
@@ -339,7 +343,7 @@ class DiffusionTask:
         samples = run_dir / f"samples{self._samples_suffix}"
         save_samples(self.sample_grid(), samples)
         with ema_weights(unet, trainer.ema):
-            save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config)
+            save_weights(unet, run_dir / "model.safetensors", scheduler_config=self.scheduler.config, sampling=self.sampling_defaults)
         self.save_pipeline(run_dir / "pipeline")
         trainer.log(f"wrote {samples}, {run_dir / 'model.safetensors'} and {run_dir / 'pipeline'}")
 
@@ -347,13 +351,13 @@ class DiffusionTask:
         """The ``DenoisePipeline`` folder of the current weights (EMA when kept)."""
         unet = self.trainer.accelerator.unwrap_model(self.trainer.model)
         with ema_weights(unet, self.trainer.ema):
-            save_pipeline(unet, self.scheduler, folder, self.vae)
+            save_pipeline(unet, self.scheduler, folder, self.vae, self.sampling_defaults)
 
 
-def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path, vae=None) -> None:
-    """Save the ``DenoisePipeline`` folder (model_index.json, unet/, scheduler/, vae/ for latent diffusion) that
-    ``unet-diffusion sample`` opens."""
-    DenoisePipeline(unet=unet, scheduler=scheduler, vae=vae).save_pretrained(str(folder), safe_serialization=True)
+def save_pipeline(unet: UNet, scheduler: DDPMScheduler, folder: Path, vae=None, sampling: dict | None = None) -> None:
+    """Save the ``DenoisePipeline`` folder (model_index.json with the ``sampling`` defaults, unet/, scheduler/, vae/
+    for latent diffusion) that ``unet-diffusion sample`` opens."""
+    DenoisePipeline(unet=unet, scheduler=scheduler, vae=vae, sampling=sampling).save_pretrained(str(folder), safe_serialization=True)
     umask_modes(folder)  # save_pretrained writes safetensors 0600
 
 

@@ -23,6 +23,7 @@ from .outputs import umask_modes
 
 CONFIG_METADATA_KEY = "unet_diffusion_config"
 SCHEDULER_METADATA_KEY = "unet_diffusion_scheduler"  # the noise schedule the weights were trained with
+SAMPLING_METADATA_KEY = "unet_diffusion_sampling"     # how to sample them when the caller does not say
 
 
 class CheckpointMismatchError(InputError):
@@ -252,19 +253,22 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
 
 
 # ---------------------------------------------------------------------------- single-file weights
-def save_weights(model, path: str | os.PathLike, scheduler_config: dict | None = None) -> Path:
+def save_weights(model, path: str | os.PathLike, scheduler_config: dict | None = None, sampling: dict | None = None) -> Path:
     """Write ``model``'s weights to one ``.safetensors`` file with its config in the metadata.
 
     The file alone rebuilds the model with ``load_weights``. ``scheduler_config`` (a diffusers
     scheduler's ``config``: the noise schedule and prediction type the model was trained with)
-    travels in the metadata too, so sampling the file uses the training schedule. Shared tensors
-    are written once per name (contiguous copies), and the write is atomic.
+    travels in the metadata too, so sampling the file uses the training schedule, and so do ``sampling``, the
+    sampling defaults (``DenoisePipeline(sampling=...)``). Shared tensors are written once per name (contiguous
+    copies), and the write is atomic.
     """
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     tensors = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(config), "class": type(model).__name__, "format": "pt"}
     if scheduler_config is not None:
         metadata[SCHEDULER_METADATA_KEY] = json.dumps(dict(scheduler_config))
+    if sampling:
+        metadata[SAMPLING_METADATA_KEY] = json.dumps(sampling)
     atomic_save_file(tensors, path, metadata)
     return Path(path)
 
@@ -295,4 +299,10 @@ def read_weights_config(path: str | os.PathLike) -> dict:
 def read_scheduler_config(path: str | os.PathLike) -> dict | None:
     """The training scheduler's config stored by ``save_weights(..., scheduler_config=...)``, or ``None``."""
     stored = read_weights_metadata(path).get(SCHEDULER_METADATA_KEY)
+    return json.loads(stored) if stored else None
+
+
+def read_sampling_defaults(path: str | os.PathLike) -> dict | None:
+    """The sampling defaults stored by ``save_weights(..., sampling=...)``, or ``None``."""
+    stored = read_weights_metadata(path).get(SAMPLING_METADATA_KEY)
     return json.loads(stored) if stored else None
