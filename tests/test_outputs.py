@@ -65,17 +65,28 @@ def test_sample_into_a_folder_with_earlier_files_is_refused_and_overwrite_replac
     assert not list(tmp_path.glob(".out.*"))  # no staging folder left
 
 
-def test_an_empty_folder_is_written_into(denoiser, tmp_path):
+def test_an_empty_folder_is_written_into(denoiser, tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     assert sample(denoiser, tmp_path / "out") == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.png", "00001.png", "grid.png"]
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with staged_output(".") as staging:  # the working folder, empty
+        (staging / "a.txt").write_text("new")
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["a.txt"]
 
 
-def test_overwrite_never_removes_subfolders_or_inputs(tmp_path):
+def test_overwrite_never_removes_subfolders_inputs_or_the_working_folder(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "keep").mkdir(parents=True)
     with pytest.raises(InputError, match="keep"), staged_output(out, overwrite=True) as staging:
         (staging / "a.txt").write_text("new")
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(InputError), staged_output(".", overwrite=True) as staging:
+        (staging / "a.txt").write_text("new")
+    assert (tmp_path / "here" / "notes.txt").read_text() == "mine"
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     (inputs / "a.png").write_text("an input")

@@ -25,7 +25,7 @@ def add_convert(subparsers) -> None:
     convert.add_argument("--to", choices=(TO_OURS, TO_DIFFUSERS), help="target format (default: the other one than SRC's)")
     convert.add_argument("--variant", help="read SRC's weights of this variant, e.g. fp16")
     convert.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the written weights (default float32)")
-    convert.add_argument("--overwrite", action="store_true", help="write into DST even if it is not empty")
+    convert.add_argument("--overwrite", action="store_true", help="replace what DST holds: its files are removed and the converted model written (a DST with subfolders is refused)")
 
 
 def run_convert(args: argparse.Namespace) -> int:

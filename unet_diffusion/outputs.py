@@ -15,6 +15,7 @@ Files and folders written here get the modes ``open`` and ``mkdir`` give under t
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shutil
@@ -24,7 +25,7 @@ from typing import Iterable, Iterator
 
 from .errors import InputError
 
-STAGING_KINDS = ("partial",)
+STAGING = "partial"  # .NAME.partial-HOST-PID-RANDOM
 
 
 # ---------------------------------------------------------------------------- file modes
@@ -57,10 +58,13 @@ def umask_modes(path: str | os.PathLike) -> None:
 
 
 # ---------------------------------------------------------------------------- staging folders
-def _staging_name(out: Path, kind: str) -> str:
-    """``.NAME.KIND-HOST-PID-RANDOM``: the host and PID tell a later run whether the writer still lives."""
-    host = socket.gethostname().replace("-", "_") or "host"
-    return f".{out.name}.{kind}-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"  # no "-": it separates the parts of a staging name
+
+
+def _staging_name(out: Path) -> str:
+    """``.NAME.partial-HOST-PID-RANDOM``: the host and PID tell a later run whether the writer still lives."""
+    return f".{out.name}.{STAGING}-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def _is_alive(pid: int) -> bool:
@@ -75,16 +79,14 @@ def _is_alive(pid: int) -> bool:
 
 def stale_staging(out: str | os.PathLike) -> list[Path]:
     """The staging folders of ``out`` left by runs on this machine whose process is gone."""
-    out = Path(out)
-    host = socket.gethostname().replace("-", "_") or "host"
+    out, prefix = Path(out), f".{Path(out).name}.{STAGING}-"
     stale = []
-    for kind in STAGING_KINDS:
-        for folder in out.parent.glob(f".{out.name}.{kind}-*"):
-            parts = folder.name[len(f".{out.name}.{kind}-"):].rsplit("-", 2)
-            if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-                continue  # another machine's (a shared disk), or not ours: left alone
-            if int(parts[1]) != os.getpid() and not _is_alive(int(parts[1])):
-                stale.append(folder)
+    for folder in out.parent.glob(f"{glob.escape(prefix)}*"):
+        parts = folder.name[len(prefix):].rsplit("-", 2)
+        if len(parts) != 3 or parts[0] != _host() or not parts[1].isdigit():
+            continue  # another machine's (a shared disk), or not named by this module: left alone
+        if int(parts[1]) != os.getpid() and not _is_alive(int(parts[1])):
+            stale.append(folder)
     return stale
 
 
@@ -94,9 +96,10 @@ def _not_writable(folder: Path, err: OSError) -> InputError:
 
 def _check_replaceable(out: Path, reads: Iterable[str | os.PathLike], overwrite_flag: str) -> None:
     """Refuse to replace a folder that is not only an earlier run's results."""
-    resolved = out.resolve()
-    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents or resolved == Path.home().resolve():
-        raise InputError(f"{overwrite_flag} would remove {out}, which is the working or home folder; choose a folder of its own for the output.")
+    resolved, cwd = out.resolve(), Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise InputError(f"{overwrite_flag} would empty {out}, which is (or holds) the working folder or is the home folder; "
+                         "choose a folder of its own for the output.")
     folders = [p.name for p in out.iterdir() if p.is_dir() and not p.is_symlink()]
     if folders:
         raise InputError(f"{out} holds folders ({', '.join(sorted(folders)[:3])}), which no run writes there; {overwrite_flag} "
@@ -111,14 +114,14 @@ def check_output(out: str | os.PathLike, overwrite: bool = False, reads: Iterabl
                  overwrite_flag: str = "--overwrite") -> None:
     """Raise ``InputError`` unless ``staged_output`` may write ``out`` (see there); a command calls it before
     its long work, so a refusal comes at once."""
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file; the output must be a folder (it is created if missing).")
     if out.is_dir():
         present = sorted(p.name for p in out.iterdir())
         if present and not overwrite:
-            raise InputError(f"{out} already holds {len(present)} files (e.g. {present[0]}); choose a new or empty folder, "
-                             f"or pass {overwrite_flag} to replace them with this run's.")
+            raise InputError(f"{out} is not empty ({len(present)} entries, e.g. {present[0]}); choose a new or empty folder, "
+                             f"or pass {overwrite_flag} to replace what it holds with this run's files.")
         if present:
             _check_replaceable(out, reads, overwrite_flag)
 
@@ -138,7 +141,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False, reads: Iterab
     The body must write at least one file; a run that produced nothing is an error and leaves ``out`` as it was.
     Staging folders of earlier runs into ``out`` whose process is gone (killed) are removed first.
     """
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # "." and "x/.." have a name and a parent to stage beside
     check_output(out, overwrite, reads, overwrite_flag)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,11 +149,11 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False, reads: Iterab
         raise _not_writable(out.parent, err) from err
     for folder in stale_staging(out):
         shutil.rmtree(folder, ignore_errors=True)
-    staging = out.parent / _staging_name(out, "partial")
+    staging = out.parent / _staging_name(out)
     try:
-        staging.mkdir()
         if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
             raise PermissionError(13, "Permission denied")
+        staging.mkdir()
     except OSError as err:
         raise _not_writable(out if out.is_dir() else out.parent, err) from err
     try:
