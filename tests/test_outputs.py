@@ -224,3 +224,11 @@ def test_convert_writes_files_as_the_umask_says(umask, tmp_path):
     UNet(**tiny_config()).save_pretrained(tmp_path / "ours")
     assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "theirs")]) == 0
     assert modes(tmp_path / "theirs") == {("dir", 0o777 & ~umask), ("file", 0o666 & ~umask)}
+
+
+def test_convert_overwrite_replaces_the_folder_not_merges(tmp_path):
+    UNet(**tiny_config()).save_pretrained(tmp_path / "ours")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "diffusion_pytorch_model.fp16.safetensors").write_text("an earlier variant")
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "theirs"), "--overwrite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "theirs").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]

@@ -25,24 +25,29 @@ def add_convert(subparsers) -> None:
     convert.add_argument("--to", choices=(TO_OURS, TO_DIFFUSERS), help="target format (default: the other one than SRC's)")
     convert.add_argument("--variant", help="read SRC's weights of this variant, e.g. fp16")
     convert.add_argument("--dtype", choices=DTYPES, default="float32", help="precision of the written weights (default float32)")
-    convert.add_argument("--overwrite", action="store_true", help="replace what DST holds: its files are removed and the converted model written (a DST with subfolders is refused)")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace what DST holds: its files are removed and the converted model written (a DST with subfolders is refused)")
 
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a save_pretrained folder: a diffusers UNet2DModel / UNet2DConditionModel becomes our UNet,
     our UNet becomes the diffusers model with the same outputs. The direction is read from SRC/config.json."""
+    from .hub import resolve
+
+    src, dst = resolve(args.src), Path(args.dst)  # a folder, or a Hub id read through the cache
+    config_path = src / "config.json"
+    if not config_path.is_file():  # checked before torch and diffusers load: a mistake is reported at once
+        raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")
+    if dst.exists() and any(dst.iterdir()) and not args.overwrite:
+        raise InputError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
+
     import torch
 
     from .convert import DIFFUSERS_CLASSES, to_diffusers
-    from .hub import resolve
     from .outputs import staged_output
     from .unet import UNet
     from .weights import read_json
 
-    src, dst = resolve(args.src), Path(args.dst)  # a folder, or a Hub id read through the cache
-    config_path = src / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")
     class_name = read_json(config_path).get("_class_name")
     if class_name in DIFFUSERS_CLASSES:
         source_format = TO_DIFFUSERS
@@ -53,9 +58,6 @@ def run_convert(args: argparse.Namespace) -> int:
     target = args.to or (TO_OURS if source_format == TO_DIFFUSERS else TO_DIFFUSERS)
     if target == source_format:
         raise InputError(f"{src} is already a {target} model ({class_name}); nothing to convert. Leave out --to.")
-    if dst.exists() and any(dst.iterdir()) and not args.overwrite:
-        raise InputError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
-
     model = UNet.from_pretrained(src, variant=args.variant)
     out = to_diffusers(model) if target == TO_DIFFUSERS else model
     # nn.Module.to: ModelMixin.to warns about float32-only modules, which these models do not have.
