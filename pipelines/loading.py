@@ -12,7 +12,7 @@ from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError
 from unet_diffusion.hub import resolve
 from unet_diffusion.loading import load_unet
-from unet_diffusion.weights import check_json_files, read_json, read_scheduler_config
+from unet_diffusion.weights import check_json_files, read_json, read_sampling_defaults, read_scheduler_config
 
 from .samplers import scheduler_class
 from .sampling import DenoisePipeline
@@ -50,19 +50,21 @@ def _pipeline_folder(path: Path, task: str) -> bool:
     return True
 
 
-def load_denoise_pipeline(path: str | os.PathLike, prediction_type: str | None = None) -> DenoisePipeline:
+def load_denoise_pipeline(path: str | os.PathLike, prediction_type: str | None = None, variant: str | None = None) -> DenoisePipeline:
     """A ``DenoisePipeline`` from a pipeline folder, or from a bare U-Net on ``default_scheduler()``.
 
     ``prediction_type`` (epsilon / v_prediction / sample) says what a bare U-Net was trained to
-    predict; for a pipeline folder it overrides what the saved scheduler says.
+    predict; for a pipeline folder it overrides what the saved scheduler says. ``variant`` (e.g.
+    ``"fp16"``) loads the weights saved with ``save_pretrained(..., variant=...)``.
     """
     path = resolve(path)
     if path.is_dir() and _pipeline_folder(path, "sample"):
-        pipe = DenoisePipeline.from_pretrained(path)
+        pipe = DenoisePipeline.from_pretrained(path, variant=variant)
         if prediction_type is not None and prediction_type != pipe.scheduler.config.prediction_type:
             pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction_type)
         return pipe
-    return DenoisePipeline(unet=load_unet(path), scheduler=stored_scheduler(path, prediction_type))
+    sampling = read_sampling_defaults(path) if path.is_file() else None
+    return DenoisePipeline(unet=load_unet(path, variant), scheduler=stored_scheduler(path, prediction_type), sampling=sampling)
 
 
 def stored_scheduler(path: Path, prediction_type: str | None = None) -> SchedulerMixin:
@@ -77,9 +79,10 @@ def stored_scheduler(path: Path, prediction_type: str | None = None) -> Schedule
     return scheduler_class(stored.get("_class_name", "DDPMScheduler"), str(path)).from_config(stored, **overrides)
 
 
-def load_segmentation_pipeline(path: str | os.PathLike) -> SegmentationPipeline:
-    """A ``SegmentationPipeline`` from a pipeline folder, or from a bare U-Net (pixels fed in [0, 1])."""
+def load_segmentation_pipeline(path: str | os.PathLike, variant: str | None = None) -> SegmentationPipeline:
+    """A ``SegmentationPipeline`` from a pipeline folder, or from a bare U-Net (pixels fed in [0, 1]);
+    ``variant`` as in ``load_denoise_pipeline``."""
     path = resolve(path)
     if path.is_dir() and _pipeline_folder(path, "segment"):
-        return SegmentationPipeline.from_pretrained(path)
-    return SegmentationPipeline(unet=load_unet(path))
+        return SegmentationPipeline.from_pretrained(path, variant=variant)
+    return SegmentationPipeline(unet=load_unet(path, variant))

@@ -1,6 +1,6 @@
 """The diffusers model contract, checked on UNet: our own port of the checks of diffusers'
 ``ModelTesterMixin`` (its test utilities are not installed with diffusers), run on three kinds of
-network (issue 12).
+network.
 
 Left out, and why: pushing to the Hub (needs the network); saving a ``torch.compile``d model in a
 subprocess (compilation is covered by test_unet's compile tests); attention-processor determinism
@@ -87,10 +87,8 @@ def test_trains_with_an_ema_and_gradient_checkpointing(model):
     kwargs = inputs(model)
     target = torch.randn_like(kwargs["sample"])
     model.train()
-    ema = EMAModel(model.parameters())
     F.mse_loss(model(**kwargs).sample, target).backward()
     plain = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    ema.step(model.parameters())
     model.zero_grad()
     assert not model.is_gradient_checkpointing
     model.enable_gradient_checkpointing()
@@ -100,6 +98,27 @@ def test_trains_with_an_ema_and_gradient_checkpointing(model):
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, atol=1e-6, rtol=1e-5)
     model.disable_gradient_checkpointing()
     assert not model.is_gradient_checkpointing
+
+    # The EMA of diffusers' training scripts: after each optimizer step, shadow <- d * shadow + (1 - d) * weights.
+    ema = EMAModel(model.parameters(), decay=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    shadow = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.mse_loss(model(**kwargs).sample, target).backward()
+        optimizer.step()
+        ema.step(model.parameters())
+        d = ema.cur_decay_value  # 0 on the first step (the shadow starts at the weights), then (1 + n) / (10 + n) up to 0.9
+        shadow = [d * s + (1 - d) * p.detach() for s, p in zip(shadow, model.parameters())]
+    assert 0 < d < 1
+    for expected, actual in zip(shadow, ema.shadow_params):
+        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-5)
+
+    model.eval()
+    averaged = UNet.from_config(model.config).eval()
+    ema.copy_to(averaged.parameters())
+    assert all(torch.equal(a, s) for a, s in zip(averaged.parameters(), ema.shadow_params))
+    assert not torch.allclose(output(averaged, kwargs), output(model, kwargs))  # the average lags the trained weights
 
 
 def test_config_attributes_and_missing_attributes(model):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
 from .unet import UNet
 from .weights import (
     PICKLE_SUFFIXES,
@@ -46,13 +47,19 @@ def load_weights(path: str | os.PathLike, model: UNet | None = None, device: str
     return model.eval()
 
 
-def load_unet(path: str | os.PathLike) -> UNet:
-    """A ``UNet`` from a ``save_weights`` file, a ``save_pretrained`` folder or a diffusers U-Net folder."""
+def load_unet(path: str | os.PathLike, variant: str | None = None) -> UNet:
+    """A ``UNet`` from a ``save_weights`` file, a ``save_pretrained`` folder or a diffusers U-Net folder.
+
+    ``variant`` (e.g. ``"fp16"``) picks a folder's ``diffusion_pytorch_model.<variant>.safetensors`` weights.
+    """
     path = Path(path)
     if path.is_file() and path.suffix == ".safetensors":
+        if variant is not None:
+            raise InputError(f"variant={variant!r} picks among the weights files of a folder, but {path} is a single file; "
+                             "leave variant out to load it.")
         return load_weights(path)
     if (path / "config.json").is_file():
-        return UNet.from_pretrained(path)
+        return UNet.from_pretrained(path, variant=variant)
     raise FileNotFoundError(_not_a_model(path))
 
 

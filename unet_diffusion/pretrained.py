@@ -181,9 +181,16 @@ class PretrainedMixin:
         fill_model(model, converted, source, dtype)
         return model.eval()
 
-    def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, **kwargs):
-        """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them)."""
+    def save_pretrained(self, save_directory, *args, safe_serialization: bool = True, variant: str | None = None,
+                        max_shard_size: int | str | None = None, **kwargs):
+        """diffusers' ``save_pretrained``, safetensors only: pickled weights would not load back (``from_pretrained`` refuses them).
+
+        ``variant`` and ``max_shard_size`` are named here because a pipeline's ``save_pretrained`` hands a
+        component only the options its signature names: hidden in ``**kwargs`` they would be dropped.
+        """
         if not safe_serialization:
             raise InputError("safe_serialization=False would write pickled weights, which UNet.from_pretrained refuses "
                              "(unpickling can run code); leave it at True.")
-        return super().save_pretrained(save_directory, *args, safe_serialization=True, **kwargs)
+        if max_shard_size is not None:  # else diffusers' default
+            kwargs["max_shard_size"] = max_shard_size
+        return super().save_pretrained(save_directory, *args, safe_serialization=True, variant=variant, **kwargs)
