@@ -81,10 +81,17 @@ def test_rendering_imports_no_torch():
     assert done.stdout.strip() == "[]"
 
 
+def anchors(page) -> set[str]:
+    """The heading anchors GitHub gives a Markdown page (lower case, punctuation dropped, spaces as hyphens)."""
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_relative_link_and_picture_resolves(page):
     text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.S | re.M)  # code is not links
-    targets = re.findall(r"\]\(([^)\s]+)\)", text)
-    local = [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:|#", t)]
-    missing = [t for t in local if not (page.parent / t).exists()]
+    local = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+    missing = [t for t in local if not (page.parent / t.split("#")[0]).exists()]
     assert not missing, f"{page.name} links to missing files: {missing}"
+    dangling = [t for t in local if "#" in t and t.split("#")[1] not in anchors(page.parent / t.split("#")[0] if t.split("#")[0] else page)]
+    assert not dangling, f"{page.name} links to headings that do not exist: {dangling}"
