@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from unet_diffusion.cli import add_command
-from unet_diffusion.errors import InputError
+from unet_diffusion.errors import InputError, fail_if
 
 from .samplers import SAMPLER_SCHEDULERS
 
@@ -148,13 +148,13 @@ def run_sample(args) -> int:
 
     from unet_diffusion.outputs import check_output, staged_output
 
-    from .images import load_image, make_grid
-    from .inference import fail_if
-    from .loading import load_denoise_pipeline
-
-    _check_sampling(args)
+    _check_sampling(args)  # the flags first: a mistake is reported before torch and diffusers load
     fail_if(((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."))
     check_output(args.out, args.overwrite, _reads(args))  # before the sampling, not after it
+
+    from .images import load_image, make_grid
+    from .loading import load_denoise_pipeline
+
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
     pipe = _open_pipeline(load_denoise_pipeline, args.model, args, prediction_type=args.prediction_type)
@@ -175,7 +175,6 @@ def _write_arrays(pipe, args, image) -> int:
 
     from unet_diffusion.outputs import staged_output
 
-    from .inference import fail_if
 
     fail_if((image is not None, f"--image works with image models; this model has dims={pipe._dims}."))
     arrays = _sample_images(pipe, args, args.class_label, output_type="np")
@@ -194,7 +193,6 @@ def _reads(args) -> list[str]:
 
 def _check_sampling(args) -> None:
     """The sampling flags, before any model is read."""
-    from .inference import fail_if
 
     labels = args.class_label
     sizes = [("--height", args.height), ("--width", args.width), *(("--size", side) for side in args.size or [])]
@@ -257,18 +255,19 @@ def run_segment(args) -> int:
     outputs would share a name (a.png and a.jpg both write a.png) are an error before anything runs."""
     from unet_diffusion.outputs import check_output, staged_output
 
+    _check_segment(args)  # the flags first: a mistake is reported before torch and diffusers load
+    check_output(args.out, args.overwrite, _reads(args))
+
     from .images import image_files, load_array, load_image
-    from .inference import fail_if
     from .loading import load_segmentation_pipeline
 
-    check_output(args.out, args.overwrite, _reads(args))
     pipe = _open_pipeline(load_segmentation_pipeline, args.model, args)
     arrays = pipe._dims != 2
     fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={pipe._dims}."))
     files = image_files(args.input, (".npy",)) if arrays else image_files(args.input)
     _check_output_names(files, args)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
-    skipped = []
+    skipped, converted = [], False
     with staged_output(args.out, args.overwrite, _reads(args)) as staging, _progress(len(files), "image", args.quiet) as bar:
         for file in files:
             try:
@@ -279,6 +278,7 @@ def run_segment(args) -> int:
                 print(f"warning: skipped {file}: {err}", file=sys.stderr)
                 skipped.append(file)
                 continue
+            converted = converted or _note_conversion(file, image, pipe.unet.config.in_channels)
             result = pipe(image, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend, tta=args.tta or False,
                           threshold=args.threshold, instances=args.instances, seed_threshold=args.seed_threshold)
             if args.instances is not None:
@@ -298,6 +298,31 @@ def run_segment(args) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _check_segment(args) -> None:
+    """The segmentation flags, before any model is read."""
+    fail_if(
+        (not Path(args.input).exists(), f"no image, array or folder at {args.input}."),
+        (args.threshold is not None and not 0 < args.threshold < 1, f"--threshold must lie strictly between 0 and 1; got {args.threshold}."),
+        (not 0 < args.seed_threshold < 1, f"--seed-threshold must lie strictly between 0 and 1; got {args.seed_threshold}."),
+        (args.tile_size is not None and args.tile_size < 1, f"--tile-size must be a positive number of pixels; got {args.tile_size}."),
+        (args.overlap is not None and args.overlap < 0, f"--overlap must be >= 0 pixels; got {args.overlap}."),
+        (args.instances is not None and args.instances < 0, f"--instances takes a class index (>= 0); got {args.instances}."),
+    )
+
+
+def _note_conversion(file: Path, image, channels: int) -> bool:
+    """Say once (returns True) when an image is converted to the model's channels: an RGB image for a one-channel
+    model becomes grayscale, a grayscale one for an RGB model is repeated on three channels."""
+    mode = getattr(image, "mode", None)
+    rgb, gray = mode in ("RGB", "RGBA", "P", "CMYK"), mode in ("L", "LA", "1")
+    if (channels == 1 and rgb) or (channels == 3 and gray):
+        into = "grayscale (ITU-R 601 luma)" if channels == 1 else "three equal channels"
+        print(f"note: {file.name} is {mode} but the model takes {channels}-channel images: it is converted to {into}, "
+              "and so is every such image of this run.", file=sys.stderr)
+        return True
+    return False
 
 
 def _check_output_names(files: list[Path], args) -> None:
@@ -413,11 +438,18 @@ def run_evaluate(args) -> int:
     (KID) of their features, by torchmetrics; the reference features are computed once and cached."""
     import json
 
-    from .evaluation import distances, folder_features, load_extractor, reference_features
-
     sampled = not _is_image_folder(args.generated)
     if sampled:
-        _check_sampling(args)
+        _check_sampling(args)  # the flags first: a mistake is reported before torch and diffusers load
+    fail_if(
+        (not Path(args.reference).is_dir(), f"no folder of reference images at {args.reference}."),
+        (args.batch_size < 1, f"--batch-size must be at least 1; got {args.batch_size}."),
+        (args.kid_subset_size < 2, f"--kid-subset-size must be at least 2; got {args.kid_subset_size}."),
+        (args.image_size is not None and args.image_size < 1, f"--image-size must be a positive number of pixels; got {args.image_size}."),
+    )
+
+    from .evaluation import distances, folder_features, load_extractor, reference_features
+
     extractor, name = load_extractor(args.features, args.inception_weights)
     options = dict(batch_size=args.batch_size, size=args.image_size, device=_device(args.device))
     reference = reference_features(args.reference, extractor, name, cache=not args.no_cache, **options)

@@ -7,18 +7,7 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from unet_diffusion.errors import InputError
-
-
-def fail_if(*rules: tuple[bool, str]) -> None:
-    """Raise ``InputError`` with the message of the first ``(broken, message)`` rule that is broken.
-
-    The pipelines check here only what belongs to them (steps, guidance, batch, output type, ...);
-    what the network accepts is checked by ``unet_diffusion.inputs``.
-    """
-    for broken, message in rules:
-        if broken:
-            raise InputError(message)
+from unet_diffusion.errors import fail_if  # noqa: F401  (the pipelines' argument rules; light, so the CLI uses it too)
 
 
 @contextmanager

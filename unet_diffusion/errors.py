@@ -13,3 +13,13 @@ class InputError(ValueError):
 
 class InputTypeError(InputError, TypeError):
     """A value of the wrong type."""
+
+
+def fail_if(*rules: tuple[bool, str]) -> None:
+    """Raise ``InputError`` with the message of the first ``(broken, message)`` rule that is broken.
+
+    Light on purpose (no torch), so the command line checks its arguments before anything heavy loads.
+    """
+    for broken, message in rules:
+        if broken:
+            raise InputError(message)
