@@ -52,10 +52,11 @@ def result(name: str) -> dict:
 
 def machine(data: dict) -> str:
     """``AMD EPYC (AVX2, no AVX-512), 2 threads``: the CPU, its vector ISA and the threads of the run."""
-    m = data["machine"]
+    m = data.get("machine", {})
     isa = f" ({m['isa']})" if m.get("isa") else ""
     device = "" if m.get("device", "cpu") == "cpu" else f", {m['device']}"
-    return f"{m['cpu']}{isa}, {m['threads']} thread{'s' * (m['threads'] != 1)}{device}"
+    threads = f", {m['threads']} thread{'s' * (m['threads'] != 1)}" if m.get("threads") else ""
+    return f"{m.get('cpu', 'an unnamed machine')}{isa}{threads}{device}"
 
 
 def measured(data: dict) -> str:
@@ -202,6 +203,12 @@ def config_budget(name: str) -> str:
 def config_result(name: str) -> tuple[str, str]:
     """``(budget, result)`` of a shipped config: its measured run from ``bench/results/config_NAME.json``, if any."""
     path = RESULTS / f"config_{name}.json"
+    if name == "quickstart" and (RESULTS / "shapes_judge.json").is_file():
+        data = result("shapes_judge")
+        scores = [s for key, s in data["results"].items() if "pipeline" in key]
+        if scores:
+            return config_budget(name), (f"shapes drawn as asked: {scores[0]['score']:.0%} "
+                                         f"({data['provenance']['date']}, {data.get('machine', {}).get('cpu', '-')})")
     if not path.is_file():
         return config_budget(name), "not measured here"
     data = result(f"config_{name}")
@@ -381,6 +388,16 @@ def render_quality_gen() -> str:
         table(["method", "at", "params", "minutes", "steps", "images seen", "confident", "agreement", "FD", "FD / real"], rows)])
 
 
+def render_shapes_judge() -> str:
+    if not (RESULTS / "shapes_judge.json").is_file():
+        return "Not measured yet: `python -m bench.shapes_judge runs/demo/pipeline` writes `bench/results/shapes_judge.json`."
+    data = result("shapes_judge")
+    kinds = list(next(iter(data["results"].values()))["per_kind"])
+    rows = [[name, *(f"{s['per_kind'][k]['right']:.0%}" for k in kinds), f"{s['score']:.0%}", f"{s['mean_iou']:.2f}"]
+            for name, s in data["results"].items()]
+    return "\n\n".join([measured(data), table(["images", *(f"{k}: right" for k in kinds), "all: right", "mean IoU"], rows)])
+
+
 def render_headline() -> str:
     """One row per benchmark: ours against the best-known peer, with the machine and date."""
     speed, memory, sampling = result("speed_cpu_fp32"), result("memory"), result("sampling")
@@ -430,6 +447,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "sampling": render_sampling,
     "quality-seg": render_quality_seg,
     "quality-gen": render_quality_gen,
+    "shapes-judge": render_shapes_judge,
 }
 
 
