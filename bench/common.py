@@ -168,16 +168,104 @@ def quiet_progress_bars() -> None:
     diffusers_logging.disable_progress_bar()
 
 
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """What ``/proc/cpuinfo`` (or the text given) says of the CPU: ``model``, ``vendor``, ``family``, ``model_number``,
+    ``flags`` (a set), ``mhz`` (the clock it reports) and ``cores`` (physical cores: distinct (package, core) pairs).
+    Missing fields are ``None`` (another OS, or an architecture that names them otherwise)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    blocks = [dict((k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in block.splitlines()) if _)
+              for block in cpuinfo.split("\n\n") if block.strip()]
+    first = blocks[0] if blocks else {}
+    number = lambda key: int(first[key], 0) if first.get(key, "").strip().isdigit() else None
+    cores = {(b.get("physical id"), b.get("core id", b.get("processor"))) for b in blocks}
+    return dict(model=first.get("model name") or first.get("Model"), vendor=first.get("vendor_id"),
+                family=number("cpu family"), model_number=number("model"),
+                flags=set((first.get("flags") or first.get("Features") or "").split()),
+                mhz=float(first["cpu MHz"]) if first.get("cpu MHz") else None, cores=len(cores) or None)
+
+
+def vector_isa(flags: set[str]) -> str | None:
+    """The widest floating-point vector instructions in a ``/proc/cpuinfo`` flag set, as a machine line names them:
+    ``AVX-512``, ``AVX2, no AVX-512``, ``AVX``, ``SSE4.2``, ``NEON`` (``asimd``) or ``SVE``; ``None`` if none is known."""
+    if "avx512f" in flags:
+        return "AVX-512" + (", AMX" if "amx_bf16" in flags else "")
+    if "avx2" in flags:
+        return "AVX2, no AVX-512"
+    for flag, name in (("avx", "AVX"), ("sse4_2", "SSE4.2"), ("sve", "SVE"), ("asimd", "NEON")):
+        if flag in flags:
+            return name
+    return None
+
+
+def amd_core(family: int | None, model: int | None) -> str | None:
+    """The Zen generation of an AMD CPU family/model (``cpu family`` 23 = 17h, 25 = 19h, 26 = 1Ah), or ``None``."""
+    if family == 23:
+        return "Zen 2" if model is not None and model >= 0x30 else "Zen 1/Zen+"
+    if family == 25:
+        return "Zen 4" if model is not None and (0x10 <= model < 0x20 or 0x60 <= model < 0x80 or 0xA0 <= model < 0xB0) else "Zen 3"
+    if family == 26:
+        return "Zen 5"
+    return None
+
+
+def flops_per_cycle(flags: set[str], dtype: torch.dtype) -> int:
+    """Floating-point operations one core can start per cycle in ``dtype`` matmuls, from its vector width: two FMA
+    pipes (Haswell and later, Zen 2 and later, Neoverse) x lanes x 2 (multiply and add). An upper bound where a core
+    has fewer or narrower pipes (Zen 1 and Zen 4 split wide vectors in two), so an MFU over it is never too high.
+    bf16 doubles it only with bf16 dot-product instructions (AVX512_BF16) and reaches 1024 with AMX tiles;
+    elsewhere bf16 runs through float32 arithmetic."""
+    if "avx512f" in flags:
+        fp32 = 2 * 16 * 2
+    elif "avx2" in flags and "fma" in flags:
+        fp32 = 2 * 8 * 2
+    elif "avx" in flags:
+        fp32 = 8 + 8  # one 8-lane multiply and one 8-lane add
+    elif "asimd" in flags or "sse2" in flags:
+        fp32 = 2 * 4 * 2
+    else:
+        fp32 = 2
+    if dtype == torch.bfloat16:
+        if "amx_bf16" in flags:
+            return 1024
+        if "avx512_bf16" in flags:
+            return 2 * fp32
+    return fp32
+
+
+def theoretical_peak_flops(features: dict, dtype: torch.dtype, threads: int) -> float | None:
+    """cores x clock x ``flops_per_cycle``: the CPU's peak for ``threads`` threads (at most one per physical core:
+    hyper-threads share a core's FMA pipes), at the clock ``/proc/cpuinfo`` (or cpufreq's maximum) reports;
+    ``None`` when the clock is not known."""
+    mhz = features.get("mhz")
+    try:
+        mhz = max(mhz or 0, int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text()) / 1000)
+    except (OSError, ValueError):
+        pass
+    if not mhz:
+        return None
+    cores = min(threads, features.get("cores") or threads)
+    return cores * mhz * 1e6 * flops_per_cycle(features["flags"], dtype)
+
+
 def machine_info(device: torch.device) -> dict:
-    """Processor (or GPU), cores, threads and library versions, for the table caption and JSON."""
-    cpu = platform.processor() or platform.machine()
+    """Processor (or GPU), its vector ISA and core generation, cores, threads and library versions, for the table
+    caption and JSON."""
+    features = cpu_features()
+    cpu = features["model"] or platform.processor() or platform.machine()
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
             if line.startswith("Model name:"):
                 cpu = line.split(":", 1)[1].strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    info = dict(cpu=cpu, cores=os.cpu_count(), threads=torch.get_num_threads(), torch=torch.__version__, device=str(device))
+    info = dict(cpu=cpu, isa=vector_isa(features["flags"]), cores=os.cpu_count(), threads=torch.get_num_threads(),
+                torch=torch.__version__, device=str(device))
+    if features["vendor"] == "AuthenticAMD" and amd_core(features["family"], features["model_number"]):
+        info["core"] = amd_core(features["family"], features["model_number"])
     try:
         import diffusers
 
@@ -189,9 +277,33 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def cpu_line(info: dict) -> str:
+    """``AMD EPYC (Zen 3, AVX2, no AVX-512)``: the processor with its core generation and vector ISA, when known."""
+    detail = ", ".join(part for part in (info.get("core"), info.get("isa")) if part)
+    return f"{info['cpu']} ({detail})" if detail else info["cpu"]
+
+
+def provenance() -> dict:
+    """The command that ran (``python -m bench.NAME ...``), the project's commit (``+`` when the work tree differs)
+    and the UTC date, for a results JSON."""
+    import datetime
+    import sys
+
+    module = Path(sys.argv[0]).stem
+    command = " ".join(["python -m bench." + module if module not in ("-c", "-m", "") else "python", *sys.argv[1:]])
+    git = lambda *args: subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip() or None
+        if commit and git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+            commit += "+"
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return dict(command=command, commit=commit, date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
 def describe(info: dict) -> str:
     """One line naming the machine, e.g. for the README."""
-    where = info.get("gpu") or f"{info['cpu']}, {info['threads']} of {info['cores']} cores"
+    where = info.get("gpu") or f"{cpu_line(info)}, {info['threads']} of {info['cores']} cores"
     return f"{where}; torch {info['torch']}, diffusers {info.get('diffusers', '-')}"
 
 
@@ -300,11 +412,14 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5,
                       clock: str = "wall") -> float:
-    """The best FLOP/s of a square matmul in ``dtype`` on ``device``: the peak that MFU divides by.
+    """The best FLOP/s of a large square matmul in ``dtype`` on ``device`` over all its threads.
 
-    Measure it with the clock that times the model (``clock="cpu"``: process CPU time).
+    Measure it with the clock that times the model (``clock="cpu"``: process CPU time, summed over threads).
+    A probe reaches the hardware's peak only when the matmul is large enough to hide its packing and
+    threading overhead (2048 on a CPU, 8192 on a GPU); ``peak_flops`` takes the larger of it and the
+    theoretical figure.
     """
-    size = size or (8192 if device.type == "cuda" else 1024)
+    size = size or (8192 if device.type == "cuda" else 2048)
     now = time.perf_counter if clock == "wall" else time.process_time
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
@@ -316,6 +431,18 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None
         synchronize(device)
         best = min(best, now() - start)
     return 2 * size**3 / best
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype, clock: str = "wall", probe: float | None = None) -> dict:
+    """The peak an MFU divides by: the larger of the matmul probe (``probe``, else ``matmul_peak_flops``) and, on a
+    CPU, ``theoretical_peak_flops`` for the threads torch uses (one core's worth with ``clock="cpu"``: CPU time
+    adds the threads up). A probe alone can fall short of the hardware (a busy machine, a matmul too small for
+    the ISA), and an MFU over it then passes 100%. Returns ``dict(peak, probe, theoretical)`` in FLOP/s."""
+    probe = probe if probe is not None else matmul_peak_flops(device, dtype, clock=clock)
+    theoretical = None
+    if device.type == "cpu":
+        theoretical = theoretical_peak_flops(cpu_features(), dtype, 1 if clock == "cpu" else torch.get_num_threads())
+    return dict(peak=max(probe, theoretical or 0.0), probe=probe, theoretical=theoretical)
 
 
 # ---------------------------------------------------------------------------- output

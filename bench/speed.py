@@ -15,8 +15,9 @@ backward and an Adam step. Images/s are medians of interleaved repeats (ours, pe
 ours, ...), with the spread; ``speed ratio`` is the peer's step time over ours (above 1: we are faster). Peak memory is
 that of one training step above what was held before it (weights, gradients freed between steps,
 Adam state): ``torch.cuda.max_memory_allocated`` on CUDA, live tensor bytes on CPU. MFU is model
-FLOPs (forward + backward, counted by ``FlopCounterMode``) per second over the peak of a large
-matmul measured on the same device and dtype.
+FLOPs (forward + backward, counted by ``FlopCounterMode``) per second over the device's peak in that
+dtype: the larger of a large matmul measured on the same device and, on a CPU, the theoretical peak
+(cores x clock x FLOPs per cycle of its vector ISA, ``bench.common.peak_flops``).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from bench.common import (
     describe,
     fmt_rate,
     format_table,
-    matmul_peak_flops,
+    peak_flops,
     peak_memory,
+    provenance,
     run_bench,
     time_interleaved,
 )
@@ -225,14 +227,19 @@ def measure(bench: Bench) -> None:
     print(f"machine: {describe(bench.info)}", flush=True)
 
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    peaks = {dt: matmul_peak_flops(device, dtype, clock=args.clock) for dt, dtype in dtypes.items()}
-    print(f"measured matmul peak: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s", flush=True)
+    peak_detail = {dt: peak_flops(device, dtype, clock=args.clock) for dt, dtype in dtypes.items()}
+    peaks = {dt: detail["peak"] for dt, detail in peak_detail.items()}
+    gflops = lambda value: "-" if value is None else f"{value / 1e9:.0f}"
+    print("peak (MFU's denominator) = max(matmul probe, theoretical): " + "; ".join(
+        f"{dt} {gflops(d['peak'])} GFLOP/s (probe {gflops(d['probe'])}, theoretical {gflops(d['theoretical'])})"
+        for dt, d in peak_detail.items()), flush=True)
     rows, checks = [], {}
     for name in configs:
         r, checks[name] = bench_config(name, batch, variants, args.modes, repeats, device, peaks, args.clock,
                                        warmup=0 if quick else 1)
         rows += r
-        payload = dict(args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, checks=checks, rows=rows)
+        payload = dict(**provenance(), args={k: str(v) for k, v in vars(args).items()}, matmul_peak_flops=peaks, peak_flops=peak_detail,
+                       checks=checks, rows=rows)
         bench.save(payload)  # after each config, so a cut-short run keeps what it measured
     bench.report(payload, rows, COLUMNS, f"\n{describe(bench.info)}; images/s ({args.clock} clock) median (min-max) of {repeats} "
                  "interleaved repeats; speed ratio = peer's step time / ours (above 1: we are faster)")
