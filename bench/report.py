@@ -460,7 +460,7 @@ def render_page(text: str, page: str = "page") -> str:
         body = BLOCKS[name]()
         if page.startswith("docs/"):  # links written from the project root
             body = re.sub(r"\]\((?!https?:|#|\.\./)", "](../", body)
-        return f"{match.group(1)}{body}\n{match.group(4)}"
+        return f"{match.group(1)}\n{body}\n\n{match.group(4)}"  # blank lines: the table is a block of its own
 
     return MARKER.sub(fill, text)
 
