@@ -112,3 +112,13 @@ def test_every_python_example_sits_in_a_section_the_tests_run():
         found = sum(lang == "python" for lang, _ in FENCE.findall(path.read_text()))
         tested = sum(len(code_blocks(heading, page=page)) for heading in PYTHON_SECTIONS.get(page, []))
         assert found == tested, f"{page}: {found} Python examples, {tested} of them in tested sections"
+
+
+def test_ci_runs_the_readmes_install_and_test_command():
+    """CI is what the README tells a user to do: the same install and test command, in a fresh environment."""
+    from readme import ROOT
+
+    (command,) = commands("Install and test")
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert ci[-1] == command
+    assert any(line.startswith("python3 -m venv") for line in ci)
