@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from readme import ROOT, section
+from readme import FENCE, ROOT, section
 
 from bench import report
 
@@ -95,3 +95,27 @@ def test_every_relative_link_and_picture_resolves(page):
     assert not missing, f"{page.name} links to missing files: {missing}"
     dangling = [t for t in local if "#" in t and t.split("#")[1] not in anchors(page.parent / t.split("#")[0] if t.split("#")[0] else page)]
     assert not dangling, f"{page.name} links to headings that do not exist: {dangling}"
+
+
+def shell_lines(page) -> list[str]:
+    blocks = [body.replace("\\\n", " ") for lang, body in FENCE.findall(page.read_text()) if lang == "bash"]
+    return [line for block in blocks for line in block.strip().splitlines()]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_shown_command_parses(page):
+    """Each ``unet-diffusion`` line of a page parses with the real command line, and each ``python -m bench.NAME``
+    names a benchmark that exists."""
+    import shlex
+
+    from unet_diffusion.cli import build_parser
+
+    parser = build_parser()
+    for line in shell_lines(page):
+        argv = shlex.split(line, comments=True)
+        while argv and "=" in argv[0]:             # environment settings such as UNET_DATA_DIR=...
+            argv = argv[1:]
+        if argv[:2] == ["python", "-m"]:
+            assert (ROOT / f"{argv[2].replace('.', '/')}.py").is_file(), line
+        elif argv[:1] == ["unet-diffusion"] and argv[1:] != ["--help"]:
+            assert parser.parse_args(argv[1:]).command == argv[1], line
