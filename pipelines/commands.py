@@ -304,8 +304,8 @@ def _check_segment(args) -> None:
     """The segmentation flags, before any model is read."""
     fail_if(
         (not Path(args.input).exists(), f"no image, array or folder at {args.input}."),
-        (args.threshold is not None and not 0 < args.threshold < 1, f"--threshold must lie strictly between 0 and 1; got {args.threshold}."),
-        (not 0 < args.seed_threshold < 1, f"--seed-threshold must lie strictly between 0 and 1; got {args.seed_threshold}."),
+        (args.threshold is not None and not 0 < args.threshold < 1, f"--threshold must be a number strictly between 0 and 1; got {args.threshold}."),
+        (not 0 < args.seed_threshold < 1, f"--seed-threshold must be a number strictly between 0 and 1; got {args.seed_threshold}."),
         (args.tile_size is not None and args.tile_size < 1, f"--tile-size must be a positive number of pixels; got {args.tile_size}."),
         (args.overlap is not None and args.overlap < 0, f"--overlap must be >= 0 pixels; got {args.overlap}."),
         (args.instances is not None and args.instances < 0, f"--instances takes a class index (>= 0); got {args.instances}."),
@@ -420,7 +420,7 @@ def _sampled_features(args, extractor, options: dict):
     import torch
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    from .evaluation import resized, tensor_features
+    from .evaluation import check_same_size, first_image_size, resized, tensor_features
     from .loading import load_denoise_pipeline
 
     pipe = _open_pipeline(load_denoise_pipeline, args.generated, args, prediction_type=args.prediction_type)
@@ -429,6 +429,7 @@ def _sampled_features(args, extractor, options: dict):
     if labels is None and classes:
         labels = [i % classes for i in range(args.num_images)]  # the classes in turn
     images = _sample_images(pipe, args, labels)
+    check_same_size(images[0].size, first_image_size(args.reference), options["size"])
     pixels = torch.stack([pil_to_tensor(resized(image.convert("RGB"), options["size"])) for image in images])
     return tensor_features(pixels.float() / 255, extractor.to(options["device"]), options["batch_size"])
 
@@ -448,8 +449,10 @@ def run_evaluate(args) -> int:
         (args.image_size is not None and args.image_size < 1, f"--image-size must be a positive number of pixels; got {args.image_size}."),
     )
 
-    from .evaluation import distances, folder_features, load_extractor, reference_features
+    from .evaluation import check_same_size, distances, first_image_size, folder_features, load_extractor, reference_features
 
+    if not sampled:
+        check_same_size(first_image_size(args.generated), first_image_size(args.reference), args.image_size)
     extractor, name = load_extractor(args.features, args.inception_weights)
     options = dict(batch_size=args.batch_size, size=args.image_size, device=_device(args.device))
     reference = reference_features(args.reference, extractor, name, cache=not args.no_cache, **options)

@@ -113,6 +113,19 @@ def image_batches(folder: str | os.PathLike, batch_size: int, size: int | None):
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
 
 
+def first_image_size(folder: str | os.PathLike) -> tuple[int, int]:
+    """The (width, height) of a folder's first image (its header only)."""
+    return load_image(image_files(folder)[0]).size
+
+
+def check_same_size(generated: tuple[int, int], reference: tuple[int, int], size: int | None) -> None:
+    """Generated and reference images compare at one size: their own, or ``--image-size`` for both. (The feature
+    network resizes whatever it gets, so 32 x 32 samples against 64 x 64 references would give a small, wrong FID.)"""
+    if size is None and generated != reference:
+        raise InputError(f"the generated images are {generated[0]} x {generated[1]} but the reference images are "
+                         f"{reference[0]} x {reference[1]}; compare them at one size with --image-size N.")
+
+
 def load_extractor(spec: str | None, inception_weights: str | os.PathLike | None = None) -> tuple[nn.Module, str]:
     """A feature extractor and its name: ``MODULE:FUNCTION`` (an importable factory of an ``nn.Module``), or the FID
     Inception-v3 for ``None``."""

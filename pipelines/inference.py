@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import nn
 
-from unet_diffusion.errors import fail_if  # noqa: F401  (the pipelines' argument rules; light, so the CLI uses it too)
+from unet_diffusion.errors import InputError, fail_if  # fail_if: the pipelines' argument rules (light: the CLI uses it too)
 
 
 @contextmanager
@@ -23,3 +24,12 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+def check_finite(**tensors) -> None:
+    """Each named input (a tensor, or a list of them, or ``None``) holds no NaN or infinity: once per call, before the
+    first network step, instead of a result of NaNs at the end."""
+    for name, value in tensors.items():
+        for tensor in value if isinstance(value, (list, tuple)) else [value]:
+            if tensor is not None and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise InputError(f"{name} holds NaN or infinite values; clean the input (e.g. torch.nan_to_num) before calling.")

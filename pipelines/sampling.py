@@ -25,7 +25,7 @@ from unet_diffusion.inputs import check_conditioning
 from unet_diffusion.weights import read_json
 
 from .images import to_pil, to_tensor
-from .inference import eval_mode, fail_if
+from .inference import check_finite, eval_mode, fail_if
 from .latents import decode, encode
 from .samplers import SAMPLER_SCHEDULERS, scheduler_class
 
@@ -342,6 +342,7 @@ class DenoisePipeline(DiffusionPipeline):
                  f"generator is a list of {generators} for a batch of {batch_size}; give one generator, or one per image."))
         labels, context = _expand(labels, batch_size), _expand(context, batch_size)
         check_conditioning(self.unet.config, labels, context, batch_size)  # the network's rules, before any noise is drawn
+        check_finite(image=init, encoder_hidden_states=context, negative_encoder_hidden_states=negative)
         labels = None if labels is None else labels.long().to(device)
         context = None if context is None else context.to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative, batch_size)

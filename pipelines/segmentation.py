@@ -15,7 +15,7 @@ from unet_diffusion.errors import InputError
 from unet_diffusion.nd import per_channel
 
 from .images import to_arrays, to_image_list, to_tensor
-from .inference import eval_mode, fail_if
+from .inference import check_finite, eval_mode, fail_if
 from .instances import check_instance_options, label_instances
 from .tiling import check_blend, mirror_pad, overlap_tile, sliding_window, whole_image
 
@@ -192,6 +192,7 @@ class SegmentationPipeline(DiffusionPipeline):
             batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
         else:
             batches = to_arrays(images, dims, channels)
+        check_finite(images=batches)
         if len({tuple(b.shape[1:]) for b in batches}) == 1:
             batches = [torch.cat(batches)]  # one size: one batch through the network
 

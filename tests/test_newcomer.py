@@ -62,7 +62,7 @@ MISTAKES = {  # a command line with a mistake, and the start of the one line tha
     "sample": (["sample", "MODEL", "--out", "OUT", "--num-images", "0"], "--num-images must be at least 1"),
     "sample size": (["sample", "MODEL", "--out", "OUT", "--height", "0"], "--height must be a positive number"),
     "segment": (["segment", "MODEL", "MISSING", "--out", "OUT"], "no image, array or folder at"),
-    "segment flag": (["segment", "MODEL", ".", "--out", "OUT", "--threshold", "1.5"], "--threshold must lie strictly"),
+    "segment flag": (["segment", "MODEL", ".", "--out", "OUT", "--threshold", "1.5"], "--threshold must be a number strictly between"),
     "evaluate": (["evaluate", ".", "MISSING"], "no folder of reference images"),
     "convert": (["convert", "MISSING", "OUT"], "no model at"),
     "train": (["train", "--config", "mnist", "optim.lrr=1"], "unknown key optim.lrr"),

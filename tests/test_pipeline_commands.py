@@ -171,4 +171,4 @@ def test_segment_probabilities_of_more_classes_and_threshold_errors(segmenter_fo
     assert main(["segment", str(two_class_folder), str(file), "--out", str(tmp_path / "e"), "--threshold", "1.5"]) == 1
     err = capsys.readouterr().err
     (line,) = [line for line in err.splitlines() if "error" in line]  # one line (the rest is the loading bar)
-    assert line == "unet-diffusion segment: error: threshold must be a number strictly between 0 and 1; got 1.5."
+    assert line == "unet-diffusion segment: error: --threshold must be a number strictly between 0 and 1; got 1.5."

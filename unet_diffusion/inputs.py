@@ -49,10 +49,23 @@ def timestep_tensor(config, timestep, batch: int, device: torch.device) -> torch
     else:
         raise InputTypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
     if t.ndim == 0 or t.shape == (1,):
-        return t.reshape(1).expand(batch)
+        t = t.reshape(1).expand(batch)
     if t.shape != (batch,):
         raise InputError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
+    check_timestep_values(t)
     return t
+
+
+def check_timestep_values(t: torch.Tensor) -> None:
+    """Timesteps are finite, and integer ones (indices into a noise schedule) are not negative. Checked where it is
+    free, on the CPU; on an accelerator the check would wait for the device at every step (the pipelines and the
+    training loop take their timesteps from a scheduler)."""
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise InputError(f"timestep must be finite; got {t.tolist()}.")
+    if not t.is_floating_point() and (t < 0).any():
+        raise InputError(f"integer timesteps index the noise schedule from 0 to T - 1; got {t.tolist()}.")
 
 
 def check_conditioning(config, class_labels, encoder_hidden_states, batch: int, encoder_attention_mask=None) -> None:
