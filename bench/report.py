@@ -51,9 +51,10 @@ def result(name: str) -> dict:
 
 
 def machine(data: dict) -> str:
-    """``AMD EPYC (AVX2, no AVX-512), 2 threads``: the CPU, its vector ISA and the threads of the run."""
+    """``AMD EPYC (Zen 3, AVX2, no AVX-512), 2 threads``: the CPU, its core and vector ISA, the threads of the run."""
     m = data.get("machine", {})
-    isa = f" ({m['isa']})" if m.get("isa") else ""
+    detail = ", ".join(m[key] for key in ("core", "isa") if m.get(key))
+    isa = f" ({detail})" if detail else ""
     device = "" if m.get("device", "cpu") == "cpu" else f", {m['device']}"
     threads = f", {m['threads']} thread{'s' * (m['threads'] != 1)}" if m.get("threads") else ""
     return f"{m.get('cpu', 'an unnamed machine')}{isa}{threads}{device}"
