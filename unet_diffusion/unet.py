@@ -53,7 +53,8 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
     """Time-conditioned U-Net with residual blocks, self-attention, cross-attention and class
     conditioning, whose encoder-decoder core also serves segmentation.
 
-    Every argument is a configuration field saved in ``config.json``. Levels are counted from the
+    Every argument is a configuration field saved in ``config.json``, described once by its line comment
+    below (``python -m bench.report`` renders them as the field table of docs/model.md). Levels are counted from the
     highest resolution (level 0); each further level halves the spatial size. ``dims`` makes the same
     network work on signals ``(B, C, L)`` (1), images ``(B, C, H, W)`` (2, the default) or volumes
     ``(B, C, D, H, W)`` (3); attention then runs over all positions of a level's map.
