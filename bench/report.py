@@ -300,6 +300,22 @@ def render_isbi2012_latent() -> str:
         f"{run['peak_rss_gb']} GB peak memory. Quality: not measured."])
 
 
+def render_trials(config: str) -> str:
+    """The recipe changes tried on a shipped config and not adopted, each with the commit that recorded it."""
+    data = result("recipe_trials")
+    trials = data["trials"][config]
+    names = {"confident": "confident", "agreement": "agreement", "fd_ratio": "distance / real", "pixel_error": "pixel error",
+             "rand_error": "Rand error", "rand_error_instances": "Rand error, `--instances 1`", "membrane_dice": "membrane Dice"}
+    keys = list(trials[0]["scores"])
+    guided = "guidance" in trials[0]
+    rows = [[t["change"], f"{t['steps']:,}" if t["steps"] else None, *([t["guidance"] or "none"] if guided else []),
+             *(None if t["scores"][k] is None else f"{t['scores'][k]:.2f}x" if k == "fd_ratio" else
+               f"{t['scores'][k]:.{3 if config == 'mnist' else 4}f}" for k in keys), f"{t['date']}, `{t['commit']}`"]
+            for t in trials]
+    header = ["change", "steps", *(["guidance"] if guided else []), *(names[k] for k in keys), "recorded"]
+    return "\n\n".join([f"On {machine(data)}; {data['provenance']['note']}:", table(header, rows)])
+
+
 def render_init_effect() -> str:
     data = result("init_effect")
 
@@ -441,6 +457,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "isbi2012-3d": render_isbi2012_3d,
     "isbi2012-latent": render_isbi2012_latent,
     "init-effect": render_init_effect,
+    "trials-mnist": lambda: render_trials("mnist"),
+    "trials-isbi2012": lambda: render_trials("isbi2012"),
     "speed": render_speed,
     "speed-variants": lambda: render_speed("speed_cpu_variants"),
     "speed-volumes": render_speed_volumes,
