@@ -100,6 +100,8 @@ def add_segment(subparsers) -> None:
 
 
 def _device_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default=None, metavar="NAME",
+                        help="read the model's weights of this variant (e.g. fp16: diffusion_pytorch_model.fp16.safetensors)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quiet", "--no-progress", action="store_true", help="no progress bars")
 
@@ -107,7 +109,7 @@ def _device_options(parser: argparse.ArgumentParser) -> None:
 # What the pipelines call the options whose flags differ, so their errors can name the flags.
 API_FLAGS = {
     "num_inference_steps": "--steps", "class_labels": "--class-label", "guidance_scale": "--guidance-scale",
-    "mask_image": "--mask", "tile_size": "--tile-size", "prediction_type": "--prediction-type",
+    "mask_image": "--mask", "tile_size": "--tile-size", "prediction_type": "--prediction-type", "variant": "--variant",
 }
 
 
@@ -126,7 +128,7 @@ def _open_pipeline(loader, model: str, args, **kwargs):
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    pipe = loader(model, **kwargs).to(_device(args.device))
+    pipe = loader(model, variant=args.variant, **kwargs).to(_device(args.device))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

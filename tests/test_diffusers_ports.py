@@ -87,6 +87,16 @@ def test_a_pipeline_saves_and_loads_its_unet_as_a_variant(tmp_path):
     assert same_parameters(load_denoise_pipeline(tmp_path / "unet", variant="fp16").unet, pipe.unet)  # a bare U-Net folder
 
 
+def test_the_commands_read_a_variant_by_flag(tmp_path, capsys):
+    from unet_diffusion.cli import main
+
+    DenoisePipeline(unet=perturbed(UNet(**tiny_config())), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "pipe", variant="fp16")
+    args = ["sample", str(tmp_path / "pipe"), "--steps", "2", "--num-images", "1", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 1
+    assert "It holds weights saved as fp16: pass --variant='fp16'." in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "fp16"), "--variant", "fp16"]) == 0
+
+
 def test_a_segmentation_pipeline_saves_and_loads_a_variant(tmp_path):
     config = tiny_config(head="segment", in_channels=1, out_channels=3, time_embedding=None, attention_levels=(), mid_attention=False)
     pipe = SegmentationPipeline(unet=perturbed(UNet(**config)))

@@ -218,8 +218,8 @@ def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> 
     if (folder / f"{stem}.bin").is_file():
         hint = (f" It has {stem}.bin, a pickle, which is not read because unpickling can run code; convert it once with: "
                 f"{pickle_conversion_command(folder / f'{stem}.bin', single)}")
-    elif not variant and sorted(folder.glob(f"{WEIGHTS_NAME}.*.safetensors")):
-        hint = " It has variant files; pass variant=..., e.g. variant='fp16'."
+    elif not variant and (names := sorted({file.name.split(".")[-2] for file in folder.glob(f"{WEIGHTS_NAME}.*.safetensors")})):
+        hint = f" It holds weights saved as {' or '.join(names)}: pass variant={names[0]!r}."
     raise FileNotFoundError(
         f"{folder} has no {single.name} (or sharded {index.name}); weights are loaded from safetensors only.{hint}"
     )
