@@ -364,12 +364,12 @@ class Arrays:
                              "array. Save examples and labels together with numpy.savez.")
         else:
             examples = load_array(path)
-        if len(examples) == 0:
-            raise InputError(f"{path} holds no examples (its array is {examples.shape}); give an array of at least one.")
         if examples.ndim == dims + 1:
             examples = examples[:, None]  # one channel
         if examples.ndim != dims + 2:
             raise InputError(f"{path} holds {examples.shape}; a {dims}D model trains on (N, C, ...) arrays with {dims} spatial axes.")
+        if len(examples) == 0:
+            raise InputError(f"{path} holds no examples (its array is {examples.shape}); give an array of at least one.")
         if labels is not None and labels.shape != (len(examples),):
             raise InputError(f"the labels in {path} are {labels.shape}; expected one integer per example, ({len(examples)},).")
         if examples.dtype == np.uint8:
