@@ -27,7 +27,7 @@ def test_tiny_unet_in_diffusers_ddpm_pipeline_pil():
 
 
 def test_a_diffusers_ddpm_pipeline_folder_loads_with_its_unet_converted(tmp_path):
-    """DenoisePipeline.from_pretrained and `unet-diffusion sample` open a diffusers DDPMPipeline folder (issue 12)."""
+    """DenoisePipeline.from_pretrained and `unet-diffusion sample` open a diffusers DDPMPipeline folder."""
     from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
 
     from pipelines import DenoisePipeline

@@ -1,4 +1,4 @@
-"""`unet-diffusion evaluate`: FID and KID through torchmetrics, with a local feature extractor (issue 13)."""
+"""`unet-diffusion evaluate`: FID and KID through torchmetrics, with a local feature extractor."""
 
 import json
 import shutil

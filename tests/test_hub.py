@@ -1,4 +1,4 @@
-"""Hub ids and diffusers' loading options (issue 12, items 3 and 4), offline: the repositories live in a
+"""Hub ids and diffusers' loading options, offline: the repositories live in a
 local cache laid out the way huggingface_hub lays it out (models--org--name/refs, snapshots/<commit>)."""
 
 import os

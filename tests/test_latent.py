@@ -1,5 +1,5 @@
 """Latent diffusion: a DenoisePipeline with a diffusers VAE samples latents and decodes them to images; training encodes
-the images on the fly or once, into a cache of latents (issue 13)."""
+the images on the fly or once, into a cache of latents."""
 
 import pytest
 import torch

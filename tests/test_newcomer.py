@@ -1,5 +1,5 @@
 """A newcomer's first hour: the command line starts fast, finds the shipped configs, and every
-ordinary mistake ends in one line that says what to do (issue 11)."""
+ordinary mistake ends in one line that says what to do."""
 
 import json
 import subprocess

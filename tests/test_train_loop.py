@@ -254,7 +254,7 @@ def test_cli_train_and_demo_in_process(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "demo"), *overrides]) == 0
     assert "demo finished" in capsys.readouterr().out
     assert (tmp_path / "demo" / "samples.png").is_file() and (tmp_path / "demo" / "model.safetensors").is_file()
-    # Watching the run (issue 13): TensorBoard by default when installed, loss.png at the end, `plot` redraws it.
+    # Watching the run: TensorBoard by default when installed, loss.png at the end, `plot` redraws it.
     events = list((tmp_path / "demo" / "logs" / "unet-diffusion").glob("events.out.tfevents.*"))
     assert events and (tmp_path / "demo" / "loss.png").is_file()
     (tmp_path / "demo" / "loss.png").unlink()

@@ -246,7 +246,7 @@ def test_classic_models_start_with_he_normal_weights():
 
 
 def test_layerwise_casting_runs_in_the_compute_dtype():
-    """diffusers' enable_layerwise_casting stores weights in float8 and computes in another dtype (issue 12)."""
+    """diffusers' enable_layerwise_casting stores weights in float8 and computes in another dtype."""
     unet = UNet(**tiny_config()).eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
