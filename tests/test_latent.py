@@ -267,16 +267,6 @@ def test_the_shipped_latent_config_trains_with_a_small_stand_in_autoencoder_tiny
     assert (result.run_dir / "pipeline" / "vae" / "config.json").is_file()
 
 
-def test_the_readme_shows_the_latent_cache():
-    from readme import README
-
-    text = README.read_text()
-    latent = text[text.index("- **Latent diffusion**"):]
-    latent = latent[:latent.index("\n- **", 1)]
-    for words in ("diffusion.cache_latents", "diffusion.latent_cache_dir", "configs/isbi2012_latent.yaml", "not measured"):
-        assert words in latent
-
-
 def test_the_images_fingerprint_follows_the_data_files(tmp_path):
     import os
 
