@@ -287,10 +287,11 @@ def provenance() -> dict:
     """The command that ran (``python -m bench.NAME ...``), the project's commit (``+`` when the work tree differs)
     and the UTC date, for a results JSON."""
     import datetime
+    import shlex
     import sys
 
     module = Path(sys.argv[0]).stem
-    command = " ".join(["python -m bench." + module if module not in ("-c", "-m", "") else "python", *sys.argv[1:]])
+    command = " ".join(["python -m bench." + module if module not in ("-c", "-m", "") else "python", shlex.join(sys.argv[1:])])
     git = lambda *args: subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=30)
     try:
         commit = git("rev-parse", "--short", "HEAD").stdout.strip() or None
@@ -416,10 +417,11 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype, size: int | None
 
     Measure it with the clock that times the model (``clock="cpu"``: process CPU time, summed over threads).
     A probe reaches the hardware's peak only when the matmul is large enough to hide its packing and
-    threading overhead (2048 on a CPU, 8192 on a GPU); ``peak_flops`` takes the larger of it and the
+    threading overhead (2048 on a CPU, 1024 in bf16; 8192 on a GPU); ``peak_flops`` takes the larger of it and the
     theoretical figure.
     """
-    size = size or (8192 if device.type == "cuda" else 2048)
+    if size is None:  # bf16 on a CPU without bf16 instructions: 2048 falls off oneDNN's fast path (0.3 GFLOP/s seen)
+        size = 8192 if device.type == "cuda" else 2048 if dtype == torch.float32 else 1024
     now = time.perf_counter if clock == "wall" else time.process_time
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

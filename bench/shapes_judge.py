@@ -1,9 +1,10 @@
 """Shape judge: does a class-conditional shapes denoiser (``configs/quickstart.yaml``, the demo) draw the
 shape it is asked for?
 
-    python -m bench.shapes_judge runs/demo/pipeline             # 32 samples per class, the demo's settings
-    python -m bench.shapes_judge --grid runs/demo/samples.png   # judge the demo's own sample grid
+    python -m bench.shapes_judge runs/demo/pipeline             # 32 samples per class, as the pipeline samples
+    python -m bench.shapes_judge --grid runs/demo/samples.png   # the demo's own sample grid (36 images)
     python -m bench.shapes_judge --check                        # the judge on drawn shapes (no model)
+    python -m bench.shapes_judge "demo pipeline=runs/demo/pipeline" --grid "demo grid=runs/demo/samples.png"
 
 Each sample's foreground is the pixels far from its background (the median of its border pixels);
 specks under 3 pixels are dropped. The judge fits each of the three outlines the built-in data draws
@@ -143,17 +144,35 @@ def read_grid(path: Path, columns: int = 6, size: int = 16) -> tuple[np.ndarray,
     return images, [i % len(KINDS) for i in range(len(images))]
 
 
-def sample_pipeline(folder: Path, per_class: int, steps: int, guidance: float, seed: int, device) -> tuple[np.ndarray, list[int]]:
-    """``per_class`` samples of each class from a ``DenoisePipeline`` folder (DDIM, ``steps``, guidance ``guidance``)."""
+def sample_pipeline(folder: Path, per_class: int, seed: int, device, steps: int | None = None,
+                    guidance: float | None = None) -> tuple[np.ndarray, list[int], dict]:
+    """``per_class`` samples of each class from a ``DenoisePipeline`` folder, with the sampling settings it stores
+    (the demo config's ``diffusion.sampler``, ``sample_steps`` and ``guidance_scale`` for a folder that stores none),
+    ``steps`` and ``guidance`` overriding them; and the settings used."""
     from pipelines import DenoisePipeline
+    from train.config import load_config
 
     pipe = DenoisePipeline.from_pretrained(str(folder)).to(device)
     pipe.set_progress_bar_config(disable=True)
+    sampler = None
+    if not pipe.config.get("sampling"):
+        demo = load_config("quickstart").diffusion
+        sampler, steps = demo.sampler, steps or demo.sample_steps
+        guidance = demo.guidance_scale if guidance is None else guidance
+    used = pipe.sampling_settings(sampler, steps, guidance)
+    settings = dict(sampler=type(used.scheduler).__name__, steps=used.num_inference_steps, guidance=used.guidance_scale,
+                    eta=used.eta, per_class=per_class, seed=seed)
     labels = [i % len(KINDS) for i in range(per_class * len(KINDS))]
     generator = torch.Generator().manual_seed(seed)
-    images = pipe(len(labels), num_inference_steps=steps, sampler="ddim", generator=generator,
-                  class_labels=torch.tensor(labels, device=device), guidance_scale=guidance, output_type="np").images
-    return images, labels
+    images = pipe(len(labels), sampler=sampler, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                  class_labels=torch.tensor(labels, device=device), output_type="np").images
+    return images, labels, settings
+
+
+def labelled(text: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` or ``PATH``: the name a result is stored under, and the path."""
+    label, _, path = text.rpartition("=")
+    return label or path, Path(path)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -169,21 +188,22 @@ def rows_of(name: str, summary: dict) -> list[dict]:
 
 
 def options(parser) -> None:
-    parser.add_argument("pipeline", nargs="?", type=Path, help="a DenoisePipeline folder of a shapes model (runs/demo/pipeline)")
-    parser.add_argument("--grid", type=Path, action="append", default=[], help="a samples.png grid of a run (repeatable)")
+    parser.add_argument("pipelines", nargs="*", metavar="[LABEL=]PIPELINE",
+                        help="DenoisePipeline folders of shapes models (runs/demo/pipeline), each optionally named LABEL")
+    parser.add_argument("--grid", action="append", default=[], metavar="[LABEL=]PNG", help="a run's samples.png grid (repeatable)")
     parser.add_argument("--check", action="store_true", help="judge drawn shapes, shifted labels and blurred blobs (no model)")
-    parser.add_argument("--per-class", type=int, default=32, help="samples per class from the pipeline (--quick: 8)")
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the demo's diffusion.sample_steps)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the demo's diffusion.guidance_scale)")
+    parser.add_argument("--per-class", type=int, default=32, help="samples per class from a pipeline (--quick: 8)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's stored setting)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's stored setting)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="results name: bench/results/shapes_judge_<NAME>.json")
 
 
 def measure(bench: Bench) -> None:
     args = bench.args
-    if not (args.pipeline or args.grid or args.check):
+    if not (args.pipelines or args.grid or args.check):
         bench.error("give a pipeline folder, --grid samples.png or --check.")
-    results, rows, settings = {}, [], {}
+    results, rows, sampling = {}, [], {}
     if args.check:
         images, labels = drawn_shapes(96 if args.quick else 600)
         for name, (imgs, labs) in {"drawn": (images, labels),
@@ -191,23 +211,19 @@ def measure(bench: Bench) -> None:
                                    "drawn, blurred": (blurred(images), labels)}.items():
             results[name] = summarize(judge(imgs, labs))
             rows += rows_of(name, results[name])
-    for path in args.grid:
-        results[str(path)] = summarize(judge(*read_grid(path)))
-        rows += rows_of(path.name if len(args.grid) == 1 else str(path), results[str(path)])
-    if args.pipeline:
-        from train.config import QUICKSTART, load_config
-
-        demo = load_config(QUICKSTART, []).diffusion
-        settings = dict(per_class=8 if args.quick else args.per_class, steps=args.steps or demo.sample_steps,
-                        guidance=demo.guidance_scale if args.guidance is None else args.guidance, seed=args.seed, sampler="ddim")
-        images, labels = sample_pipeline(args.pipeline, settings["per_class"], settings["steps"], settings["guidance"],
-                                         args.seed, bench.device)
-        results[str(args.pipeline)] = summarize(judge(images, labels))
-        rows += rows_of(str(args.pipeline), results[str(args.pipeline)])
-    lines = [f"Shape judge: {describe(bench.info)}. right = the asked shape fits best with IoU >= {MIN_IOU}; "
-             f"mean IoU = the asked shape's best fit." + (f" Sampling: {settings}." if settings else "")]
+    for label, path in map(labelled, args.pipelines):
+        images, labels, sampling[label] = sample_pipeline(path, 8 if args.quick else args.per_class, args.seed, bench.device,
+                                                          args.steps, args.guidance)
+        results[label] = summarize(judge(images, labels))
+        rows += rows_of(label, results[label])
+    for label, path in map(labelled, args.grid):
+        results[label] = summarize(judge(*read_grid(path)))
+        rows += rows_of(label, results[label])
+    lines = [f"Shape judge: {describe(bench.info)}. right = one piece, the asked shape fits best, IoU >= {MIN_IOU}; "
+             f"mean IoU = the asked shape's best fit."]
+    lines += [f"{label}: {settings}" for label, settings in sampling.items()]
     name = "_".join(["shapes_judge", *([args.name] if args.name else []), *(["quick"] if args.quick else [])])
-    bench.report(dict(**provenance(), min_iou=MIN_IOU, sampling=settings, results=results), rows, COLUMNS, *lines, name=name)
+    bench.report(dict(**provenance(), min_iou=MIN_IOU, sampling=sampling, results=results), rows, COLUMNS, *lines, name=name)
 
 
 def main(argv=None) -> int:
