@@ -221,7 +221,7 @@ def _sample_images(pipe, args, labels: list[int] | None, output_type: str = "pil
     import torch
 
     settings = pipe.sampling_settings(args.sampler, args.steps, args.guidance_scale, args.eta)
-    print(f"sampling {args.num_images} with {settings.describe()} (the model's defaults unless given as flags)")
+    print(f"sampling {args.num_images} image{'s' * (args.num_images != 1)} with {settings.describe()} (the model's defaults unless given as flags)")
     one_batch = args.num_images <= args.batch_size
     pipe.set_progress_bar_config(disable=args.quiet or not one_batch)  # one batch: the bar counts denoising steps
     images = []
