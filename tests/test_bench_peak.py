@@ -4,26 +4,17 @@ import torch
 
 from bench.common import cpu_features, cpu_line, describe, flops_per_cycle, peak_flops, theoretical_peak_flops, vector_isa
 
-ZEN4 = """processor\t: 0
+PROCESSOR = """processor\t: {core}
 vendor_id\t: AuthenticAMD
 cpu family\t: 25
 model\t\t: 17
 model name\t: AMD EPYC 9454 48-Core Processor
 cpu MHz\t\t: 2750.000
 physical id\t: 0
-core id\t\t: 0
-flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512bw avx512_bf16
-
-processor\t: 1
-vendor_id\t: AuthenticAMD
-cpu family\t: 25
-model\t\t: 17
-model name\t: AMD EPYC 9454 48-Core Processor
-cpu MHz\t\t: 2750.000
-physical id\t: 0
-core id\t\t: 1
+core id\t\t: {core}
 flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512bw avx512_bf16
 """
+ZEN4 = "\n".join(PROCESSOR.format(core=core) for core in range(2))  # /proc/cpuinfo of a 2-core Zen 4 EPYC
 
 
 def test_cpuinfo_names_the_cpu_its_isa_and_its_physical_cores():
