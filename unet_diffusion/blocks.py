@@ -1,9 +1,9 @@
 """Convolutional building blocks: residual and classic blocks, resampling, and the U-Net block
 that joins a skip connection, a convolutional block and optional attention.
 
-Every block knows its own size arithmetic (``out_size``, the same along every spatial axis), so that
-the U-Net can tell which input sizes it accepts without running a forward pass. Every block works on
-1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
+Every block works on 1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
+Sizes are never computed here: every change of size is a layer (a convolution, a pooling, a padding,
+an ``nn.Upsample``), whose own settings the U-Net reads (``nd.out_length``).
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
-from .errors import InputError
 from .fused import norm_act_conv
-from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, pad_end, per_channel, pool
+from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, pad_end_layer, per_channel, pool
 
 
 # ---------------------------------------------------------------------------- size helpers
@@ -67,7 +65,6 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, config: BlockConfig, *, output_scale: float = 1.0):
         super().__init__()
         self.scale_shift = config.time_injection == "scale_shift"
-        self.shrink = 4 if config.padding == "valid" else 0
         self.output_scale = output_scale
         pad = conv_padding(config.padding)
         self.norm1 = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
@@ -79,9 +76,6 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.conv2 = conv(config.dims, out_channels, out_channels, 3, padding=pad)
         self.shortcut = conv(config.dims, in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def out_size(self, n: int) -> int:
-        return n - self.shrink
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see fused.py).
@@ -96,7 +90,7 @@ class ResidualBlock(nn.Module):
         p = self.dropout.p if self.training else 0.0
         h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p, fused=self.fused_norm_conv)
         skip = x if self.shortcut is None else self.shortcut(x)
-        if self.shrink:
+        if skip.shape[2:] != h.shape[2:]:  # valid padding: the convolutions took a margin
             skip = center_crop(skip, h.shape[2:])
         # Sum in place into the fresh conv output, unless autocast made it narrower than the skip.
         out = h.add_(skip) if h.dtype == skip.dtype else skip + h
@@ -108,7 +102,6 @@ class ClassicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, config: BlockConfig):
         super().__init__()
-        self.shrink = 4 if config.padding == "valid" else 0
         layers: list[nn.Module] = []
         batch_norm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[config.dims - 1]
         for i, c_in in enumerate((in_channels, out_channels)):
@@ -119,9 +112,6 @@ class ClassicBlock(nn.Module):
             if i == 0 and config.dropout > 0:
                 layers.append(nn.Dropout(config.dropout))
         self.layers = nn.Sequential(*layers)
-
-    def out_size(self, n: int) -> int:
-        return n - self.shrink
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         return self.layers(x)
@@ -136,25 +126,17 @@ class Downsample(nn.Module):
     ``"maxpool"`` / ``"avgpool"``: 2x2 pooling (2 in 1D, 2x2x2 in 3D).
     """
 
-    push_skip = False
-
     def __init__(self, channels: int, kind: Downsampling, dims: Dims = 2):
         super().__init__()
-        self.kind = kind
+        self.out_channels = channels
+        self.pad = pad_end_layer(dims, 1) if kind == "conv_asym" else None
         if kind in ("maxpool", "avgpool"):
             self.op = pool(dims, kind[:3], 2)
         else:  # "conv" or "conv_asym"
             self.op = conv(dims, channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
 
-    def out_size(self, n: int) -> int:
-        if n % 2:
-            raise InputError(f"a {n}-pixel map cannot be halved")
-        return n // 2
-
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
-        if self.kind == "conv_asym":
-            x = pad_end(x, [1] * (x.ndim - 2))
-        return self.op(x)
+        return self.op(x if self.pad is None else self.pad(x))
 
 
 class Upsample(nn.Module):
@@ -162,27 +144,20 @@ class Upsample(nn.Module):
     ``"bilinear"`` interpolation (linear in 1D, trilinear in 3D) followed by a 3x3 convolution. Maps
     ``in_channels`` to ``out_channels``."""
 
-    push_skip = False
-    skip_channels = 0
-
     def __init__(self, in_channels: int, out_channels: int, kind: Upsampling, dims: Dims = 2):
         super().__init__()
-        self.kind = kind
+        self.out_channels = out_channels
+        self.resize = None
         if kind == "conv_transpose":
             self.conv = conv_transpose(dims, in_channels, out_channels, 2, stride=2)
         else:  # "nearest" or "bilinear" interpolation, then a 3x3 conv
+            linear = kind != "nearest"
+            self.resize = nn.Upsample(scale_factor=2.0, mode=LINEAR_INTERPOLATION[dims - 1] if linear else "nearest",
+                                      align_corners=False if linear else None)
             self.conv = conv(dims, in_channels, out_channels, 3, padding=1)
-        self.interpolation = "nearest" if kind == "nearest" else LINEAR_INTERPOLATION[dims - 1]
-
-    def out_size(self, n: int) -> int:
-        return 2 * n
 
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
-        if self.kind == "conv_transpose":
-            return self.conv(x)
-        if self.kind == "nearest":
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode=self.interpolation, align_corners=False))
+        return self.conv(x if self.resize is None else self.resize(x))
 
 
 # ---------------------------------------------------------------------------- the U-Net block
@@ -193,8 +168,6 @@ class UNetBlock(nn.Module):
     (valid padding), optionally gated (Attention U-Net), concatenated, and optionally squeezed back
     to ``out_channels`` by a 1x1 convolution before the conv block.
     """
-
-    push_skip = False  # set by the U-Net on encoder blocks whose output is a skip connection
 
     def __init__(
         self,
@@ -210,6 +183,7 @@ class UNetBlock(nn.Module):
         output_scale: float = 1.0,            # Residual sums are divided by this (diffusers' mid-block scale).
     ):
         super().__init__()
+        self.out_channels = out_channels
         self.skip_channels = skip_channels
         self.gate = AttentionGate(skip_channels, in_channels, config.dims) if skip_channels and config.attention_gate else None
         self.skip_conv = None
@@ -229,11 +203,6 @@ class UNetBlock(nn.Module):
             self.transformer = SpatialTransformer(
                 out_channels, cross_heads, config.context_dim, transformer_depth, config.norm_groups, config.dropout
             )
-
-    def out_size(self, n: int, skip_n: int | None = None) -> int:
-        if skip_n is not None and (skip_n < n or (skip_n - n) % 2):
-            raise InputError(f"a {skip_n}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
-        return self.conv.out_size(n)
 
     def forward(
         self,

@@ -69,6 +69,34 @@ def from_tokens(tokens: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return tokens.reshape(like.shape[0], *like.shape[2:], tokens.shape[2]).movedim(-1, 1)
 
 
+def pad_end_layer(dims: int, amount: int) -> nn.Module:
+    """A layer padding each spatial axis at its end by ``amount`` zeros (``nn.ConstantPad1d`` / ``2d`` / ``3d``)."""
+    return (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)[dims - 1]((0, amount) * dims, 0.0)
+
+
+def out_length(module: nn.Module, n: int) -> int:
+    """The length of a spatial axis after ``module``, read from the settings of its own layers (kernel, stride, padding,
+    scale factor), taken in the order they were registered. Side branches (shortcuts, gates) are 1x1 and keep the size,
+    so the main path decides it; every axis is treated alike, as every layer here is."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
+            k, s, p, d = (_first(getattr(layer, name, 1)) for name in ("kernel_size", "stride", "padding", "dilation"))
+            if getattr(layer, "transposed", False):
+                n = (n - 1) * s - 2 * p + d * (k - 1) + _first(layer.output_padding) + 1
+            else:
+                n = (n + 2 * p - d * (k - 1) - 1) // s + 1
+        elif isinstance(layer, nn.Upsample):
+            n = int(n * layer.scale_factor)
+        elif isinstance(layer, nn.modules.padding._ConstantPadNd):
+            n = n + layer.padding[0] + layer.padding[1]
+    return n
+
+
+def _first(value):
+    """The setting of the first axis: layers store an int or one value per axis."""
+    return value[0] if isinstance(value, tuple) else value
+
+
 def pad_end(x: torch.Tensor, amounts, mode: str = "constant") -> torch.Tensor:
     """Pad each spatial axis at its end (right, bottom, back) by ``amounts`` (one per axis)."""
     pads: list[int] = []

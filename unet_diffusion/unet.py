@@ -36,7 +36,7 @@ from .errors import InputError
 from .heads import Head, HeadKind
 from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .nd import Dims, conv, pad_end
+from .nd import Dims, conv, out_length, pad_end
 from .plan import SkipStyle, UNetPlan, plan_unet
 from .pretrained import PretrainedMixin
 
@@ -128,39 +128,52 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         self._size_cache: dict[int, int | str] = {}
 
     def _build_u(self, plan: UNetPlan) -> int:
-        """The blocks of the U, as the plan says: the encoder pushes the width of every output that becomes a
-        skip connection, the decoder pops them in reverse order (``forward`` pushes and pops the tensors alike).
-        Returns the decoder's output width."""
+        """The blocks of the U, as the plan says. The encoder names the steps whose output is a skip connection
+        (``skip_sources``); the decoder pops their widths, read from the built modules, in reverse order, as ``forward``
+        pops the tensors. Returns the decoder's output width."""
         c = self.config
         self.stem = conv(c.dims, c.in_channels, c.channels[0], 3, padding=conv_padding(c.padding)) if c.conv_in else None
+        self.encoder, self.middle, self.decoder = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        sources = ["stem"] if plan.dense and c.conv_in else []  # dense skips: every encoder output, the stem's first
         width = c.channels[0] if c.conv_in else c.in_channels
-        widths = [width] if plan.dense and c.conv_in else []
-        self.encoder = nn.ModuleDict()
         for i, level in enumerate(plan.levels):
             for j in range(level.blocks):
-                self.encoder[f"level{i}_block{j}"] = unit = plan.unet_block(width, level)
+                self.encoder[f"level{i}_block{j}"] = plan.unet_block(width, level)
                 width = level.width
-                unit.push_skip = plan.dense or (j == level.blocks - 1 and level.downsample)
-                widths += [width] * unit.push_skip
+                if plan.dense or (j == level.blocks - 1 and level.downsample):  # level skips: the last map before halving
+                    sources.append(f"level{i}_block{j}")
             if level.downsample:
-                self.encoder[f"level{i}_down"] = down = Downsample(width, c.downsample, c.dims)
-                down.push_skip = plan.dense
-                widths += [width] * plan.dense
-        self.middle = nn.ModuleDict()
+                self.encoder[f"level{i}_down"] = Downsample(width, c.downsample, c.dims)
+                if plan.dense:
+                    sources.append(f"level{i}_down")
+        self.skip_sources = tuple(sources)
+        skips = [module.out_channels for module, pushes, _ in self._steps() if pushes]
         if plan.middle is not None:  # at the lowest resolution: a block with attention, then a plain one
             scale = c.mid_block_scale
             self.middle["mid_block0"] = plan.unet_block(width, plan.middle, output_scale=scale, attention_norm=c.mid_attention_norm)
             self.middle["mid_block1"] = UNetBlock(width, width, plan.shared, output_scale=scale)
-        self.decoder = nn.ModuleDict()
         for i, level in reversed(list(enumerate(plan.levels))):
             for j in range(level.decoder_blocks):
-                self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=widths.pop() if plan.dense or j == 0 else 0)
+                self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=skips.pop() if plan.dense or j == 0 else 0)
                 width = level.width
             if i > 0:
                 self.decoder[f"level{i}_up"] = Upsample(width, level.up_width, c.upsample, c.dims)
                 width = level.up_width
-        assert not widths, "every skip connection pushed by the encoder is consumed by the decoder"
+        assert not skips, "every skip connection pushed by the encoder is consumed by the decoder"
         return width
+
+    def _steps(self):
+        """The U in the order ``forward`` runs it, as ``(module, pushes, pops)``: the stem, the encoder, the middle, the
+        decoder. ``pushes``: its output is a skip connection; ``pops``: it merges the latest skip not yet merged. The
+        size arithmetic walks the same steps."""
+        if self.stem is not None:
+            yield self.stem, "stem" in self.skip_sources, False
+        for key, block in self.encoder.items():
+            yield block, key in self.skip_sources, False
+        for block in self.middle.values():
+            yield block, False, False
+        for block in self.decoder.values():
+            yield block, False, isinstance(block, UNetBlock) and block.skip_channels > 0
 
     # ------------------------------------------------------------------------ sizes
     @property
@@ -169,27 +182,22 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         return 2 ** (len(self.config.channels) - 1)
 
     def _walk_size(self, n: int) -> int:
-        """Output size for an ``n``-pixel side, raising ValueError with the reason if ``n`` does not fit."""
+        """Output side for an ``n``-pixel side, raising InputError with the reason if ``n`` does not fit: the steps of
+        ``forward``, each changing the side as its layers' own settings say (``nd.out_length``)."""
         if n < 1:
             raise InputError("a side must be at least 1 pixel")
-        stack: list[int] = []
-        if self.stem is not None:
-            n = n - (2 if self.config.padding == "valid" else 0)
-            if self.config.skips == "dense":
-                stack.append(n)
-        for block in self.encoder.values():
-            n = block.out_size(n)
+        skips: list[int] = []
+        for module, pushes, pops in self._steps():
+            if pops:
+                skip = skips.pop()
+                if skip < n or (skip - n) % 2:
+                    raise InputError(f"a {skip}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
+            n = out_length(module, n)
             if n < 1:
-                raise InputError("the encoder shrinks it to nothing")
-            if block.push_skip:
-                stack.append(n)
-        for block in self.middle.values():
-            n = block.out_size(n)
-        for block in self.decoder.values():
-            n = block.out_size(n, stack.pop()) if block.skip_channels else block.out_size(n)
-            if n < 1:
-                raise InputError("the decoder shrinks it to nothing")
-        return n
+                raise InputError("the network shrinks it to nothing")
+            if pushes:
+                skips.append(n)
+        return out_length(self.out, n)
 
     def output_size(self, size: int | tuple[int, int]) -> int | tuple[int, int]:
         """Spatial output size for an input size (an int side, or one per axis such as ``(H, W)``).
@@ -251,11 +259,6 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
             parts.append(self.class_embed(class_labels).to(dtype))
         return F.silu(sum(parts[1:], parts[0])) if parts else None
 
-    def _run(self, block: nn.Module, x, emb, context, skip=None):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(block, x, emb, context, skip)
-        return block(x, emb, context, skip)
-
     def forward(
         self,
         sample: torch.Tensor,
@@ -295,19 +298,16 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         if encoder_hidden_states is not None:
             context = Context(encoder_hidden_states.to(dtype), context_bias(encoder_attention_mask, dtype))
 
+        checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         skips: list[torch.Tensor] = []
-        if self.stem is not None:
-            x = self.stem(x)
-            if self.config.skips == "dense":
+        for module, pushes, pops in self._steps():
+            if module is self.stem:
+                x = module(x)
+            else:  # a block: (x, emb, context, skip)
+                args = (x, emb, context, skips.pop() if pops else None)
+                x = self._gradient_checkpointing_func(module, *args) if checkpoint else module(*args)
+            if pushes:
                 skips.append(x)
-        for block in self.encoder.values():
-            x = self._run(block, x, emb, context)
-            if block.push_skip:
-                skips.append(x)
-        for block in self.middle.values():
-            x = self._run(block, x, emb, context)
-        for block in self.decoder.values():
-            x = self._run(block, x, emb, context, skips.pop() if block.skip_channels else None)
         out = self.out(x)
 
         if self.config.pad_input:
