@@ -1,5 +1,6 @@
-"""Convolutional building blocks: residual and classic blocks, resampling, and the U-Net block
-that joins a skip connection, a convolutional block and optional attention.
+"""The pieces of the U-Net: residual and classic blocks, resampling, the U-Net block (a skip merge, a
+conv block, optional attention), the time/class embedding and the output head, with the width rules
+of a configuration that these pieces (and the diffusers conversion) read.
 
 Every block works on 1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
 Sizes are never computed here: every change of size is a layer (a convolution, a pooling, a padding,
@@ -12,18 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from diffusers.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 from torch import nn
 
 from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
-from .fused import norm_act_conv
-from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, pad_end_layer, per_channel, pool
-
-
-# ---------------------------------------------------------------------------- size helpers
-def conv_padding(mode: str) -> int:
-    """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"`` (shrinks the map by 2)."""
-    return 1 if mode == "same" else 0
-
+from .errors import InputError
+from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, norm_act_conv, pad_end_layer, per_channel, pool
 
 # ---------------------------------------------------------------------------- what all blocks share
 BlockKind = Literal["residual", "classic"]
@@ -31,6 +26,8 @@ TimeInjection = Literal["add", "scale_shift"]
 Padding = Literal["same", "valid"]
 Downsampling = Literal["conv", "conv_asym", "maxpool", "avgpool"]
 Upsampling = Literal["nearest", "bilinear", "conv_transpose"]
+TimeFeatures = Literal["sinusoidal", "fourier"]
+HeadKind = Literal["denoise", "segment"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,43 @@ class BlockConfig:
     attention_gate: bool = False    # Decoder blocks gate their skip (Attention U-Net).
     skip_conv: bool = False         # Decoder blocks squeeze skip + input back to their width with a 1x1 conv.
     context_dim: int | None = None  # Width of the cross-attention context.
+
+
+# ---------------------------------------------------------------------------- widths a configuration gives
+def conv_padding(mode: Padding) -> int:
+    """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"``."""
+    return 1 if mode == "same" else 0
+
+
+def per_level(name: str, value, levels: int) -> tuple:
+    """One value per level from a single value (the same everywhere) or a sequence of ``levels`` values."""
+    if not isinstance(value, (list, tuple)):
+        return (value,) * levels
+    if len(value) != levels:
+        raise InputError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
+    return tuple(value)
+
+
+def attention_heads(c, width: int, level: int) -> int:
+    """Heads of an attention of ``width`` channels at ``level`` (the middle takes the last level's)."""
+    head_channels, heads = c["attention_head_channels"], c["attention_heads"]  # c: a config or a plain dict
+    if head_channels is not None:
+        if width % head_channels:
+            raise InputError(f"attention_head_channels={head_channels} does not divide width {width}.")
+        return width // head_channels
+    return 1 if heads is None else per_level("attention_heads", heads, len(c["channels"]))[level]
+
+
+def embedding_width(c) -> int:
+    """Width of the time/class embedding: ``time_embed_dim``, by default 4x the first level's width (DDPM)."""
+    return c["time_embed_dim"] or 4 * c["channels"][0]
+
+
+def head_channels(c) -> int:
+    """Output channels: ``out_channels`` (by default the input's for denoising, 2 classes for segmentation),
+    doubled with a learned variance."""
+    channels = c["out_channels"] or (c["in_channels"] if c["head"] == "denoise" else 2)
+    return channels * (2 if c["learned_variance"] else 1)
 
 
 # ---------------------------------------------------------------------------- convolutional blocks
@@ -78,7 +112,7 @@ class ResidualBlock(nn.Module):
         self.shortcut = conv(config.dims, in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see fused.py).
+        # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see nd.norm_act_conv).
         h = norm_act_conv(x, self.norm1, self.conv1, fused=self.fused_norm_conv)
         scale = shift = None
         if self.emb_proj is not None:
@@ -225,3 +259,63 @@ class UNetBlock(nn.Module):
         if self.transformer is not None:
             x = self.transformer(x, context)
         return x
+
+# ---------------------------------------------------------------------------- time and class embedding
+class TimeEmbedding(TimestepEmbedding):
+    """Features of the timestep, then ``Linear -> SiLU -> Linear`` to ``emb_dim``.
+
+    ``features`` is built by the caller before this module, so that its random Fourier frequencies
+    are drawn first, as they always were (same initial weights for the same seed).
+    """
+
+    def __init__(self, features: nn.Module, features_dim: int, emb_dim: int):
+        super().__init__(features_dim, emb_dim)
+        self.features = features
+
+    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # Features are computed in float32 (large timesteps lose precision in half) and cast once.
+        return super().forward(self.features(timesteps.float()).to(dtype))
+
+
+def embeddings(c, emb_dim: int | None) -> tuple[TimeEmbedding | None, nn.Embedding | None]:
+    """The time embedding and the class-label table the configuration ``c`` asks for (``None`` where it asks for none).
+
+    The time features are diffusers' own layers, so that converted models compute the same function bit for bit:
+    sinusoidal features as wide as the first level (``Timesteps``: DDPM, ADM, LDM), or twice as many random Fourier
+    features (``GaussianFourierProjection``: score-SDE / NCSN++).
+    """
+    time = class_table = None
+    width = c.channels[0]
+    if c.time_embedding == "fourier":
+        features = GaussianFourierProjection(width, c.fourier_scale, set_W_to_weight=False, log=c.fourier_log,
+                                             flip_sin_to_cos=c.flip_sin_to_cos)
+        time = TimeEmbedding(features, 2 * width, emb_dim)
+    elif c.time_embedding == "sinusoidal":
+        time = TimeEmbedding(Timesteps(width, c.flip_sin_to_cos, c.freq_shift), width, emb_dim)
+    if c.num_class_labels is not None:  # one more row for the null label of classifier-free guidance
+        class_table = nn.Embedding(c.num_class_labels + int(c.null_class_label), emb_dim)
+    return time, class_table
+
+
+# ---------------------------------------------------------------------------- output head
+class Head(nn.Module):
+    """``[GroupNorm -> SiLU] -> conv`` to the output channels.
+
+    The normalisation is there for residual cores, whose features are an un-normalised residual
+    stream; classic cores end in ReLU already. Denoising uses a 3x3 convolution (as DDPM and
+    diffusers), segmentation a 1x1 convolution (as the original U-Net).
+    """
+
+    def __init__(self, kind: HeadKind, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float,
+                 dims: Dims = 2):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps) if normalize else None
+        kernel = 3 if kind == "denoise" else 1
+        self.conv = conv(dims, in_channels, out_channels, kernel, padding=kernel // 2)
+
+    fused_norm_conv = True  # UNet.set_fused_norm_conv switches it per instance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            return norm_act_conv(x, self.norm, self.conv, fused=self.fused_norm_conv)
+        return self.conv(x)

@@ -1,15 +1,38 @@
-"""The U-Net: one encoder-decoder core for denoising and segmentation.
+"""The U-Net: one encoder-decoder core for denoising and segmentation, built from a checked plan.
 
-The network is an ordered set of blocks keyed by level and role (``"level1_block0"``,
-``"level1_down"``, ``"mid_block0"``, ``"level1_up"``). Skip connections are a plain stack: while
-building, each encoder block that feeds a skip pushes its width and the decoder pops them to size
-its inputs; ``forward`` pushes and pops the tensors in the same order.
+Read this file top to bottom: the plan (what a configuration means, checked once), the initialisation of
+each family, then ``UNet``. The pieces live in ``blocks.py`` (blocks, resampling, embedding, head),
+``attention.py`` and ``nd.py`` (1D/2D/3D layers and the fused norm-act-conv op).
+
+The network is an ordered set of blocks keyed by level and role. Levels count from the highest
+resolution; each ``levelN_down`` halves the size, each ``levelN_up`` doubles it back. For
+``channels=(c0, c1)``, ``blocks_per_level=1``, ``attention_levels=(1,)`` and dense skips (the default)::
+
+    encoder (pushes)                      middle                         decoder (pops)
+    stem --------------------------------------------------------------------------------+
+    level0_block0 ---------------------------------------------------------------------+  |
+    level0_down (halve) ------------------------------------------------------------+   |  |
+    level1_block0 [attn] ---------------------------------------------------+       |   |  |
+         |                                                                  v       v   |  |
+         +--> mid_block0 [attn] --> mid_block1 --> decoder level1_block0, level1_block1 [attn]
+                                                   level1_up (double)                   |  |
+                                                                                        v  v
+                                                   decoder level0_block0, level0_block1 --> out (head)
+
+Skip connections are a plain stack. ``skips="dense"`` pushes every encoder output (the stem's too) and
+gives each decoder level one block more than the encoder's; ``skips="level"`` (original U-Net) pushes
+only the last block of each level before it is halved, and each decoder level's first block pops it.
+A block of an attention level ends in self-attention, one of a cross-attention level in a
+cross-attention transformer; ``mid_block0`` holds the middle's attention. ``UNet._steps`` is the one
+walk over these steps: ``forward`` runs it on tensors, the size arithmetic on side lengths.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,27 +41,202 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .attention import AttentionProcessorsMixin, Context, context_bias
+from .annotations import check_arguments
+from .attention import AttentionProcessorsMixin, Context, SelfAttention, SpatialTransformer, context_bias
 from .blocks import (
+    BlockConfig,
     BlockKind,
     Downsample,
     Downsampling,
+    Head,
+    HeadKind,
     Padding,
     ResidualBlock,
+    TimeFeatures,
     TimeInjection,
     UNetBlock,
     Upsample,
     Upsampling,
+    attention_heads,
     conv_padding,
+    embedding_width,
+    embeddings,
+    head_channels,
+    per_level,
 )
-from .embeddings import TimeFeatures, embeddings
 from .errors import InputError
-from .heads import Head, HeadKind
-from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
 from .nd import Dims, conv, out_length, pad_end
-from .plan import SkipStyle, UNetPlan, plan_unet
 from .pretrained import PretrainedMixin
+
+SkipStyle = Literal["dense", "level"]  # every encoder output is a skip (DDPM), or one per level (original U-Net)
+InitScheme = Literal["auto", "torch"]  # "auto": each family's own start; "torch": PyTorch's layer defaults
+
+
+# ---------------------------------------------------------------------------- the plan: a configuration checked once
+@dataclass(frozen=True)
+class Level:
+    """What one level of the U builds; levels count from the highest resolution."""
+
+    width: int                   # Channels of every block of the level.
+    blocks: int                  # Encoder blocks.
+    decoder_blocks: int          # Decoder blocks: one more than the encoder's with dense skips, none at the bottom with level skips.
+    downsample: bool             # The encoder halves the resolution after this level (all but the lowest).
+    up_width: int                # Width after the decoder's upsampling to the level above.
+    attention_heads: int | None  # Self-attention heads after each block; None: no self-attention.
+    cross_heads: int | None      # Heads of a cross-attention transformer after each block; None: none.
+    transformer_depth: int       # Layers of each such transformer.
+
+
+@dataclass(frozen=True)
+class UNetPlan:
+    """Everything ``UNet.__init__`` needs beyond the raw configuration fields."""
+
+    levels: tuple[Level, ...]
+    middle: Level | None         # The first middle block (the second has no attention); None: no middle.
+    shared: BlockConfig          # Options every block shares.
+    dense: bool                  # Every encoder output is a skip (DDPM), not one per level (original U-Net).
+    head_channels: int           # Output channels of the head.
+
+    def unet_block(self, in_channels: int, level: Level, skip: int = 0, **options) -> UNetBlock:
+        """A block of ``level`` (its width, attention and transformer) taking ``in_channels`` and a ``skip``-wide skip."""
+        return UNetBlock(in_channels, level.width, self.shared, skip_channels=skip, attention_heads=level.attention_heads,
+                         cross_heads=level.cross_heads, transformer_depth=level.transformer_depth, **options)
+
+
+# (condition, message): a configuration for which the condition holds is refused with the message.
+_CONFLICTS = (
+    (lambda c: c.divide_by_timestep and c.time_embedding is None,
+     "divide_by_timestep needs a timestep; it does nothing with time_embedding=None."),
+    (lambda c: c.block == "classic" and (c.time_embedding is not None or c.num_class_labels is not None),
+     "classic blocks take no time or class embedding; set time_embedding=None and num_class_labels=None, or use block='residual'."),
+    (lambda c: c.block == "residual" and not c.conv_in,
+     "residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features."),
+    (lambda c: c.padding == "valid" and c.pad_input,
+     "pad_input works with padding='same'; a valid-padding model is tiled instead (see valid_input_sizes)."),
+    (lambda c: c.attention_heads is not None and c.attention_head_channels is not None,
+     "give attention_heads (a count) or attention_head_channels (a width), not both."),
+    (lambda c: (c.cross_attention_levels or c.mid_cross_attention) and c.context_dim is None,
+     "cross-attention needs context_dim, the width of encoder_hidden_states."),
+    (lambda c: c.context_dim is not None and not (c.cross_attention_levels or c.mid_cross_attention),
+     "context_dim is set but no level has cross-attention; set cross_attention_levels or mid_cross_attention."),
+    (lambda c: c.head == "segment" and c.learned_variance,
+     "learned_variance belongs to the denoise head, not the segmentation head."),
+)
+
+
+def check_config(c, constructor) -> None:
+    """Refuse a configuration the network cannot be built from, naming the field and what to do.
+
+    Each field's type and choices are its annotation in ``constructor`` (``UNet.__init__``), checked here.
+    """
+    check_arguments(constructor, {key: value for key, value in c.items() if not key.startswith("_")}, "UNet")
+    levels = len(c.channels)
+    if levels < 1:
+        raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
+    for name in ("blocks_per_level", "transformer_depth", "attention_heads"):
+        if c[name] is not None and min(per_level(name, c[name], levels)) < 1:
+            raise InputError(f"{name} must be at least 1 on every level; got {c[name]}.")
+    for name in ("attention_levels", "cross_attention_levels"):
+        missing = [level for level in c[name] if not 0 <= level < levels]
+        if missing:
+            raise InputError(f"{name} {list(c[name])} names levels {missing} that do not exist; levels are 0..{levels - 1}.")
+    for broken, message in _CONFLICTS:
+        if broken(c):
+            raise InputError(message)
+    normalized = c.block == "residual" or c.attention_levels or c.cross_attention_levels or (c.mid_block and c.mid_attention)
+    odd = sorted({width for width in c.channels if width % c.norm_groups})
+    if normalized and odd:
+        raise InputError(f"channels {odd} are not divisible by norm_groups={c.norm_groups}; change one or the other.")
+
+
+def plan_unet(c, constructor) -> UNetPlan:
+    """The checked plan of the U-Net configured by ``c`` (the model's ``config``; ``constructor``: ``UNet.__init__``).
+
+    ``UNet.__init__`` builds blocks from this plan and nothing else, so every rule about what a configuration means
+    (which levels attend, how many heads, how many decoder blocks) is applied here, and a configuration that breaks
+    one fails with one clear line before any layer is built.
+    """
+    check_config(c, constructor)
+    channels, last = tuple(c.channels), len(c.channels) - 1
+    dense = c.skips == "dense"
+    blocks = per_level("blocks_per_level", c.blocks_per_level, last + 1)
+    depths = per_level("transformer_depth", c.transformer_depth, last + 1)
+    levels = tuple(
+        Level(
+            width=width,
+            blocks=blocks[i],
+            decoder_blocks=blocks[i] + 1 if dense else (blocks[i] if i < last else 0),
+            downsample=i < last,
+            up_width=width if dense or i == 0 else channels[i - 1],
+            attention_heads=attention_heads(c, width, i) if i in c.attention_levels else None,
+            cross_heads=attention_heads(c, width, i) if i in c.cross_attention_levels else None,
+            transformer_depth=depths[i],
+        )
+        for i, width in enumerate(channels)
+    )
+    middle = None
+    if c.mid_block:
+        middle = Level(
+            width=channels[-1], blocks=2, decoder_blocks=0, downsample=False, up_width=channels[-1],
+            attention_heads=attention_heads(c, channels[-1], last) if c.mid_attention else None,
+            cross_heads=attention_heads(c, channels[-1], last) if c.mid_cross_attention else None,
+            transformer_depth=depths[-1],
+        )
+    conditioned = c.time_embedding is not None or c.num_class_labels is not None
+    block = BlockConfig(
+        dims=c.dims, kind=c.block, emb_dim=embedding_width(c) if conditioned else None, time_injection=c.time_injection,
+        dropout=c.dropout, norm_groups=c.norm_groups, norm_eps=c.norm_eps, padding=c.padding, batch_norm=c.batch_norm,
+        attention_gate=c.attention_gates, skip_conv=c.skip_conv, context_dim=c.context_dim,
+    )
+    return UNetPlan(levels, middle, block, dense, head_channels(c))
+
+
+# ---------------------------------------------------------------------------- initialisation: each family's own start
+def zero_(layer: nn.Module) -> None:
+    """Set a layer's weight and bias to zero."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def he_normal_(layer: nn.modules.conv._ConvNd) -> None:
+    """Gaussian weights with std sqrt(2 / N), N = inputs of one output unit; bias zero."""
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        # Weight (in, out, *kernel), e.g. (in, out, kH, kW): an output pixel of a stride-s transposed conv sees in * (kH * kW) / s^2
+        # inputs, which neither of kaiming_normal_'s fan modes computes for this layout.
+        fan_in = layer.weight.shape[0] * math.prod(layer.kernel_size) // math.prod(layer.stride)
+        nn.init.normal_(layer.weight, std=math.sqrt(2.0 / fan_in))
+    else:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def initialize(model: nn.Module, block: str, output: nn.Module, scheme: InitScheme = "auto") -> None:
+    """Initialise ``model`` (a U-Net of ``block`` kind, ending in ``output``) the way its papers start it.
+
+    Residual cores (DDPM, improved/guided diffusion, EDM, LDM): the last convolution of every residual branch, every
+    attention output projection and the output convolution start at zero, so each block starts as the identity and
+    the untrained network outputs zeros; gradients still reach every layer after the first step. Classic cores
+    (Ronneberger et al. 2015): He-normal weights (``he_normal_``), biases zero, so the ReLU stack neither explodes nor
+    vanishes. ``scheme="torch"`` keeps PyTorch's own defaults. Loaded weights replace all of this.
+    """
+    if scheme == "torch":
+        return
+    if block == "classic":
+        for layer in model.modules():
+            if isinstance(layer, nn.modules.conv._ConvNd):  # convolutions and transposed convolutions of any dims
+                he_normal_(layer)
+        return
+    for layer in model.modules():
+        if isinstance(layer, ResidualBlock):
+            zero_(layer.conv2)
+        elif isinstance(layer, SelfAttention):
+            zero_(layer.proj)
+        elif isinstance(layer, SpatialTransformer):
+            zero_(layer.proj_out)
+    zero_(output)
 
 
 @dataclass
