@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from unet_diffusion.fused import norm_act_conv
+from unet_diffusion.nd import norm_act_conv
 
 
 def layers(c_in=4, c_out=6, kernel=3, padding=1, stride=1, dtype=torch.float64):
@@ -134,7 +134,7 @@ def test_the_fused_op_can_be_switched_off_per_model_and_per_run(tmp_path, monkey
     from conftest import tiny_config
     from trainkit import TINY_DIFFUSION, merged
 
-    import unet_diffusion.fused as fused
+    import unet_diffusion.nd as fused
     from train import train
     from train.config import config_from_dict
     from unet_diffusion import UNet

@@ -1,9 +1,10 @@
-"""Convolutional building blocks: residual and classic blocks, resampling, and the U-Net block
-that joins a skip connection, a convolutional block and optional attention.
+"""The pieces of the U-Net: residual and classic blocks, resampling, the U-Net block (a skip merge, a
+conv block, optional attention), the time/class embedding and the output head, with the width rules
+of a configuration that these pieces (and the diffusers conversion) read.
 
-Every block knows its own size arithmetic (``out_size``, the same along every spatial axis), so that
-the U-Net can tell which input sizes it accepts without running a forward pass. Every block works on
-1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
+Every block works on 1D, 2D and 3D maps alike (``BlockConfig.dims``; the layers come from ``nd``).
+Sizes are never computed here: every change of size is a layer (a convolution, a pooling, a padding,
+an ``nn.Upsample``), whose own settings the U-Net reads (``nd.out_length``).
 """
 
 from __future__ import annotations
@@ -12,20 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from diffusers.models.embeddings import GaussianFourierProjection, TimestepEmbedding, Timesteps
 from torch import nn
 
 from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
 from .errors import InputError
-from .fused import norm_act_conv
-from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, pad_end, per_channel, pool
-
-
-# ---------------------------------------------------------------------------- size helpers
-def conv_padding(mode: str) -> int:
-    """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"`` (shrinks the map by 2)."""
-    return 1 if mode == "same" else 0
-
+from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, norm_act_conv, pad_end_layer, per_channel, pool
 
 # ---------------------------------------------------------------------------- what all blocks share
 BlockKind = Literal["residual", "classic"]
@@ -33,6 +26,8 @@ TimeInjection = Literal["add", "scale_shift"]
 Padding = Literal["same", "valid"]
 Downsampling = Literal["conv", "conv_asym", "maxpool", "avgpool"]
 Upsampling = Literal["nearest", "bilinear", "conv_transpose"]
+TimeFeatures = Literal["sinusoidal", "fourier"]
+HeadKind = Literal["denoise", "segment"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +48,43 @@ class BlockConfig:
     context_dim: int | None = None  # Width of the cross-attention context.
 
 
+# ---------------------------------------------------------------------------- widths a configuration gives
+def conv_padding(mode: Padding) -> int:
+    """Padding of a 3x3 convolution: 1 for ``"same"``, 0 for ``"valid"``."""
+    return 1 if mode == "same" else 0
+
+
+def per_level(name: str, value, levels: int) -> tuple:
+    """One value per level from a single value (the same everywhere) or a sequence of ``levels`` values."""
+    if not isinstance(value, (list, tuple)):
+        return (value,) * levels
+    if len(value) != levels:
+        raise InputError(f"{name} has {len(value)} entries but the model has {levels} levels (one per entry of channels).")
+    return tuple(value)
+
+
+def attention_heads(c, width: int, level: int) -> int:
+    """Heads of an attention of ``width`` channels at ``level`` (the middle takes the last level's)."""
+    head_channels, heads = c["attention_head_channels"], c["attention_heads"]  # c: a config or a plain dict
+    if head_channels is not None:
+        if width % head_channels:
+            raise InputError(f"attention_head_channels={head_channels} does not divide width {width}.")
+        return width // head_channels
+    return 1 if heads is None else per_level("attention_heads", heads, len(c["channels"]))[level]
+
+
+def embedding_width(c) -> int:
+    """Width of the time/class embedding: ``time_embed_dim``, by default 4x the first level's width (DDPM)."""
+    return c["time_embed_dim"] or 4 * c["channels"][0]
+
+
+def head_channels(c) -> int:
+    """Output channels: ``out_channels`` (by default the input's for denoising, 2 classes for segmentation),
+    doubled with a learned variance."""
+    channels = c["out_channels"] or (c["in_channels"] if c["head"] == "denoise" else 2)
+    return channels * (2 if c["learned_variance"] else 1)
+
+
 # ---------------------------------------------------------------------------- convolutional blocks
 class ResidualBlock(nn.Module):
     """Pre-activation residual block: ``GroupNorm -> SiLU -> conv3x3``, twice, with the embedding.
@@ -67,7 +99,6 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, config: BlockConfig, *, output_scale: float = 1.0):
         super().__init__()
         self.scale_shift = config.time_injection == "scale_shift"
-        self.shrink = 4 if config.padding == "valid" else 0
         self.output_scale = output_scale
         pad = conv_padding(config.padding)
         self.norm1 = nn.GroupNorm(config.norm_groups, in_channels, eps=config.norm_eps)
@@ -80,11 +111,8 @@ class ResidualBlock(nn.Module):
         self.conv2 = conv(config.dims, out_channels, out_channels, 3, padding=pad)
         self.shortcut = conv(config.dims, in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def out_size(self, n: int) -> int:
-        return n - self.shrink
-
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
-        # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see fused.py).
+        # norm -> SiLU -> conv runs fused unless switched off: it saves only its input for backward (see nd.norm_act_conv).
         h = norm_act_conv(x, self.norm1, self.conv1, fused=self.fused_norm_conv)
         scale = shift = None
         if self.emb_proj is not None:
@@ -96,7 +124,7 @@ class ResidualBlock(nn.Module):
         p = self.dropout.p if self.training else 0.0
         h = norm_act_conv(h, self.norm2, self.conv2, scale, shift, dropout=p, fused=self.fused_norm_conv)
         skip = x if self.shortcut is None else self.shortcut(x)
-        if self.shrink:
+        if skip.shape[2:] != h.shape[2:]:  # valid padding: the convolutions took a margin
             skip = center_crop(skip, h.shape[2:])
         # Sum in place into the fresh conv output, unless autocast made it narrower than the skip.
         out = h.add_(skip) if h.dtype == skip.dtype else skip + h
@@ -108,7 +136,6 @@ class ClassicBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, config: BlockConfig):
         super().__init__()
-        self.shrink = 4 if config.padding == "valid" else 0
         layers: list[nn.Module] = []
         batch_norm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[config.dims - 1]
         for i, c_in in enumerate((in_channels, out_channels)):
@@ -119,9 +146,6 @@ class ClassicBlock(nn.Module):
             if i == 0 and config.dropout > 0:
                 layers.append(nn.Dropout(config.dropout))
         self.layers = nn.Sequential(*layers)
-
-    def out_size(self, n: int) -> int:
-        return n - self.shrink
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None) -> torch.Tensor:
         return self.layers(x)
@@ -136,25 +160,17 @@ class Downsample(nn.Module):
     ``"maxpool"`` / ``"avgpool"``: 2x2 pooling (2 in 1D, 2x2x2 in 3D).
     """
 
-    push_skip = False
-
     def __init__(self, channels: int, kind: Downsampling, dims: Dims = 2):
         super().__init__()
-        self.kind = kind
+        self.out_channels = channels
+        self.pad = pad_end_layer(dims, 1) if kind == "conv_asym" else None
         if kind in ("maxpool", "avgpool"):
             self.op = pool(dims, kind[:3], 2)
         else:  # "conv" or "conv_asym"
             self.op = conv(dims, channels, channels, 3, stride=2, padding=1 if kind == "conv" else 0)
 
-    def out_size(self, n: int) -> int:
-        if n % 2:
-            raise InputError(f"a {n}-pixel map cannot be halved")
-        return n // 2
-
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
-        if self.kind == "conv_asym":
-            x = pad_end(x, [1] * (x.ndim - 2))
-        return self.op(x)
+        return self.op(x if self.pad is None else self.pad(x))
 
 
 class Upsample(nn.Module):
@@ -162,27 +178,20 @@ class Upsample(nn.Module):
     ``"bilinear"`` interpolation (linear in 1D, trilinear in 3D) followed by a 3x3 convolution. Maps
     ``in_channels`` to ``out_channels``."""
 
-    push_skip = False
-    skip_channels = 0
-
     def __init__(self, in_channels: int, out_channels: int, kind: Upsampling, dims: Dims = 2):
         super().__init__()
-        self.kind = kind
+        self.out_channels = out_channels
+        self.resize = None
         if kind == "conv_transpose":
             self.conv = conv_transpose(dims, in_channels, out_channels, 2, stride=2)
         else:  # "nearest" or "bilinear" interpolation, then a 3x3 conv
+            linear = kind != "nearest"
+            self.resize = nn.Upsample(scale_factor=2.0, mode=LINEAR_INTERPOLATION[dims - 1] if linear else "nearest",
+                                      align_corners=False if linear else None)
             self.conv = conv(dims, in_channels, out_channels, 3, padding=1)
-        self.interpolation = "nearest" if kind == "nearest" else LINEAR_INTERPOLATION[dims - 1]
-
-    def out_size(self, n: int) -> int:
-        return 2 * n
 
     def forward(self, x: torch.Tensor, emb=None, context=None, skip=None) -> torch.Tensor:
-        if self.kind == "conv_transpose":
-            return self.conv(x)
-        if self.kind == "nearest":
-            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode=self.interpolation, align_corners=False))
+        return self.conv(x if self.resize is None else self.resize(x))
 
 
 # ---------------------------------------------------------------------------- the U-Net block
@@ -193,8 +202,6 @@ class UNetBlock(nn.Module):
     (valid padding), optionally gated (Attention U-Net), concatenated, and optionally squeezed back
     to ``out_channels`` by a 1x1 convolution before the conv block.
     """
-
-    push_skip = False  # set by the U-Net on encoder blocks whose output is a skip connection
 
     def __init__(
         self,
@@ -210,6 +217,7 @@ class UNetBlock(nn.Module):
         output_scale: float = 1.0,            # Residual sums are divided by this (diffusers' mid-block scale).
     ):
         super().__init__()
+        self.out_channels = out_channels
         self.skip_channels = skip_channels
         self.gate = AttentionGate(skip_channels, in_channels, config.dims) if skip_channels and config.attention_gate else None
         self.skip_conv = None
@@ -229,11 +237,6 @@ class UNetBlock(nn.Module):
             self.transformer = SpatialTransformer(
                 out_channels, cross_heads, config.context_dim, transformer_depth, config.norm_groups, config.dropout
             )
-
-    def out_size(self, n: int, skip_n: int | None = None) -> int:
-        if skip_n is not None and (skip_n < n or (skip_n - n) % 2):
-            raise InputError(f"a {skip_n}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
-        return self.conv.out_size(n)
 
     def forward(
         self,
@@ -256,3 +259,63 @@ class UNetBlock(nn.Module):
         if self.transformer is not None:
             x = self.transformer(x, context)
         return x
+
+# ---------------------------------------------------------------------------- time and class embedding
+class TimeEmbedding(TimestepEmbedding):
+    """Features of the timestep, then ``Linear -> SiLU -> Linear`` to ``emb_dim``.
+
+    ``features`` is built by the caller before this module, so that its random Fourier frequencies
+    are drawn first, as they always were (same initial weights for the same seed).
+    """
+
+    def __init__(self, features: nn.Module, features_dim: int, emb_dim: int):
+        super().__init__(features_dim, emb_dim)
+        self.features = features
+
+    def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        # Features are computed in float32 (large timesteps lose precision in half) and cast once.
+        return super().forward(self.features(timesteps.float()).to(dtype))
+
+
+def embeddings(c, emb_dim: int | None) -> tuple[TimeEmbedding | None, nn.Embedding | None]:
+    """The time embedding and the class-label table the configuration ``c`` asks for (``None`` where it asks for none).
+
+    The time features are diffusers' own layers, so that converted models compute the same function bit for bit:
+    sinusoidal features as wide as the first level (``Timesteps``: DDPM, ADM, LDM), or twice as many random Fourier
+    features (``GaussianFourierProjection``: score-SDE / NCSN++).
+    """
+    time = class_table = None
+    width = c.channels[0]
+    if c.time_embedding == "fourier":
+        features = GaussianFourierProjection(width, c.fourier_scale, set_W_to_weight=False, log=c.fourier_log,
+                                             flip_sin_to_cos=c.flip_sin_to_cos)
+        time = TimeEmbedding(features, 2 * width, emb_dim)
+    elif c.time_embedding == "sinusoidal":
+        time = TimeEmbedding(Timesteps(width, c.flip_sin_to_cos, c.freq_shift), width, emb_dim)
+    if c.num_class_labels is not None:  # one more row for the null label of classifier-free guidance
+        class_table = nn.Embedding(c.num_class_labels + int(c.null_class_label), emb_dim)
+    return time, class_table
+
+
+# ---------------------------------------------------------------------------- output head
+class Head(nn.Module):
+    """``[GroupNorm -> SiLU] -> conv`` to the output channels.
+
+    The normalisation is there for residual cores, whose features are an un-normalised residual
+    stream; classic cores end in ReLU already. Denoising uses a 3x3 convolution (as DDPM and
+    diffusers), segmentation a 1x1 convolution (as the original U-Net).
+    """
+
+    def __init__(self, kind: HeadKind, in_channels: int, out_channels: int, normalize: bool, norm_groups: int, norm_eps: float,
+                 dims: Dims = 2):
+        super().__init__()
+        self.norm = nn.GroupNorm(norm_groups, in_channels, eps=norm_eps) if normalize else None
+        kernel = 3 if kind == "denoise" else 1
+        self.conv = conv(dims, in_channels, out_channels, kernel, padding=kernel // 2)
+
+    fused_norm_conv = True  # UNet.set_fused_norm_conv switches it per instance
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm is not None:
+            return norm_act_conv(x, self.norm, self.conv, fused=self.fused_norm_conv)
+        return self.conv(x)

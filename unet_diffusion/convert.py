@@ -20,8 +20,9 @@ import re
 
 import torch
 
+from .blocks import attention_heads, embedding_width, head_channels
+from .blocks import per_level as _per_level
 from .errors import InputError
-from .plan import attention_heads, embedding_width, head_channels
 from .weights import raise_if_mismatched, raise_if_other_kind, state_dict_differences
 
 DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
@@ -58,14 +59,6 @@ def _with_defaults(config: dict) -> tuple[str, dict]:
             "Convert it with the diffusers version that wrote it, or remove the fields if they are no-ops."
         )
     return name, {**fields, **{k: v for k, v in config.items() if not k.startswith("_")}}
-
-
-def _per_level(name: str, value, levels: int) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != levels:
-            raise UnsupportedConversionError(f"{name} has {len(value)} entries for {levels} levels.")
-        return list(value)
-    return [value] * levels
 
 
 def _collapse(values: list):

@@ -1,15 +1,38 @@
-"""The U-Net: one encoder-decoder core for denoising and segmentation.
+"""The U-Net: one encoder-decoder core for denoising and segmentation, built from a checked plan.
 
-The network is an ordered set of blocks keyed by level and role (``"level1_block0"``,
-``"level1_down"``, ``"mid_block0"``, ``"level1_up"``). Skip connections are a plain stack: while
-building, each encoder block that feeds a skip pushes its width and the decoder pops them to size
-its inputs; ``forward`` pushes and pops the tensors in the same order.
+Read this file top to bottom: the plan (what a configuration means, checked once), the initialisation of
+each family, then ``UNet``. The pieces live in ``blocks.py`` (blocks, resampling, embedding, head),
+``attention.py`` and ``nd.py`` (1D/2D/3D layers and the fused norm-act-conv op).
+
+The network is an ordered set of blocks keyed by level and role. Levels count from the highest
+resolution; each ``levelN_down`` halves the size, each ``levelN_up`` doubles it back. For
+``channels=(c0, c1)``, ``blocks_per_level=1``, ``attention_levels=(1,)`` and dense skips (the default)::
+
+    encoder (pushes)                      middle                         decoder (pops)
+    stem --------------------------------------------------------------------------------+
+    level0_block0 ---------------------------------------------------------------------+  |
+    level0_down (halve) ------------------------------------------------------------+   |  |
+    level1_block0 [attn] ---------------------------------------------------+       |   |  |
+         |                                                                  v       v   |  |
+         +--> mid_block0 [attn] --> mid_block1 --> decoder level1_block0, level1_block1 [attn]
+                                                   level1_up (double)                   |  |
+                                                                                        v  v
+                                                   decoder level0_block0, level0_block1 --> out (head)
+
+Skip connections are a plain stack. ``skips="dense"`` pushes every encoder output (the stem's too) and
+gives each decoder level one block more than the encoder's; ``skips="level"`` (original U-Net) pushes
+only the last block of each level before it is halved, and each decoder level's first block pops it.
+A block of an attention level ends in self-attention, one of a cross-attention level in a
+cross-attention transformer; ``mid_block0`` holds the middle's attention. ``UNet._steps`` is the one
+walk over these steps: ``forward`` runs it on tensors, the size arithmetic on side lengths.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,27 +41,202 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .attention import AttentionProcessorsMixin, Context, context_bias
+from .annotations import check_arguments
+from .attention import AttentionProcessorsMixin, Context, SelfAttention, SpatialTransformer, context_bias
 from .blocks import (
+    BlockConfig,
     BlockKind,
     Downsample,
     Downsampling,
+    Head,
+    HeadKind,
     Padding,
     ResidualBlock,
+    TimeFeatures,
     TimeInjection,
     UNetBlock,
     Upsample,
     Upsampling,
+    attention_heads,
     conv_padding,
+    embedding_width,
+    embeddings,
+    head_channels,
+    per_level,
 )
-from .embeddings import TimeFeatures, embeddings
 from .errors import InputError
-from .heads import Head, HeadKind
-from .initialization import InitScheme, initialize
 from .inputs import check_conditioning, check_sample, timestep_tensor
-from .nd import Dims, conv, pad_end
-from .plan import SkipStyle, UNetPlan, plan_unet
+from .nd import Dims, conv, out_length, pad_end
 from .pretrained import PretrainedMixin
+
+SkipStyle = Literal["dense", "level"]  # every encoder output is a skip (DDPM), or one per level (original U-Net)
+InitScheme = Literal["auto", "torch"]  # "auto": each family's own start; "torch": PyTorch's layer defaults
+
+
+# ---------------------------------------------------------------------------- the plan: a configuration checked once
+@dataclass(frozen=True)
+class Level:
+    """What one level of the U builds; levels count from the highest resolution."""
+
+    width: int                   # Channels of every block of the level.
+    blocks: int                  # Encoder blocks.
+    decoder_blocks: int          # Decoder blocks: one more than the encoder's with dense skips, none at the bottom with level skips.
+    downsample: bool             # The encoder halves the resolution after this level (all but the lowest).
+    up_width: int                # Width after the decoder's upsampling to the level above.
+    attention_heads: int | None  # Self-attention heads after each block; None: no self-attention.
+    cross_heads: int | None      # Heads of a cross-attention transformer after each block; None: none.
+    transformer_depth: int       # Layers of each such transformer.
+
+
+@dataclass(frozen=True)
+class UNetPlan:
+    """Everything ``UNet.__init__`` needs beyond the raw configuration fields."""
+
+    levels: tuple[Level, ...]
+    middle: Level | None         # The first middle block (the second has no attention); None: no middle.
+    shared: BlockConfig          # Options every block shares.
+    dense: bool                  # Every encoder output is a skip (DDPM), not one per level (original U-Net).
+    head_channels: int           # Output channels of the head.
+
+    def unet_block(self, in_channels: int, level: Level, skip: int = 0, **options) -> UNetBlock:
+        """A block of ``level`` (its width, attention and transformer) taking ``in_channels`` and a ``skip``-wide skip."""
+        return UNetBlock(in_channels, level.width, self.shared, skip_channels=skip, attention_heads=level.attention_heads,
+                         cross_heads=level.cross_heads, transformer_depth=level.transformer_depth, **options)
+
+
+# (condition, message): a configuration for which the condition holds is refused with the message.
+_CONFLICTS = (
+    (lambda c: c.divide_by_timestep and c.time_embedding is None,
+     "divide_by_timestep needs a timestep; it does nothing with time_embedding=None."),
+    (lambda c: c.block == "classic" and (c.time_embedding is not None or c.num_class_labels is not None),
+     "classic blocks take no time or class embedding; set time_embedding=None and num_class_labels=None, or use block='residual'."),
+    (lambda c: c.block == "residual" and not c.conv_in,
+     "residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features."),
+    (lambda c: c.padding == "valid" and c.pad_input,
+     "pad_input works with padding='same'; a valid-padding model is tiled instead (see valid_input_sizes)."),
+    (lambda c: c.attention_heads is not None and c.attention_head_channels is not None,
+     "give attention_heads (a count) or attention_head_channels (a width), not both."),
+    (lambda c: (c.cross_attention_levels or c.mid_cross_attention) and c.context_dim is None,
+     "cross-attention needs context_dim, the width of encoder_hidden_states."),
+    (lambda c: c.context_dim is not None and not (c.cross_attention_levels or c.mid_cross_attention),
+     "context_dim is set but no level has cross-attention; set cross_attention_levels or mid_cross_attention."),
+    (lambda c: c.head == "segment" and c.learned_variance,
+     "learned_variance belongs to the denoise head, not the segmentation head."),
+)
+
+
+def check_config(c, constructor) -> None:
+    """Refuse a configuration the network cannot be built from, naming the field and what to do.
+
+    Each field's type and choices are its annotation in ``constructor`` (``UNet.__init__``), checked here.
+    """
+    check_arguments(constructor, {key: value for key, value in c.items() if not key.startswith("_")}, "UNet")
+    levels = len(c.channels)
+    if levels < 1:
+        raise InputError("channels needs at least one level, e.g. (64, 128, 256).")
+    for name in ("blocks_per_level", "transformer_depth", "attention_heads"):
+        if c[name] is not None and min(per_level(name, c[name], levels)) < 1:
+            raise InputError(f"{name} must be at least 1 on every level; got {c[name]}.")
+    for name in ("attention_levels", "cross_attention_levels"):
+        missing = [level for level in c[name] if not 0 <= level < levels]
+        if missing:
+            raise InputError(f"{name} {list(c[name])} names levels {missing} that do not exist; levels are 0..{levels - 1}.")
+    for broken, message in _CONFLICTS:
+        if broken(c):
+            raise InputError(message)
+    normalized = c.block == "residual" or c.attention_levels or c.cross_attention_levels or (c.mid_block and c.mid_attention)
+    odd = sorted({width for width in c.channels if width % c.norm_groups})
+    if normalized and odd:
+        raise InputError(f"channels {odd} are not divisible by norm_groups={c.norm_groups}; change one or the other.")
+
+
+def plan_unet(c, constructor) -> UNetPlan:
+    """The checked plan of the U-Net configured by ``c`` (the model's ``config``; ``constructor``: ``UNet.__init__``).
+
+    ``UNet.__init__`` builds blocks from this plan and nothing else, so every rule about what a configuration means
+    (which levels attend, how many heads, how many decoder blocks) is applied here, and a configuration that breaks
+    one fails with one clear line before any layer is built.
+    """
+    check_config(c, constructor)
+    channels, last = tuple(c.channels), len(c.channels) - 1
+    dense = c.skips == "dense"
+    blocks = per_level("blocks_per_level", c.blocks_per_level, last + 1)
+    depths = per_level("transformer_depth", c.transformer_depth, last + 1)
+    levels = tuple(
+        Level(
+            width=width,
+            blocks=blocks[i],
+            decoder_blocks=blocks[i] + 1 if dense else (blocks[i] if i < last else 0),
+            downsample=i < last,
+            up_width=width if dense or i == 0 else channels[i - 1],
+            attention_heads=attention_heads(c, width, i) if i in c.attention_levels else None,
+            cross_heads=attention_heads(c, width, i) if i in c.cross_attention_levels else None,
+            transformer_depth=depths[i],
+        )
+        for i, width in enumerate(channels)
+    )
+    middle = None
+    if c.mid_block:
+        middle = Level(
+            width=channels[-1], blocks=2, decoder_blocks=0, downsample=False, up_width=channels[-1],
+            attention_heads=attention_heads(c, channels[-1], last) if c.mid_attention else None,
+            cross_heads=attention_heads(c, channels[-1], last) if c.mid_cross_attention else None,
+            transformer_depth=depths[-1],
+        )
+    conditioned = c.time_embedding is not None or c.num_class_labels is not None
+    block = BlockConfig(
+        dims=c.dims, kind=c.block, emb_dim=embedding_width(c) if conditioned else None, time_injection=c.time_injection,
+        dropout=c.dropout, norm_groups=c.norm_groups, norm_eps=c.norm_eps, padding=c.padding, batch_norm=c.batch_norm,
+        attention_gate=c.attention_gates, skip_conv=c.skip_conv, context_dim=c.context_dim,
+    )
+    return UNetPlan(levels, middle, block, dense, head_channels(c))
+
+
+# ---------------------------------------------------------------------------- initialisation: each family's own start
+def zero_(layer: nn.Module) -> None:
+    """Set a layer's weight and bias to zero."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def he_normal_(layer: nn.modules.conv._ConvNd) -> None:
+    """Gaussian weights with std sqrt(2 / N), N = inputs of one output unit; bias zero."""
+    if isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        # Weight (in, out, *kernel), e.g. (in, out, kH, kW): an output pixel of a stride-s transposed conv sees in * (kH * kW) / s^2
+        # inputs, which neither of kaiming_normal_'s fan modes computes for this layout.
+        fan_in = layer.weight.shape[0] * math.prod(layer.kernel_size) // math.prod(layer.stride)
+        nn.init.normal_(layer.weight, std=math.sqrt(2.0 / fan_in))
+    else:
+        nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def initialize(model: nn.Module, block: str, output: nn.Module, scheme: InitScheme = "auto") -> None:
+    """Initialise ``model`` (a U-Net of ``block`` kind, ending in ``output``) the way its papers start it.
+
+    Residual cores (DDPM, improved/guided diffusion, EDM, LDM): the last convolution of every residual branch, every
+    attention output projection and the output convolution start at zero, so each block starts as the identity and
+    the untrained network outputs zeros; gradients still reach every layer after the first step. Classic cores
+    (Ronneberger et al. 2015): He-normal weights (``he_normal_``), biases zero, so the ReLU stack neither explodes nor
+    vanishes. ``scheme="torch"`` keeps PyTorch's own defaults. Loaded weights replace all of this.
+    """
+    if scheme == "torch":
+        return
+    if block == "classic":
+        for layer in model.modules():
+            if isinstance(layer, nn.modules.conv._ConvNd):  # convolutions and transposed convolutions of any dims
+                he_normal_(layer)
+        return
+    for layer in model.modules():
+        if isinstance(layer, ResidualBlock):
+            zero_(layer.conv2)
+        elif isinstance(layer, SelfAttention):
+            zero_(layer.proj)
+        elif isinstance(layer, SpatialTransformer):
+            zero_(layer.proj_out)
+    zero_(output)
 
 
 @dataclass
@@ -128,39 +326,52 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         self._size_cache: dict[int, int | str] = {}
 
     def _build_u(self, plan: UNetPlan) -> int:
-        """The blocks of the U, as the plan says: the encoder pushes the width of every output that becomes a
-        skip connection, the decoder pops them in reverse order (``forward`` pushes and pops the tensors alike).
-        Returns the decoder's output width."""
+        """The blocks of the U, as the plan says. The encoder names the steps whose output is a skip connection
+        (``skip_sources``); the decoder pops their widths, read from the built modules, in reverse order, as ``forward``
+        pops the tensors. Returns the decoder's output width."""
         c = self.config
         self.stem = conv(c.dims, c.in_channels, c.channels[0], 3, padding=conv_padding(c.padding)) if c.conv_in else None
+        self.encoder, self.middle, self.decoder = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        sources = ["stem"] if plan.dense and c.conv_in else []  # dense skips: every encoder output, the stem's first
         width = c.channels[0] if c.conv_in else c.in_channels
-        widths = [width] if plan.dense and c.conv_in else []
-        self.encoder = nn.ModuleDict()
         for i, level in enumerate(plan.levels):
             for j in range(level.blocks):
-                self.encoder[f"level{i}_block{j}"] = unit = plan.unet_block(width, level)
+                self.encoder[f"level{i}_block{j}"] = plan.unet_block(width, level)
                 width = level.width
-                unit.push_skip = plan.dense or (j == level.blocks - 1 and level.downsample)
-                widths += [width] * unit.push_skip
+                if plan.dense or (j == level.blocks - 1 and level.downsample):  # level skips: the last map before halving
+                    sources.append(f"level{i}_block{j}")
             if level.downsample:
-                self.encoder[f"level{i}_down"] = down = Downsample(width, c.downsample, c.dims)
-                down.push_skip = plan.dense
-                widths += [width] * plan.dense
-        self.middle = nn.ModuleDict()
+                self.encoder[f"level{i}_down"] = Downsample(width, c.downsample, c.dims)
+                if plan.dense:
+                    sources.append(f"level{i}_down")
+        self.skip_sources = tuple(sources)
+        skips = [module.out_channels for module, pushes, _ in self._steps() if pushes]
         if plan.middle is not None:  # at the lowest resolution: a block with attention, then a plain one
             scale = c.mid_block_scale
             self.middle["mid_block0"] = plan.unet_block(width, plan.middle, output_scale=scale, attention_norm=c.mid_attention_norm)
             self.middle["mid_block1"] = UNetBlock(width, width, plan.shared, output_scale=scale)
-        self.decoder = nn.ModuleDict()
         for i, level in reversed(list(enumerate(plan.levels))):
             for j in range(level.decoder_blocks):
-                self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=widths.pop() if plan.dense or j == 0 else 0)
+                self.decoder[f"level{i}_block{j}"] = plan.unet_block(width, level, skip=skips.pop() if plan.dense or j == 0 else 0)
                 width = level.width
             if i > 0:
                 self.decoder[f"level{i}_up"] = Upsample(width, level.up_width, c.upsample, c.dims)
                 width = level.up_width
-        assert not widths, "every skip connection pushed by the encoder is consumed by the decoder"
+        assert not skips, "every skip connection pushed by the encoder is consumed by the decoder"
         return width
+
+    def _steps(self):
+        """The U in the order ``forward`` runs it, as ``(module, pushes, pops)``: the stem, the encoder, the middle, the
+        decoder. ``pushes``: its output is a skip connection; ``pops``: it merges the latest skip not yet merged. The
+        size arithmetic walks the same steps."""
+        if self.stem is not None:
+            yield self.stem, "stem" in self.skip_sources, False
+        for key, block in self.encoder.items():
+            yield block, key in self.skip_sources, False
+        for block in self.middle.values():
+            yield block, False, False
+        for block in self.decoder.values():
+            yield block, False, isinstance(block, UNetBlock) and block.skip_channels > 0
 
     # ------------------------------------------------------------------------ sizes
     @property
@@ -169,27 +380,22 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         return 2 ** (len(self.config.channels) - 1)
 
     def _walk_size(self, n: int) -> int:
-        """Output size for an ``n``-pixel side, raising ValueError with the reason if ``n`` does not fit."""
+        """Output side for an ``n``-pixel side, raising InputError with the reason if ``n`` does not fit: the steps of
+        ``forward``, each changing the side as its layers' own settings say (``nd.out_length``)."""
         if n < 1:
             raise InputError("a side must be at least 1 pixel")
-        stack: list[int] = []
-        if self.stem is not None:
-            n = n - (2 if self.config.padding == "valid" else 0)
-            if self.config.skips == "dense":
-                stack.append(n)
-        for block in self.encoder.values():
-            n = block.out_size(n)
+        skips: list[int] = []
+        for module, pushes, pops in self._steps():
+            if pops:
+                skip = skips.pop()
+                if skip < n or (skip - n) % 2:
+                    raise InputError(f"a {skip}-pixel skip cannot be center-cropped to the {n}-pixel decoder map")
+            n = out_length(module, n)
             if n < 1:
-                raise InputError("the encoder shrinks it to nothing")
-            if block.push_skip:
-                stack.append(n)
-        for block in self.middle.values():
-            n = block.out_size(n)
-        for block in self.decoder.values():
-            n = block.out_size(n, stack.pop()) if block.skip_channels else block.out_size(n)
-            if n < 1:
-                raise InputError("the decoder shrinks it to nothing")
-        return n
+                raise InputError("the network shrinks it to nothing")
+            if pushes:
+                skips.append(n)
+        return out_length(self.out, n)
 
     def output_size(self, size: int | tuple[int, int]) -> int | tuple[int, int]:
         """Spatial output size for an input size (an int side, or one per axis such as ``(H, W)``).
@@ -251,11 +457,6 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
             parts.append(self.class_embed(class_labels).to(dtype))
         return F.silu(sum(parts[1:], parts[0])) if parts else None
 
-    def _run(self, block: nn.Module, x, emb, context, skip=None):
-        if self.gradient_checkpointing and torch.is_grad_enabled():
-            return self._gradient_checkpointing_func(block, x, emb, context, skip)
-        return block(x, emb, context, skip)
-
     def forward(
         self,
         sample: torch.Tensor,
@@ -295,19 +496,16 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
         if encoder_hidden_states is not None:
             context = Context(encoder_hidden_states.to(dtype), context_bias(encoder_attention_mask, dtype))
 
+        checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         skips: list[torch.Tensor] = []
-        if self.stem is not None:
-            x = self.stem(x)
-            if self.config.skips == "dense":
+        for module, pushes, pops in self._steps():
+            if module is self.stem:
+                x = module(x)
+            else:  # a block: (x, emb, context, skip)
+                args = (x, emb, context, skips.pop() if pops else None)
+                x = self._gradient_checkpointing_func(module, *args) if checkpoint else module(*args)
+            if pushes:
                 skips.append(x)
-        for block in self.encoder.values():
-            x = self._run(block, x, emb, context)
-            if block.push_skip:
-                skips.append(x)
-        for block in self.middle.values():
-            x = self._run(block, x, emb, context)
-        for block in self.decoder.values():
-            x = self._run(block, x, emb, context, skips.pop() if block.skip_channels else None)
         out = self.out(x)
 
         if self.config.pad_input:
