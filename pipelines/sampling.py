@@ -338,7 +338,7 @@ class DenoisePipeline(DiffusionPipeline):
                  f"generator is a list of {generators} for a batch of {batch_size}; give one generator, or one per image."))
         labels, context = _expand(labels, batch_size), _expand(context, batch_size)
         check_conditioning(self.unet.config, labels, context, batch_size)  # the network's rules, before any noise is drawn
-        check_finite(image=init, encoder_hidden_states=context, negative_encoder_hidden_states=negative)
+        check_finite(encoder_hidden_states=context, negative_encoder_hidden_states=negative)  # once per call, not per step
         labels = None if labels is None else labels.long().to(device)
         context = None if context is None else context.to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative, batch_size)
@@ -425,6 +425,7 @@ class DenoisePipeline(DiffusionPipeline):
     def _init_image(self, image) -> torch.Tensor:
         vae = getattr(self, "vae", None)
         pixels = to_tensor(image, channels=self.unet.config.in_channels if vae is None else vae.config.in_channels, name="image")
+        check_finite(image=pixels)  # the caller's pixels, before a VAE encodes them: a NaN is theirs to clean
         low, high = pixels.min().item(), pixels.max().item()
         fail_if((low < -1e-3 or high > 1 + 1e-3,
                  f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "

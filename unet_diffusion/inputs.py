@@ -79,26 +79,26 @@ def timestep_tensor(config, timestep, batch: int, device: torch.device) -> torch
         return None
     if timestep is None:
         raise InputError("this model is time-conditioned: pass timestep (a number, a 0-d tensor or a (B,) tensor).")
-    if isinstance(timestep, torch.Tensor):
-        if timestep.dtype == torch.bool or timestep.is_complex():
-            raise InputTypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
-        t = timestep.to(device)
-    elif isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
-        t = torch.tensor(timestep, device=device)
-    else:
+    if isinstance(timestep, numbers.Number) and not isinstance(timestep, bool):
+        timestep = torch.tensor(timestep)  # on the CPU first, where its value is checked for free
+    if not isinstance(timestep, torch.Tensor):
         raise InputTypeError(f"timestep must be a number or a tensor; got {type(timestep).__name__}.")
+    if timestep.dtype == torch.bool or timestep.is_complex():
+        raise InputTypeError(f"timestep must be an integer or floating tensor; got dtype {timestep.dtype}.")
+    check_timestep_values(timestep)  # where the caller holds it: before a copy to the model's device
+    t = timestep.to(device)
     if t.ndim == 0 or t.shape == (1,):
         t = t.reshape(1).expand(batch)
     if t.shape != (batch,):
         raise InputError(f"timestep must be a scalar or have shape ({batch},) for a batch of {batch}; got shape {tuple(t.shape)}.")
-    check_timestep_values(t)
     return t
 
 
 def check_timestep_values(t: torch.Tensor) -> None:
     """Timesteps are finite, and integer ones (indices into a noise schedule) are not negative. Checked where it is
-    free, on the CPU; on an accelerator the check would wait for the device at every step (the pipelines and the
-    training loop take their timesteps from a scheduler)."""
+    free, on the CPU (a number, or a tensor the caller holds there); on an accelerator the check would wait for the
+    device at every denoising step, so timesteps already there (a scheduler's, in the pipelines and the training
+    loop) pass unread, as they do under ``torch.compile``, where a value-dependent branch would break the graph."""
     if t.device.type != "cpu" or torch.compiler.is_compiling():
         return
     if t.is_floating_point() and not torch.isfinite(t).all():
