@@ -35,6 +35,18 @@ SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "eta")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
+def sampler_type(sampler) -> type[SchedulerMixin]:
+    """The diffusers scheduler class a sampler name from ``SAMPLERS`` or a scheduler class stands for."""
+    if isinstance(sampler, str):
+        key = sampler.lower().replace("_", "-")
+        if key not in SAMPLERS:
+            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}, or pass a diffusers scheduler.")
+        sampler = SAMPLERS[key]
+    if not (isinstance(sampler, type) and issubclass(sampler, SchedulerMixin)):
+        raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
+    return sampler
+
+
 def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixin:
     """A scheduler for ``sampler`` that keeps the training schedule of ``like``.
 
@@ -46,14 +58,7 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
     """
     if isinstance(sampler, SchedulerMixin):
         return sampler
-    if isinstance(sampler, str):
-        key = sampler.lower().replace("_", "-")
-        if key not in SAMPLERS:
-            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}, or pass a diffusers scheduler.")
-        sampler = SAMPLERS[key]
-    if not (isinstance(sampler, type) and issubclass(sampler, SchedulerMixin)):
-        raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
-    return sampler.from_config((like if like is not None else default_scheduler()).config)
+    return sampler_type(sampler).from_config((like if like is not None else default_scheduler()).config)
 
 
 @dataclass
@@ -274,13 +279,20 @@ class DenoisePipeline(DiffusionPipeline):
         stored = self.config.get("sampling") or {}
         own_sampler = sampler is None or sampler == stored.get("sampler")
         sampler = stored.get("sampler") if sampler is None else sampler
-        scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
+        scheduler = self._scheduler_for(sampler)
         steps = stored.get("num_inference_steps") if num_inference_steps is None else num_inference_steps
         if steps is None:
             steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
         guidance_scale = stored.get("guidance_scale") if guidance_scale is None else guidance_scale
         eta = (stored.get("eta", 0.0) if own_sampler else 0.0) if eta is None else eta
         return SamplingSettings(scheduler, steps, guidance_scale, eta)
+
+    def _scheduler_for(self, sampler) -> SchedulerMixin:
+        """The pipeline's own scheduler when ``sampler`` is ``None`` or names its kind (a copy of the same config would
+        sample alike: nothing to build on every call), else ``make_scheduler(sampler, self.scheduler)``."""
+        if sampler is None or (not isinstance(sampler, SchedulerMixin) and sampler_type(sampler) is type(self.scheduler)):
+            return self.scheduler
+        return make_scheduler(sampler, self.scheduler)
 
     def _decoded(self, sample: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from the final sample: itself, or with a VAE its latents decoded (latent diffusion)."""
