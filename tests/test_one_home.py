@@ -183,3 +183,16 @@ def test_check_keeps_size_names_the_fix():
     valid = UNet(channels=(8, 16), norm_groups=4, padding="valid", time_embedding=None, block="classic", attention_levels=())
     with pytest.raises(InputError, match="a denoiser must keep the size \\(use padding='same'\\)"):
         check_keeps_size(valid, valid.valid_input_sizes(64)[0])
+
+
+def test_a_pipeline_folder_given_for_a_unet_says_where_the_unet_is(tmp_path):
+    from diffusers import DDPMScheduler
+
+    from pipelines import DenoisePipeline
+    from unet_diffusion import UNet
+
+    unet = UNet.from_preset("tiny", sample_size=8)
+    DenoisePipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "pipe")
+    with pytest.raises(FileNotFoundError, match="is a pipeline folder; its U-Net loads with subfolder='unet'"):
+        UNet.from_pretrained(tmp_path / "pipe")
+    assert tuple(UNet.from_pretrained(tmp_path / "pipe", subfolder="unet").config.channels) == tuple(unet.config.channels)

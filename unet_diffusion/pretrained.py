@@ -14,14 +14,13 @@ from torch import nn
 
 from .convert import config_from_diffusers, fill_model, rename_legacy_attention, state_dict_from_diffusers
 from .errors import InputError, InputTypeError
-from .hub import DIFFUSERS_CLASSES, source_folder, source_kind
+from .hub import DIFFUSERS_CLASSES, read_json, source_folder, source_kind
 from .weights import (
     build_from_config,
     check_fields,
     model_shapes,
     raise_if_mismatched,
     raise_if_other_kind,
-    read_json,
     read_safetensors,
     refuse_pickled_weights,
     safetensors_files,
@@ -91,9 +90,10 @@ class PretrainedMixin:
         if "dtype" in kwargs:  # newer diffusers' name for torch_dtype
             kwargs["torch_dtype"] = kwargs.pop("dtype")
         refuse_pickled_weights(kwargs.get("use_safetensors"))
-        if source_kind(folder) == "diffusers-unet":
+        kind = source_kind(folder)
+        if kind == "diffusers-unet":
             return cls.from_diffusers_folder(folder, **kwargs)
-        cls._check_folder(folder, kwargs.get("variant"))
+        cls._check_folder(folder, kwargs.get("variant"), kind)
         want_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
         model, info = super().from_pretrained(folder, output_loading_info=True, **kwargs)
@@ -103,10 +103,13 @@ class PretrainedMixin:
         return (model, info) if want_info else model
 
     @classmethod
-    def _check_folder(cls, folder: Path, variant: str | None) -> None:
-        """Check config fields and every tensor name and shape before anything is loaded."""
+    def _check_folder(cls, folder: Path, variant: str | None, kind: str) -> None:
+        """Check config fields and every tensor name and shape before anything is loaded (``kind``: ``source_kind``)."""
         config_path = folder / "config.json"
-        if not config_path.is_file():
+        if kind in ("pipeline", "diffusers-pipeline"):
+            raise FileNotFoundError(f"{folder} is a pipeline folder; its U-Net loads with subfolder='unet' (or open the "
+                                    "whole pipeline with its from_pretrained).")
+        if kind not in ("unet", "other-model"):
             raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
         config = read_json(config_path)
         class_name = config.get("_class_name", cls.__name__)
