@@ -66,6 +66,7 @@ from train.data import open_source
 from train.diffusion import build_unet
 from train.loop import read_log
 from train.segmentation import SegmentationTask, input_size_for, overlay
+from unet_diffusion.inputs import model_dims
 
 CONFIG = PROJECT_ROOT / "configs" / "isbi2012.yaml"
 SCORE_COLUMNS = ["pixel error", "Rand error", "Rand error (watershed)", "membrane Dice"]  # their table columns
@@ -214,7 +215,7 @@ class Experiment:
         """Means and per-image scores over the held-out images (whole images through the pipeline), and the first mask.
         A 3D pipeline segments the held-out images stacked into one volume, in order, and is scored slice by slice."""
         raws = [self.source.load(index) for index in self.held_out]
-        if pipe.unet.config.get("dims", 2) == 3:
+        if model_dims(pipe.unet.config) == 3:
             volume = np.stack([np.asarray(raw.image) for raw in raws])  # (D, H, W)
             out = pipe(volume, tta=tta, instances=self.cell)
             preds, cells = list(np.asarray(out.masks[0])), list(np.asarray(out.instances[0]))  # 3D objects, cut slice by slice

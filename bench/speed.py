@@ -44,6 +44,7 @@ from bench.common import (
     time_interleaved,
 )
 from unet_diffusion import UNet, to_diffusers
+from unet_diffusion.inputs import model_dims
 from unet_diffusion.presets import preset_config
 
 # Architectures benchmarked: the DDPM CIFAR-10 network, and a DDPM-CelebAHQ-like network at 64x64
@@ -74,7 +75,7 @@ def parse_variant(name: str) -> dict:
 
 def peer_name(config: dict) -> str:
     """Who our model races: diffusers for images, MONAI for volumes."""
-    return "monai" if config.get("dims", 2) == 3 else "diffusers"
+    return "monai" if model_dims(config) == 3 else "diffusers"
 
 
 class MonaiDenoiser(torch.nn.Module):
@@ -153,7 +154,7 @@ def bench_config(name: str, batch: int, variants: list[str], modes: list[str], r
     print(f"{name}: {ours.num_parameters():,} parameters, {same}", flush=True)
     size = config["sample_size"]
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, config["in_channels"], *(size,) * config.get("dims", 2), generator=g).to(device)
+    x = torch.randn(batch, config["in_channels"], *(size,) * model_dims(config), generator=g).to(device)
     noise = torch.randn(x.shape, generator=g).to(device)
     t = torch.randint(0, 1000, (batch,), generator=g).to(device)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from unet_diffusion.cli import add_command
 from unet_diffusion.errors import InputError, fail_if
+from unet_diffusion.hub import source_kind
 
 from .samplers import SAMPLER_SCHEDULERS
 
@@ -154,13 +155,15 @@ def run_sample(args) -> int:
     fail_if(((args.strength is not None or args.mask) and not args.image, "--strength and --mask work on an init image; pass --image FILE too."))
     check_output(args.out, args.overwrite, _reads(args))  # before the sampling, not after it
 
+    from unet_diffusion.inputs import model_dims
+
     from .images import load_image, make_grid
     from .loading import load_denoise_pipeline
 
     image = load_image(args.image) if args.image else None
     mask = load_image(args.mask) if args.mask else None
     pipe = _open_pipeline(load_denoise_pipeline, args.model, args, prediction_type=args.prediction_type)
-    if pipe._dims != 2:
+    if model_dims(pipe.unet.config) != 2:
         return _write_arrays(pipe, args, image)
     images = _sample_images(pipe, args, args.class_label, image=image, strength=args.strength, mask_image=mask)
     with staged_output(args.out, args.overwrite, _reads(args)) as staging:
@@ -175,10 +178,10 @@ def _write_arrays(pipe, args, image) -> int:
     """Samples of a 1D or 3D model as ``NNNNN.npy`` float32 arrays (the channel axis last, dropped for one channel)."""
     import numpy as np
 
+    from unet_diffusion.inputs import model_dims
     from unet_diffusion.outputs import staged_output
 
-
-    fail_if((image is not None, f"--image works with image models; this model has dims={pipe._dims}."))
+    fail_if((image is not None, f"--image works with image models; this model has dims={model_dims(pipe.unet.config)}."))
     arrays = _sample_images(pipe, args, args.class_label, output_type="np")
     with staged_output(args.out, args.overwrite, _reads(args)) as staging:
         for i, array in enumerate(arrays):
@@ -260,12 +263,15 @@ def run_segment(args) -> int:
     _check_segment(args)  # the flags first: a mistake is reported before torch and diffusers load
     check_output(args.out, args.overwrite, _reads(args))
 
+    from unet_diffusion.inputs import model_dims
+
     from .images import image_files, load_array, load_image
     from .loading import load_segmentation_pipeline
 
     pipe = _open_pipeline(load_segmentation_pipeline, args.model, args)
-    arrays = pipe._dims != 2
-    fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={pipe._dims}."))
+    dims = model_dims(pipe.unet.config)
+    arrays = dims != 2
+    fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={dims}."))
     files = image_files(args.input, (".npy",)) if arrays else image_files(args.input)
     _check_output_names(files, args)
     num_classes = max(pipe.unet.config.out_channels or 2, 2)
@@ -413,8 +419,7 @@ def add_evaluate(subparsers) -> None:
 
 def _is_image_folder(path: str) -> bool:
     """A folder of images, not a model folder (``model_index.json`` / ``config.json``), file or Hub id."""
-    folder = Path(path)
-    return folder.is_dir() and not any((folder / name).is_file() for name in ("model_index.json", "config.json"))
+    return Path(path).is_dir() and source_kind(path) == "other"
 
 
 def _sampled_features(args, extractor, options: dict):

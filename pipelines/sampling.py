@@ -18,16 +18,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from unet_diffusion import UNet
-from unet_diffusion.convert import DIFFUSERS_CLASSES
 from unet_diffusion.errors import InputError, InputTypeError
-from unet_diffusion.hub import resolve
-from unet_diffusion.inputs import check_conditioning
-from unet_diffusion.weights import read_json
+from unet_diffusion.hub import read_json, source_folder, source_kind
+from unet_diffusion.inputs import check_conditioning, check_keeps_size, model_dims, null_label
 
 from .images import to_pil, to_tensor
 from .inference import check_finite, eval_mode, fail_if
 from .latents import decode, encode
-from .samplers import SAMPLER_SCHEDULERS, scheduler_class
+from .samplers import SAMPLER_SCHEDULERS, default_scheduler, scheduler_class
 
 SAMPLERS: dict[str, type[SchedulerMixin]] = {name: scheduler_class(cls, 'SAMPLER_SCHEDULERS') for name, cls in SAMPLER_SCHEDULERS.items()}
 
@@ -37,17 +35,8 @@ SAMPLING_KEYS = ("sampler", "num_inference_steps", "guidance_scale", "eta")
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
-def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixin:
-    """A scheduler for ``sampler`` that keeps the training schedule of ``like``.
-
-    Args:
-        sampler: a name from ``SAMPLERS`` (``"ddpm"``, ``"ddim"``, ``"dpm++"``, ``"euler"``, ...), a
-            diffusers scheduler class, or a scheduler object (returned as is).
-        like: the scheduler whose config (betas, ``num_train_timesteps``, ``prediction_type``, ...)
-            the new one copies; ``None`` means diffusers' DDPM defaults (1000 linear steps, epsilon).
-    """
-    if isinstance(sampler, SchedulerMixin):
-        return sampler
+def sampler_type(sampler) -> type[SchedulerMixin]:
+    """The diffusers scheduler class a sampler name from ``SAMPLERS`` or a scheduler class stands for."""
     if isinstance(sampler, str):
         key = sampler.lower().replace("_", "-")
         if key not in SAMPLERS:
@@ -55,8 +44,21 @@ def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixi
         sampler = SAMPLERS[key]
     if not (isinstance(sampler, type) and issubclass(sampler, SchedulerMixin)):
         raise InputTypeError(f"sampler must be a name ({', '.join(SAMPLERS)}), a diffusers scheduler class or object; got {sampler!r}.")
-    config = like.config if like is not None else DDPMScheduler().config
-    return sampler.from_config(config)
+    return sampler
+
+
+def make_scheduler(sampler, like: SchedulerMixin | None = None) -> SchedulerMixin:
+    """A scheduler for ``sampler`` that keeps the training schedule of ``like``.
+
+    Args:
+        sampler: a name from ``SAMPLERS`` (``"ddpm"``, ``"ddim"``, ``"dpm++"``, ``"euler"``, ...), a
+            diffusers scheduler class, or a scheduler object (returned as is).
+        like: the scheduler whose config (betas, ``num_train_timesteps``, ``prediction_type``, ...)
+            the new one copies; ``None`` means ``default_scheduler()`` (DDPM's 1000 linear steps, epsilon).
+    """
+    if isinstance(sampler, SchedulerMixin):
+        return sampler
+    return sampler_type(sampler).from_config((like if like is not None else default_scheduler()).config)
 
 
 @dataclass
@@ -164,8 +166,8 @@ class DenoisePipeline(DiffusionPipeline):
             )
         if isinstance(scheduler, str) or isinstance(scheduler, type):
             scheduler = make_scheduler(scheduler)
-        if vae is not None and unet.config.get("dims", 2) != 2:
-            raise InputError(f"latent diffusion decodes images: the U-Net must be 2D; this one has dims={unet.config.get('dims', 2)}.")
+        if vae is not None and model_dims(unet.config) != 2:
+            raise InputError(f"latent diffusion decodes images: the U-Net must be 2D; this one has dims={model_dims(unet.config)}.")
         if vae is not None and vae.config.latent_channels != unet.config.in_channels:
             raise InputError(f"the VAE's latents have {vae.config.latent_channels} channels but the U-Net takes "
                              f"{unet.config.in_channels}; train the U-Net on this VAE's latents (in_channels = latent_channels).")
@@ -177,12 +179,11 @@ class DenoisePipeline(DiffusionPipeline):
         """diffusers' ``from_pretrained`` of a local folder or a Hub id (resolved through the cache first, see
         ``unet_diffusion.hub``); a diffusers pipeline folder (``DDPMPipeline``, ``DDIMPipeline``, ...) whose
         ``unet/`` is a ``UNet2DModel`` loads too: the U-Net is converted (same outputs), the scheduler kept."""
-        source = {key: kwargs.pop(key) for key in ("revision", "cache_dir", "local_files_only", "token") if key in kwargs}
-        folder = resolve(pretrained_model_name_or_path, **source)
-        index = folder / "model_index.json"
-        components = read_json(index) if index.is_file() else {}
-        if components.get("unet", [None, None])[1] not in DIFFUSERS_CLASSES:
+        folder = source_folder(pretrained_model_name_or_path, kwargs)
+        if source_kind(folder) != "diffusers-pipeline":
             return super().from_pretrained(folder, **kwargs)
+        index = folder / "model_index.json"
+        components = read_json(index)
         scheduler = scheduler_class(components.get("scheduler", [None, "DDPMScheduler"])[1], str(index))
         dtype = kwargs.get("torch_dtype")
         unet = UNet.from_pretrained(folder / "unet", **({"torch_dtype": dtype} if dtype is not None else {}))
@@ -278,13 +279,20 @@ class DenoisePipeline(DiffusionPipeline):
         stored = self.config.get("sampling") or {}
         own_sampler = sampler is None or sampler == stored.get("sampler")
         sampler = stored.get("sampler") if sampler is None else sampler
-        scheduler = make_scheduler(sampler, self.scheduler) if sampler is not None else self.scheduler
+        scheduler = self._scheduler_for(sampler)
         steps = stored.get("num_inference_steps") if num_inference_steps is None else num_inference_steps
         if steps is None:
             steps = scheduler.config.num_train_timesteps if isinstance(scheduler, DDPMScheduler) else 50
         guidance_scale = stored.get("guidance_scale") if guidance_scale is None else guidance_scale
         eta = (stored.get("eta", 0.0) if own_sampler else 0.0) if eta is None else eta
         return SamplingSettings(scheduler, steps, guidance_scale, eta)
+
+    def _scheduler_for(self, sampler) -> SchedulerMixin:
+        """The pipeline's own scheduler when ``sampler`` is ``None`` or names its kind (a copy of the same config would
+        sample alike: nothing to build on every call), else ``make_scheduler(sampler, self.scheduler)``."""
+        if sampler is None or (not isinstance(sampler, SchedulerMixin) and sampler_type(sampler) is type(self.scheduler)):
+            return self.scheduler
+        return make_scheduler(sampler, self.scheduler)
 
     def _decoded(self, sample: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] from the final sample: itself, or with a VAE its latents decoded (latent diffusion)."""
@@ -342,7 +350,7 @@ class DenoisePipeline(DiffusionPipeline):
                  f"generator is a list of {generators} for a batch of {batch_size}; give one generator, or one per image."))
         labels, context = _expand(labels, batch_size), _expand(context, batch_size)
         check_conditioning(self.unet.config, labels, context, batch_size)  # the network's rules, before any noise is drawn
-        check_finite(image=init, encoder_hidden_states=context, negative_encoder_hidden_states=negative)
+        check_finite(encoder_hidden_states=context, negative_encoder_hidden_states=negative)  # once per call, not per step
         labels = None if labels is None else labels.long().to(device)
         context = None if context is None else context.to(device=device, dtype=dtype)
         null = self._null_condition(guidance_scale, labels, context, negative, batch_size)
@@ -376,7 +384,7 @@ class DenoisePipeline(DiffusionPipeline):
              "this model was built without a null class label (null_class_label=False), so it has no unconditional "
              "prediction for classifier-free guidance; sample without guidance_scale."),
         )
-        null_labels = None if labels is None else torch.full_like(labels, config.num_class_labels)
+        null_labels = None if labels is None else torch.full_like(labels, null_label(config))
         if context is None or negative is None:
             return null_labels, None if context is None else torch.zeros_like(context)
         negative = _expand(_as_batch(negative, ndim=3), batch_size)
@@ -390,14 +398,9 @@ class DenoisePipeline(DiffusionPipeline):
                  f"{context.shape[1]}; pad one of them to the other's length."))
         return null_labels, negative.to(context)
 
-    @property
-    def _dims(self) -> int:
-        """The U-Net's spatial dimensions (a diffusers U-Net, as the benches wrap one, is 2D)."""
-        return self.unet.config.get("dims", 2)
-
     def _check_dims(self, output_type: str, image) -> None:
         """What a 1D or 3D model cannot do: PIL images, and image-to-image."""
-        dims = self._dims
+        dims = model_dims(self.unet.config)
         fail_if(
             (dims != 2 and output_type == "pil",
              f"this model has dims={dims}: it samples {'signals' if dims == 1 else 'volumes'}, not pictures; "
@@ -408,7 +411,7 @@ class DenoisePipeline(DiffusionPipeline):
     def _sample_size(self, height, width, size, init) -> tuple[int, ...]:
         """The sample's spatial size, one side per axis: the init image's, else ``size`` or ``height`` / ``width``,
         else the U-Net's ``sample_size``."""
-        dims = self._dims
+        dims = model_dims(self.unet.config)
         fail_if(
             (size is not None and (height is not None or width is not None), "give size or height / width, not both."),
             (dims != 2 and (height is not None or width is not None),
@@ -428,14 +431,13 @@ class DenoisePipeline(DiffusionPipeline):
             fail_if((default is None, "the U-Net config has no sample_size; pass the size (height and width for images)."))
             wanted = tuple(d if w is None else w for w, d in zip(wanted, _sides(default, dims, "the U-Net's sample_size")))
         wanted = tuple(int(w) for w in wanted)
-        out = tuple(self.unet.output_size(wanted))  # raises naming valid sizes nearby
-        fail_if((out != wanted, f"a {' x '.join(map(str, wanted))} input gives a {' x '.join(map(str, out))} output with "
-                                "this valid-padding U-Net; a denoiser must keep the size (use padding='same')."))
+        check_keeps_size(self.unet, wanted)  # raises naming valid sizes nearby
         return wanted
 
     def _init_image(self, image) -> torch.Tensor:
         vae = getattr(self, "vae", None)
         pixels = to_tensor(image, channels=self.unet.config.in_channels if vae is None else vae.config.in_channels, name="image")
+        check_finite(image=pixels)  # the caller's pixels, before a VAE encodes them: a NaN is theirs to clean
         low, high = pixels.min().item(), pixels.max().item()
         fail_if((low < -1e-3 or high > 1 + 1e-3,
                  f"image values must lie in [0, 1] (or 0..255 as uint8); got {low:.3g}..{high:.3g}. "

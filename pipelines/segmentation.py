@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 
 from unet_diffusion import UNet
 from unet_diffusion.errors import InputError
+from unet_diffusion.inputs import model_dims
 from unet_diffusion.nd import per_channel
 
 from .images import to_arrays, to_image_list, to_tensor
@@ -177,7 +178,7 @@ class SegmentationPipeline(DiffusionPipeline):
             output_type: ``"np"`` (numpy arrays) or ``"pt"`` (tensors).
             return_dict: return a ``SegmentationOutput`` or a ``(masks, probabilities[, instances])`` tuple.
         """
-        transforms = _dihedral(tta, self._dims)
+        transforms = _dihedral(tta, model_dims(self.unet.config))
         self._check_threshold(threshold)
         self._check_instances(instances, seed_threshold, min_seed_size)
         fail_if(
@@ -187,7 +188,7 @@ class SegmentationPipeline(DiffusionPipeline):
         )
         check_blend(blend)  # before any network call, tiled or not
         tiling = _Tiling(tile_size, overlap, blend, tiles_per_batch)
-        channels, dims = self.unet.config.in_channels, self._dims
+        channels, dims = self.unet.config.in_channels, model_dims(self.unet.config)
         if dims == 2:
             batches = [to_tensor(item, channels=channels, name="images") for item in to_image_list(images)]
         else:
@@ -210,11 +211,6 @@ class SegmentationPipeline(DiffusionPipeline):
         return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------------ steps
-    @property
-    def _dims(self) -> int:
-        """The network's spatial dimensions (a network without ``dims`` in its config, as the benches wrap, is 2D)."""
-        return self.unet.config.get("dims", 2)
-
     def _check_threshold(self, threshold) -> None:
         if threshold is None:
             return
@@ -296,7 +292,7 @@ class SegmentationPipeline(DiffusionPipeline):
 
     def _tile(self, tile_size, default: str | None = None) -> tuple[int, ...]:
         """The tile, one side per spatial axis, from a side or a sequence of sides (default: the model's sample_size)."""
-        dims = self._dims
+        dims = model_dims(self.unet.config)
         if tile_size is None and default is not None:
             tile_size = self.unet.config.sample_size
             if tile_size is None:

@@ -125,3 +125,13 @@ def test_sample_flags_out_of_range_fail_before_any_model_is_read(tmp_path, capsy
         assert message in capsys.readouterr().err
     with pytest.raises(InputError, match="sample size must be positive"):
         DenoisePipeline(unet=perturbed_tiny(), scheduler=DDPMScheduler())(1, height=0, width=8, num_inference_steps=1)
+
+
+def test_a_sampler_of_the_pipeline_schedulers_kind_reuses_it_and_another_keeps_its_schedule():
+    scheduler = DDIMScheduler(num_train_timesteps=20, prediction_type="v_prediction")
+    pipe = DenoisePipeline(unet=UNet.from_preset("tiny", sample_size=8), scheduler=scheduler, sampling={"sampler": "ddim"})
+    assert pipe.sampling_settings().scheduler is scheduler  # nothing built on every call
+    assert pipe.sampling_settings(sampler="ddim").scheduler is scheduler
+    ddpm = pipe.sampling_settings(sampler="ddpm").scheduler
+    assert isinstance(ddpm, DDPMScheduler) and ddpm.config.num_train_timesteps == 20
+    assert ddpm.config.prediction_type == "v_prediction" and pipe.scheduler is scheduler

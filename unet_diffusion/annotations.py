@@ -127,6 +127,12 @@ def _convert_scalar(value, hint: type, coerce: bool):
     raise _NoFit
 
 
+def closest(key, names) -> str | None:
+    """The name in ``names`` closest to a misspelt ``key`` (for a "did you mean" hint), or ``None`` if none is close."""
+    found = difflib.get_close_matches(str(key), list(names), n=1)
+    return found[0] if found else None
+
+
 def check_arguments(function, values: dict, source: str = "the arguments", *, coerce: bool = False) -> dict:
     """``values`` checked against ``function``'s annotations (converted as in ``check_value``); names
     without an annotation pass as they are. Raises ``InputError`` "``source``: ``key`` must be ...".
@@ -151,8 +157,8 @@ def build_dataclass(cls, values: dict, prefix: str = "", *, coerce: bool = False
     unknown = [key for key in values if key not in names]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(str(key), names, n=1)
+        close = closest(key, names)
         where = f"in {prefix.rstrip('.')}" if prefix else "at the top level"
-        hint = f" Did you mean {prefix}{close[0]}?" if close else ""
+        hint = f" Did you mean {prefix}{close}?" if close else ""
         raise InputError(f"unknown key {prefix}{key} {where}.{hint} Valid keys: {', '.join(names)}.")
     return cls(**{key: check_value(value, hints[key], f"{prefix}{key}", coerce=coerce) for key, value in values.items()})

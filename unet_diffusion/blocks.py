@@ -18,6 +18,7 @@ from torch import nn
 
 from .attention import AttentionGate, Context, SelfAttention, SpatialTransformer
 from .errors import InputError
+from .inputs import class_table_size
 from .nd import LINEAR_INTERPOLATION, Dims, center_crop, conv, conv_transpose, norm_act_conv, pad_end_layer, per_channel, pool
 
 # ---------------------------------------------------------------------------- what all blocks share
@@ -293,7 +294,7 @@ def embeddings(c, emb_dim: int | None) -> tuple[TimeEmbedding | None, nn.Embeddi
     elif c.time_embedding == "sinusoidal":
         time = TimeEmbedding(Timesteps(width, c.flip_sin_to_cos, c.freq_shift), width, emb_dim)
     if c.num_class_labels is not None:  # one more row for the null label of classifier-free guidance
-        class_table = nn.Embedding(c.num_class_labels + int(c.null_class_label), emb_dim)
+        class_table = nn.Embedding(class_table_size(c), emb_dim)
     return time, class_table
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cli import add_command
 from .errors import InputError
+from .hub import DIFFUSERS_CLASSES, OUR_CLASS, read_json, resolve, source_kind  # light: no torch
 
 TO_OURS, TO_DIFFUSERS = "unet-diffusion", "diffusers"
 DTYPES = ("float32", "float16", "bfloat16")
@@ -32,29 +33,24 @@ def add_convert(subparsers) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     """Convert a save_pretrained folder: a diffusers UNet2DModel / UNet2DConditionModel becomes our UNet,
     our UNet becomes the diffusers model with the same outputs. The direction is read from SRC/config.json."""
-    from .hub import resolve
-
     src, dst = resolve(args.src), Path(args.dst)  # a folder, or a Hub id read through the cache
+    kind = source_kind(src)  # checked before torch and diffusers load: a mistake is reported at once
     config_path = src / "config.json"
-    if not config_path.is_file():  # checked before torch and diffusers load: a mistake is reported at once
+    if kind not in ("unet", "diffusers-unet", "other-model"):
         raise FileNotFoundError(f"{src} has no config.json; SRC must be a folder written by save_pretrained.")
+    class_name = read_json(config_path).get("_class_name", OUR_CLASS)
+    if kind == "other-model":
+        raise InputError(f"{config_path} describes a {class_name!r}; expected UNet, {' or '.join(DIFFUSERS_CLASSES)}.")
     if dst.exists() and any(dst.iterdir()) and not args.overwrite:
         raise InputError(f"{dst} exists and is not empty; choose a new folder or pass --overwrite.")
+    source_format = TO_DIFFUSERS if kind == "diffusers-unet" else TO_OURS
 
     import torch
 
-    from .convert import DIFFUSERS_CLASSES, to_diffusers
+    from .convert import to_diffusers
     from .outputs import staged_output
     from .unet import UNet
-    from .weights import read_json
 
-    class_name = read_json(config_path).get("_class_name")
-    if class_name in DIFFUSERS_CLASSES:
-        source_format = TO_DIFFUSERS
-    elif class_name == UNet.__name__:
-        source_format = TO_OURS
-    else:
-        raise InputError(f"{config_path} describes a {class_name!r}; expected UNet, {' or '.join(DIFFUSERS_CLASSES)}.")
     target = args.to or (TO_OURS if source_format == TO_DIFFUSERS else TO_DIFFUSERS)
     if target == source_format:
         raise InputError(f"{src} is already a {target} model ({class_name}); nothing to convert. Leave out --to.")

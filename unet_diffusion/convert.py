@@ -23,9 +23,9 @@ import torch
 from .blocks import attention_heads, embedding_width, head_channels
 from .blocks import per_level as _per_level
 from .errors import InputError
+from .hub import DIFFUSERS_CLASSES
+from .inputs import class_table_size, model_dims
 from .weights import raise_if_mismatched, raise_if_other_kind, state_dict_differences
-
-DIFFUSERS_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
 
 class UnsupportedConversionError(InputError):
@@ -318,7 +318,6 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     if problems:
         raise UnsupportedConversionError("this UNet cannot be written as a diffusers model: " + "; ".join(problems) + ".")
 
-    num_classes = c["num_class_labels"]
     down = ["CrossAttnDownBlock2D" if l in cross else "AttnDownBlock2D" if l in attn else "DownBlock2D" for l in range(levels)]
     fields = dict(
         sample_size=c["sample_size"],
@@ -339,7 +338,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
         norm_num_groups=c["norm_groups"],
         norm_eps=c["norm_eps"],
         resnet_time_scale_shift="default" if c["time_injection"] == "add" else "scale_shift",
-        num_class_embeds=None if num_classes is None else num_classes + int(c["null_class_label"]),
+        num_class_embeds=class_table_size(c),
     )
     if not conditional:
         fields.update(
@@ -369,7 +368,7 @@ def _inexpressible(c: dict, conditional: bool) -> list[str]:
     fourier = c["time_embedding"] == "fourier"
     blocks = _per_level("blocks_per_level", c["blocks_per_level"], len(c["channels"]))
     for broken, problem in (
-        (c.get("dims", 2) != 2, f"dims={c.get('dims', 2)} (diffusers' UNet2DModel and UNet2DConditionModel are 2D)"),
+        (model_dims(c) != 2, f"dims={model_dims(c)} (diffusers' UNet2DModel and UNet2DConditionModel are 2D)"),
         (c["time_embedding"] is None, "time_embedding=None (diffusers U-Nets are always time-conditioned)"),
         (attn & cross, f"levels {sorted(attn & cross)} with both self- and cross-attention"),
         (mid_attn and mid_cross, "a middle block with both self- and cross-attention"),

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
+from .hub import source_kind
 from .unet import UNet
 from .weights import (
-    PICKLE_SUFFIXES,
-    check_config,
+    build_from_config,
     load_state_dict_strict,
     pickle_conversion_command,
     read_safetensors,
@@ -39,9 +39,7 @@ def load_weights(path: str | os.PathLike, model: UNet | None = None, device: str
     """
     path = Path(path)
     if model is None:
-        config = read_weights_config(path)
-        check_config(UNet, config, source=f"the config stored in {path}")
-        model = UNet(**config)
+        model = build_from_config(UNet, read_weights_config(path), source=f"the config stored in {path}")
     load_state_dict_strict(model, read_safetensors(path), source=str(path))
     model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval()
@@ -53,20 +51,21 @@ def load_unet(path: str | os.PathLike, variant: str | None = None) -> UNet:
     ``variant`` (e.g. ``"fp16"``) picks a folder's ``diffusion_pytorch_model.<variant>.safetensors`` weights.
     """
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
+    kind = source_kind(path)
+    if kind == "weights":
         if variant is not None:
             raise InputError(f"variant={variant!r} picks among the weights files of a folder, but {path} is a single file; "
                              "leave variant out to load it.")
         return load_weights(path)
-    if (path / "config.json").is_file():
+    if kind in ("unet", "diffusers-unet", "other-model"):  # another model's class: from_pretrained names it
         return UNet.from_pretrained(path, variant=variant)
-    raise FileNotFoundError(_not_a_model(path))
+    raise FileNotFoundError(_not_a_model(path, kind))
 
 
-def _not_a_model(path: Path) -> str:
-    if not path.exists():
+def _not_a_model(path: Path, kind: str) -> str:
+    if kind == "missing":
         return f"no model at {path}."
-    if path.suffix in PICKLE_SUFFIXES:
+    if kind == "pickle":
         return (f"{path} is a pickle, which is not read because unpickling can run code. If it holds a state dict, "
                 f"convert it once: {pickle_conversion_command(path, path.with_suffix('.safetensors'))}, then "
                 "load it with unet_diffusion.load_weights(FILE, model=UNet(...)) (the file carries no config).")

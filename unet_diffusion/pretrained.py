@@ -12,16 +12,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .convert import DIFFUSERS_CLASSES, config_from_diffusers, fill_model, rename_legacy_attention, state_dict_from_diffusers
+from .convert import config_from_diffusers, fill_model, rename_legacy_attention, state_dict_from_diffusers
 from .errors import InputError, InputTypeError
-from .hub import resolve
+from .hub import DIFFUSERS_CLASSES, read_json, source_folder, source_kind
 from .weights import (
-    check_config,
+    build_from_config,
+    check_fields,
     model_shapes,
     raise_if_mismatched,
     raise_if_other_kind,
-    read_json,
     read_safetensors,
+    refuse_pickled_weights,
     safetensors_files,
     safetensors_header,
     state_dict_differences,
@@ -54,19 +55,6 @@ def one_device(device_map) -> torch.device | None:
                          "as 'cpu' or 'cuda:0'.") from None
 
 
-def diffusers_folder_class(folder: Path) -> str | None:
-    """The diffusers U-Net class a folder's ``config.json`` names, or ``None`` for any other folder."""
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        return None
-    name = read_json(config_path).get("_class_name")
-    return name if name in DIFFUSERS_CLASSES else None
-
-
-# diffusers' loading options that say where a model comes from: hub.resolve takes them, the loaders need not.
-SOURCE_OPTIONS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
-
-
 class PretrainedMixin:
     """``from_config`` / ``from_pretrained`` / ``save_pretrained`` of ``UNet``: strict, safetensors only."""
 
@@ -80,7 +68,7 @@ class PretrainedMixin:
                     "folders on disk: download the model first (hf download REPO --local-dir DIR) and pass DIR; "
                     "unet_diffusion.convert.config_from_diffusers(config) gives the architecture alone."
                 )
-            check_config(cls, config)
+            check_fields(cls, config)  # diffusers would pass unknown keys by; construction checks the values
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
@@ -98,15 +86,14 @@ class PretrainedMixin:
         Weights are read from safetensors only. A checkpoint whose tensors do not match the config
         raises ``CheckpointMismatchError`` listing every missing, unexpected and mismatched tensor.
         """
-        source = {key: kwargs.pop(key) for key in SOURCE_OPTIONS if key in kwargs}
-        folder = resolve(pretrained_model_name_or_path, **source) / (source.get("subfolder") or "")
+        folder = source_folder(pretrained_model_name_or_path, kwargs)
         if "dtype" in kwargs:  # newer diffusers' name for torch_dtype
             kwargs["torch_dtype"] = kwargs.pop("dtype")
-        if kwargs.get("use_safetensors") is False:
-            raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
-        if diffusers_folder_class(folder):
+        refuse_pickled_weights(kwargs.get("use_safetensors"))
+        kind = source_kind(folder)
+        if kind == "diffusers-unet":
             return cls.from_diffusers_folder(folder, **kwargs)
-        cls._check_folder(folder, kwargs.get("variant"))
+        cls._check_folder(folder, kwargs.get("variant"), kind)
         want_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
         model, info = super().from_pretrained(folder, output_loading_info=True, **kwargs)
@@ -116,10 +103,13 @@ class PretrainedMixin:
         return (model, info) if want_info else model
 
     @classmethod
-    def _check_folder(cls, folder: Path, variant: str | None) -> None:
-        """Check config fields and every tensor name and shape before anything is loaded."""
+    def _check_folder(cls, folder: Path, variant: str | None, kind: str) -> None:
+        """Check config fields and every tensor name and shape before anything is loaded (``kind``: ``source_kind``)."""
         config_path = folder / "config.json"
-        if not config_path.is_file():
+        if kind in ("pipeline", "diffusers-pipeline"):
+            raise FileNotFoundError(f"{folder} is a pipeline folder; its U-Net loads with subfolder='unet' (or open the "
+                                    "whole pipeline with its from_pretrained).")
+        if kind not in ("unet", "other-model"):
             raise FileNotFoundError(f"{folder} has no config.json; is it a folder written by save_pretrained?")
         config = read_json(config_path)
         class_name = config.get("_class_name", cls.__name__)
@@ -128,12 +118,11 @@ class PretrainedMixin:
                 f"{config_path} describes a {class_name}, not a {cls.__name__}; {cls.__name__}.from_pretrained reads "
                 f"its own folders and diffusers' UNet2DModel / UNet2DConditionModel folders."
             )
-        check_config(cls, config, source=str(config_path))
+        with torch.device("meta"):
+            skeleton = build_from_config(cls, config, source=str(config_path))
         found: dict[str, tuple[tuple, str]] = {}
         for file in safetensors_files(folder, variant):
             found.update(safetensors_header(file))
-        with torch.device("meta"):
-            skeleton = cls(**{k: v for k, v in config.items() if not k.startswith("_")})
         shapes = {name: shape for name, (shape, _) in found.items()}
         raise_if_mismatched(*state_dict_differences(model_shapes(skeleton), shapes), source=str(folder))
         raise_if_other_kind(skeleton, {name: dtype for name, (_, dtype) in found.items()}, source=str(folder))
@@ -153,8 +142,7 @@ class PretrainedMixin:
         """
         if unsupported:
             raise InputTypeError(f"loading a diffusers folder does not take {sorted(unsupported)}; see UNet.from_pretrained.")
-        if use_safetensors is False:
-            raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
+        refuse_pickled_weights(use_safetensors)
         device = one_device(device_map)
         folder = Path(folder)
         config = read_json(folder / "config.json")

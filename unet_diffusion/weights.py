@@ -6,19 +6,20 @@ shape-mismatched tensor; nothing is ever left randomly initialised.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .annotations import check_arguments
+from .annotations import check_arguments, closest
 from .errors import InputError
+from .hub import read_json
 from .outputs import umask_modes
 
 CONFIG_METADATA_KEY = "unet_diffusion_config"
@@ -36,19 +37,37 @@ def config_fields(cls) -> list[str]:
     return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
 
 
-def check_config(cls, config: dict, source: str = "the configuration") -> None:
-    """Raise ``InputError`` if ``config`` has keys that are not fields of ``cls`` (``_private`` keys aside, the
-    closest field named) or values that do not fit the fields' types."""
+def check_fields(cls, config: dict, source: str = "the configuration") -> None:
+    """Raise ``InputError`` if ``config`` has keys that are not fields of ``cls`` (``_private`` keys aside), the
+    closest field named. Only the names: the values' types and rules are checked once, by construction."""
     fields = config_fields(cls)
     unknown = [k for k in config if not k.startswith("_") and k not in fields]
     if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        hints = [f"{key!r}" + (f" (did you mean {close!r}?)" if (close := closest(key, fields)) else "") for key in unknown]
         raise InputError(
             f"{source} has unknown {cls.__name__} fields: {', '.join(hints)}. Valid fields: {', '.join(fields)}."
         )
+
+
+def build_from_config(cls, config: dict, source: str, build: Callable | None = None):
+    """``build(**config)`` (``cls`` by default; ``_private`` keys left out) for a config read from ``source``.
+
+    Unknown keys are refused first, the closest field named (``check_fields``); construction checks the values'
+    types and rules, and its error is re-raised naming ``source`` instead of the class (``"model.args: channels
+    must be ..."``, ``"the config stored in PATH: ..."``).
+    """
+    check_fields(cls, config, source)
+    try:
+        return (build or cls)(**{key: value for key, value in config.items() if not key.startswith("_")})
+    except InputError as err:
+        message = str(err).removeprefix(f"{cls.__name__}: ")
+        raise type(err)(f"{source}: {message}") from None
+
+
+def check_config(cls, config: dict, source: str = "the configuration") -> None:
+    """``check_fields``, then the values' types: the older form of ``build_from_config``'s checks, for callers that
+    build the model themselves (``train.diffusion.build_unet``); construction checks the types again."""
+    check_fields(cls, config, source)
     check_arguments(cls.__init__, {k: v for k, v in config.items() if not k.startswith("_")}, source)
 
 
@@ -170,24 +189,6 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: dict[str, torch.T
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
-def read_json(path: str | os.PathLike) -> dict:
-    """A JSON object from a model folder (``config.json``, ``model_index.json``, a shard index), ours or diffusers'.
-
-    Every loader reads these files here, so a truncated or hand-broken file is one ``InputError`` naming the
-    file and where the text stops parsing, never a ``JSONDecodeError`` traceback.
-    """
-    path = Path(path)
-    try:
-        value = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # a JSONDecodeError says the line and column
-        raise InputError(f"{path} is not valid JSON ({err}); it may be truncated or edited by hand: repair it, or "
-                         "save or download the model again.") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{path} holds a JSON {type(value).__name__}, not the object of names a config file holds; "
-                         "save or download the model again.")
-    return value
-
-
 def check_json_files(folder: str | os.PathLike) -> None:
     """Read every JSON file of a pipeline folder and of its component folders (``unet/``, ``scheduler/``), so that a
     broken one is named by ``read_json`` before diffusers reads it (diffusers says only "not a valid JSON file")."""
@@ -225,7 +226,10 @@ def safetensors_files(folder: str | os.PathLike, variant: str | None = None) -> 
     )
 
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+def refuse_pickled_weights(use_safetensors: bool | None) -> None:
+    """Refuse diffusers' ``use_safetensors=False`` (read pickled ``.bin`` weights): unpickling can run code."""
+    if use_safetensors is False:
+        raise InputError("weights are loaded from safetensors only; use_safetensors=False is not supported.")
 
 
 def pickle_conversion_command(pickle: Path, target: Path) -> str:
