@@ -52,9 +52,11 @@ def test_sample_from_a_pipeline_folder(denoiser_folder, tmp_path):
     assert written == ["00000.png", "00001.png", "00002.png", "grid.png"]
     assert pixels(tmp_path / "a" / "00000.png").shape == (16, 16, 3)
     assert pixels(tmp_path / "a" / "grid.png").shape == (32, 32, 3)  # 2 x 2 grid
-    # Image i is seeded with seed + i, so the batch size does not change it.
+    # Image i is seeded with seed + i, so the batch size does not change it (up to the rounding of a pixel: the
+    # CPU's kernels may sum in another order for another batch size).
     assert main([*args, "--out", str(tmp_path / "b"), "--batch-size", "3"]) == 0
-    np.testing.assert_array_equal(pixels(tmp_path / "a" / "00002.png"), pixels(tmp_path / "b" / "00002.png"))
+    a, b = (pixels(tmp_path / name / "00002.png").astype(int) for name in ("a", "b"))
+    np.testing.assert_allclose(a, b, rtol=0, atol=1)
 
 
 def test_sample_from_a_bare_unet_with_labels_and_guidance(tmp_path, capsys):
