@@ -28,13 +28,13 @@ from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed, tqdm
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed, tqdm
 from diffusers.training_utils import EMAModel
 
 from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
-from .budget import TimeBudget, lr_schedule
+from .budget import LRPlan, TimeBudget, lr_schedule
 from .checkpoint import (
     Checkpoints,
     latest_checkpoint,
@@ -45,7 +45,7 @@ from .checkpoint import (
     replace_best,
     resolve_resume,
 )
-from .config import Config, ConfigError, save_config
+from .config import Config, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
 from .lock import RunLock, describe
 from .plots import PLOT_FILE, plot_run
@@ -92,6 +92,7 @@ def build_task(config: Config):
 
 def train(config: Config, resume: str | None = None, task=None, log=None) -> RunResult:
     """Train as ``config`` says; ``resume`` is ``"latest"``, a checkpoint folder, or None."""
+    config.validate()  # again, for a config built or changed in code after it was read
     return Trainer(config, task or build_task(config), log=log).run(resume)
 
 
@@ -104,8 +105,8 @@ class Trainer:
         self.run_dir = Path(c.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
-            # Our loader is endless and not Accelerate's, so only the micro-batch count decides when to sync.
-            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=c.grad_accum, sync_with_dataloader=False),
+            # The loop accumulates train.grad_accum micro-batches itself (``_loop``): the step's boundary is where its
+            # checkpoints are, whatever train.grad_accum a resumed run has.
             step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
             log_with=trackers(self.run_dir, c.log_with),
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),
@@ -131,8 +132,8 @@ class Trainer:
             self.ema = EMAModel(model.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
                                 power=e.power, update_after_step=e.update_after_step, foreach=True)
         optimizer = self._optimizer(model)
-        self.step, self.total_steps = 0, config.train.steps
-        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(config.optim, optimizer, self.total_steps))
+        self.step, self.lr_plan = 0, LRPlan(config.optim, config.train.steps)  # the budget may change its length
+        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(optimizer, self.lr_plan))
         if self.ema is not None:
             self.ema.to(acc.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -164,37 +165,21 @@ class Trainer:
         self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed, config.data.crops_per_example)
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)
-        self._check_best_metric()
 
-    def _check_best_metric(self) -> None:
-        """``train.best_metric`` must be one this run's evaluation reports."""
-        metric = self.config.train.best_metric
-        if metric is None:
-            return
-        if self.val_examples is None:
-            raise ConfigError(f"train.best_metric={metric} needs validation data to evaluate on; set data.val_size.")
-        names = self.task.metric_names()
-        if metric not in names:
-            raise ConfigError(f"train.best_metric={metric} is not reported by this run's evaluation; choose one of "
-                              f"{', '.join(names)}.")
-
-    def _replan(self, total_steps: int) -> None:
-        """Make the run ``total_steps`` long: the same schedule, stretched or shrunk to end there."""
-        self.total_steps = total_steps
-        self.lr_schedule.scheduler = lr_schedule(self.config.optim, self.lr_schedule.scheduler.optimizer, total_steps, self.step)
+    @property
+    def total_steps(self) -> int:
+        """The run's length: train.steps, or what fits train.budget_minutes (``_clock``)."""
+        return self.lr_plan.total_steps
 
     def _resume(self, checkpoint: Path) -> float:
         """Restore ``checkpoint``; returns the seconds its run had trained (for ``train.budget_minutes``)."""
         self._check_compatible(checkpoint)
         state = self.checkpoints.load(checkpoint)
-        # Accelerate syncs gradients when its restored micro-batch counter reaches a multiple of train.grad_accum;
-        # a checkpoint is always taken at a step boundary, so restart it at 0 (in phase if train.grad_accum changed).
-        self.accelerator.step = 0
         self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
         # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
         self.micro_batches = int(state.get("micro_batches", self.step * self.config.train.grad_accum))
         if self.config.train.budget_minutes is not None and state.get("planned_steps"):
-            self._replan(min(int(state["planned_steps"]), self.config.train.steps))  # the plan it was following
+            self.lr_plan.set_total_steps(min(int(state["planned_steps"]), self.config.train.steps))  # the plan it followed
         self.log(f"resumed from {checkpoint} at step {self.step}")
         return float(state.get("trained_seconds", 0.0))
 
@@ -299,14 +284,14 @@ class Trainer:
         self.last_log = (self.step, 0.0)  # (step, loop seconds) of the last logged step: the throughput's start
         self.model.train()
         while self.step < self.total_steps:
-            with acc.accumulate(self.model):  # no gradient all-reduce until the last micro-batch of the step
-                batch = send_to_device(next(batches), acc.device)
-                with acc.autocast():
-                    loss = self.task.loss(self.model, batch)
-                acc.backward(loss)  # divided by train.grad_accum
+            batch = send_to_device(next(batches), acc.device)
+            last = len(losses) + 1 == c.grad_accum  # the step's last micro-batch: its backward all-reduces the gradients
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                loss = self.task.loss(self.model, batch)  # the prepared model's forward autocasts (train.mixed_precision)
+                acc.backward(loss / c.grad_accum)
             self.micro_batches += 1
             losses.append(loss.detach().float())
-            if not acc.sync_gradients:
+            if not last:
                 continue
             outcome = self._optimizer_step(torch.stack(losses).mean())
             losses = []
@@ -331,7 +316,7 @@ class Trainer:
         ])
         nonfinite, stop, loss_sum, out_of_time, planned = (acc.reduce(flags, "sum") if acc.num_processes > 1 else flags).tolist()
         if planned and int(planned) != self.total_steps:
-            self._replan(int(planned))
+            self.lr_plan.set_total_steps(int(planned))  # the schedule follows from its next step
         grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if nonfinite > 0 or (c.mixed_precision != "fp16" and not math.isfinite(grad_norm)):

@@ -19,16 +19,16 @@ from torchvision.utils import save_image
 
 from pipelines import SegmentationPipeline
 from pipelines.images import tint
-from pipelines.segmentation import conditioned_through
 from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
 from .checkpoint import ema_weights
-from .config import Config, ConfigError
+from .config import Config, ConfigError, segmentation_classes
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
+from .metrics import class_names, class_stats, metrics_from_stats, segmentation_metric_names
 from .transforms import JointTransform, VolumeTransform
 
 
@@ -52,33 +52,6 @@ def predict_logits(model, image: torch.Tensor) -> torch.Tensor:
     return whole_image(lambda x: model(x).sample, net, image)
 
 
-def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class counts ``(K, 3)``: intersection, predicted pixels, true pixels (hard argmax)."""
-    pred = logits.argmax(dim=1)
-    rows = []
-    for k in range(num_classes):
-        p, t = pred == k, target == k
-        rows.append(torch.stack([(p & t).sum(), p.sum(), t.sum()]))
-    return torch.stack(rows).double()
-
-
-def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
-    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums."""
-    inter, pred, true = stats[:, 0], stats[:, 1], stats[:, 2]
-    present = (pred + true) > 0
-    dice = torch.where(present, 2 * inter / (pred + true).clamp_min(1), torch.ones_like(inter))
-    iou = torch.where(present, inter / (pred + true - inter).clamp_min(1), torch.ones_like(inter))
-    out = {
-        "dice": dice[present].mean().item(),
-        "iou": iou[present].mean().item(),
-        "pixel_error": 1 - (inter.sum() / true.sum().clamp_min(1)).item(),
-    }
-    for k, name in enumerate(names):
-        out[f"dice_{name}"] = dice[k].item()
-        out[f"iou_{name}"] = iou[k].item()
-    return out
-
-
 def overlay(image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """An RGB picture ``(3, H, W)`` of a [-1, 1] image ``(C, H, W)`` with the classes tinted in the pipelines' palette."""
     rgb = image if image.shape[0] == 3 else image.mean(0, keepdim=True).expand(3, -1, -1)
@@ -89,29 +62,13 @@ class SegmentationTask:
     """Train a segmenter: crops, losses, validation metrics, overlays and the saved weights."""
 
     def __init__(self, config: Config):
-        self.config = config
-        with torch.device("meta"):  # the config and the sizes, without allocating weights
+        self.config = config  # its rules across fields were checked as it was read (train.config.check_rules)
+        with torch.device("meta"):  # the network's own checks and the sizes, without allocating weights
             probe = build_unet(config, in_channels=config.data.channels)
-        c = probe.config
-        if c.head != "segment":
-            raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
-                              "or use a preset such as seg-small or ronneberger2015.")
-        if conditioned_through(c):
-            raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
-                              f"{', '.join(conditioned_through(c))}: set them to null in model.args.")
-        self.num_classes = c.out_channels
         s = config.segmentation
-        if s.class_weights is not None and len(s.class_weights) != self.num_classes:
-            raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {self.num_classes} classes.")
-        if s.weight_map and not 0 <= s.object_class < self.num_classes:
-            raise ConfigError(f"segmentation.object_class={s.object_class} is not a class (0..{self.num_classes - 1}).")
-        self.names = list(s.class_names or [f"class{k}" for k in range(self.num_classes)])
-        if len(self.names) != self.num_classes:
-            raise ConfigError(f"segmentation.class_names has {len(self.names)} names for {self.num_classes} classes.")
+        self.num_classes = segmentation_classes(probe.config)
+        self.names = class_names(s.class_names, self.num_classes)
         self.volumes = config.data.source == "volumes"
-        if (c.dims == 3) != self.volumes:
-            raise ConfigError("data.source 'volumes' trains a 3D model (model.args.dims: 3)" if self.volumes else
-                              f"a {c.dims}D model trains on volumes: set data.source to 'volumes' (or model.args.dims to 2).")
         d = config.data
         side = d.image_size
         self.out_size = (d.crop_depth or side, side, side) if self.volumes else side
@@ -211,7 +168,7 @@ class SegmentationTask:
 
     def metric_names(self) -> list[str]:
         """What ``evaluate`` reports."""
-        return list(metrics_from_stats(torch.zeros(self.num_classes, 3), self.names))
+        return segmentation_metric_names(self.names)
 
     def save_pipeline(self, folder: Path) -> None:
         """The ``SegmentationPipeline`` folder of the current weights (EMA when kept)."""
