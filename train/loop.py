@@ -1,13 +1,15 @@
 """The training loop shared by every task, on Accelerate.
 
 One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``.
-Accelerate does the device placement, mixed precision, gradient accumulation (``accumulate``),
-clipping, seeding, the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``),
-the checkpoints (``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing
-and progress bar of the main process. Written here: the NaN guard, signals, the time budget, and an
-EMA of the weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and
-the micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N
-processes see the batches of one.
+Accelerate does the device placement, mixed precision (the prepared model's forward autocasts), the
+gradient all-reduce (skipped with ``no_sync`` on a step's earlier micro-batches), clipping, seeding,
+the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``), the checkpoints
+(``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing and progress
+bar of the main process. Written here: the NaN guard, signals, the time budget (the learning-rate
+schedule is one ``LambdaLR`` reading the run's planned length, ``budget.LRPlan``), and an EMA of the
+weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and the
+micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N processes
+see the batches of one.
 
 A task (``DiffusionTask``, ``SegmentationTask``) supplies the model, the per-example preparation,
 the loss, evaluation, pictures and the final artifacts.
@@ -407,6 +409,7 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         self.model.eval()
+        # autocast for what runs beside the prepared model: the VAE and the FID features of a denoiser's samples.
         with torch.no_grad(), self.accelerator.autocast():
             metrics = self.task.evaluate()
         self.model.train()
