@@ -262,3 +262,14 @@ def test_a_best_metric_of_named_classes_is_accepted():
     config = load_config(None, SEGMENTER + ["segmentation.class_names=[background, cells]", "train.best_metric=dice_cells",
                                             "data.val_size=0.1"])
     assert config.train.best_metric == "dice_cells"
+
+
+def test_the_train_command_reports_a_conflict_before_reading_data(tmp_path, capsys):
+    from unet_diffusion.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", "--config", "quickstart", *MISSING_PAIRS, "diffusion.cache_latents=true", f"train.output_dir={run}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "diffusion.cache_latents caches a VAE's latents" in err and "is not a folder" not in err
+    assert not run.exists()

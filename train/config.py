@@ -17,12 +17,9 @@ from typing import Literal
 import yaml
 
 from pipelines.samplers import SAMPLER_SCHEDULERS
-from pipelines.segmentation import conditioned_through
-from unet_diffusion import UNet
 from unet_diffusion.annotations import build_dataclass
 from unet_diffusion.errors import InputError
 from unet_diffusion.presets import preset_config
-from unet_diffusion.weights import check_config
 
 from .metrics import class_names, denoising_metric_names, segmentation_metric_names
 
@@ -278,6 +275,10 @@ def model_fields(config: Config) -> dict | None:
     """The UNet configuration fields ``config.model`` asks for: UNet's defaults, then the preset's, then ``model.args``
     (the fields the data fixes, ``sample_size`` and ``in_channels``, as given there). None when the model section itself
     is wrong (an unknown preset, a field UNet lacks, a value of the wrong type): building the network says how."""
+    # Deferred: they load torch, which reading a config (and reporting a mistake in it) does not need.
+    from unet_diffusion import UNet
+    from unet_diffusion.weights import check_config
+
     args = config.model.args
     try:
         check_config(UNet, args, source="model.args")
@@ -359,6 +360,8 @@ def _check_denoising(config: Config, model: dict | None) -> None:
 
 def _check_segmentation(config: Config, model: dict) -> None:
     """A segmentation run: a segmentation model that takes only the image, per-class settings for its classes."""
+    from pipelines.segmentation import conditioned_through  # loads torch, as model_fields did
+
     if model["head"] != "segment":
         raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
                           "or use a preset such as seg-small or ronneberger2015.")

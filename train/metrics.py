@@ -1,10 +1,9 @@
-"""What an evaluation reports: Dice, IoU and pixel error of a segmenter, the validation loss of a denoiser
-by timestep range, and the names of both (``train.best_metric`` is checked against them as the config is read).
+"""What an evaluation reports, by name: a denoiser's validation loss (also by timestep range) and FID / KID, a
+segmenter's Dice, IoU and pixel error. ``train.best_metric`` is checked against these as the config is read, so
+this module needs no torch.
 """
 
 from __future__ import annotations
-
-import torch
 
 TIMESTEP_BUCKETS = 4  # the denoising loss is also reported in this many equal ranges of timesteps
 
@@ -25,33 +24,7 @@ def class_names(given: list | None, num_classes: int) -> list[str]:
     return list(given or [f"class{k}" for k in range(num_classes)])
 
 
-def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-class counts ``(K, 3)``: intersection, predicted pixels, true pixels (hard argmax)."""
-    pred = logits.argmax(dim=1)
-    rows = []
-    for k in range(num_classes):
-        p, t = pred == k, target == k
-        rows.append(torch.stack([(p & t).sum(), p.sum(), t.sum()]))
-    return torch.stack(rows).double()
-
-
-def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
-    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums."""
-    inter, pred, true = stats[:, 0], stats[:, 1], stats[:, 2]
-    present = (pred + true) > 0
-    dice = torch.where(present, 2 * inter / (pred + true).clamp_min(1), torch.ones_like(inter))
-    iou = torch.where(present, inter / (pred + true - inter).clamp_min(1), torch.ones_like(inter))
-    out = {
-        "dice": dice[present].mean().item(),
-        "iou": iou[present].mean().item(),
-        "pixel_error": 1 - (inter.sum() / true.sum().clamp_min(1)).item(),
-    }
-    for k, name in enumerate(names):
-        out[f"dice_{name}"] = dice[k].item()
-        out[f"iou_{name}"] = iou[k].item()
-    return out
-
-
 def segmentation_metric_names(names: list[str]) -> list[str]:
-    """What a segmenter's evaluation reports (``metrics_from_stats``'s keys) for classes named ``names``."""
-    return list(metrics_from_stats(torch.zeros(len(names), 3), names))
+    """What a segmenter's evaluation reports for classes named ``names``: mean Dice and IoU over the classes present,
+    the pixel error, then Dice and IoU of each class (``segmentation.metrics_from_stats`` fills them in this order)."""
+    return ["dice", "iou", "pixel_error", *(f"{metric}_{name}" for name in names for metric in ("dice", "iou"))]

@@ -28,7 +28,7 @@ from .checkpoint import ema_weights
 from .config import Config, ConfigError, segmentation_classes
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
-from .metrics import class_names, class_stats, metrics_from_stats, segmentation_metric_names
+from .metrics import class_names, segmentation_metric_names
 from .transforms import JointTransform, VolumeTransform
 
 
@@ -50,6 +50,28 @@ def predict_logits(model, image: torch.Tensor) -> torch.Tensor:
     covers them (the segmentation pipeline's ``whole_image``). ``model`` may be wrapped (DDP)."""
     net = model.module if hasattr(model, "module") else model
     return whole_image(lambda x: model(x).sample, net, image)
+
+
+def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class counts ``(K, 3)``: intersection, predicted pixels, true pixels (hard argmax)."""
+    pred = logits.argmax(dim=1)
+    rows = []
+    for k in range(num_classes):
+        p, t = pred == k, target == k
+        rows.append(torch.stack([(p & t).sum(), p.sum(), t.sum()]))
+    return torch.stack(rows).double()
+
+
+def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
+    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums, under
+    the names of ``segmentation_metric_names``."""
+    inter, pred, true = stats[:, 0], stats[:, 1], stats[:, 2]
+    present = (pred + true) > 0
+    dice = torch.where(present, 2 * inter / (pred + true).clamp_min(1), torch.ones_like(inter))
+    iou = torch.where(present, inter / (pred + true - inter).clamp_min(1), torch.ones_like(inter))
+    values = [dice[present].mean().item(), iou[present].mean().item(), 1 - (inter.sum() / true.sum().clamp_min(1)).item()]
+    values += [value for k in range(len(names)) for value in (dice[k].item(), iou[k].item())]
+    return dict(zip(segmentation_metric_names(names), values, strict=True))
 
 
 def overlay(image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
