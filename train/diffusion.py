@@ -33,7 +33,7 @@ from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
 from .data import Examples
 from .latent_cache import CachedExample, LatentCache, check_cache_folder, draw_flip, latent_cache
 from .losses import min_snr_weights
-from .metrics import TIMESTEP_BUCKETS, denoising_metric_names, timestep_range_names
+from .metrics import TIMESTEP_BUCKETS, timestep_range_names
 from .transforms import diffusion_transform
 
 
@@ -253,10 +253,6 @@ class DiffusionTask:
 
     def _bucket_names(self, prefix: str) -> list[str]:
         return timestep_range_names(prefix, self.config.diffusion.num_train_timesteps)
-
-    def metric_names(self) -> list[str]:
-        """What ``evaluate`` reports."""
-        return denoising_metric_names(self.config.diffusion.num_train_timesteps, self.config.diffusion.eval_samples)
 
     def sample_distances(self) -> dict:
         """FID and KID of ``diffusion.eval_samples`` EMA samples against the validation images (the same on every

@@ -107,8 +107,8 @@ class Trainer:
         self.run_dir = Path(c.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
-            # The loop accumulates train.grad_accum micro-batches itself (``_loop``): the step's boundary is where its
-            # checkpoints are, whatever train.grad_accum a resumed run has.
+            # No GradientAccumulationPlugin: the loop counts a step's micro-batches itself (``_loop``), since Accelerate's
+            # counter comes back from a checkpoint and would be out of phase in a resume with another train.grad_accum.
             step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
             log_with=trackers(self.run_dir, c.log_with),
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),

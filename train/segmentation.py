@@ -188,10 +188,6 @@ class SegmentationTask:
         """Scalars logged beside the loss: none for segmentation."""
         return {}
 
-    def metric_names(self) -> list[str]:
-        """What ``evaluate`` reports."""
-        return segmentation_metric_names(self.names)
-
     def save_pipeline(self, folder: Path) -> None:
         """The ``SegmentationPipeline`` folder of the current weights (EMA when kept)."""
         unet = self.trainer.accelerator.unwrap_model(self.trainer.model)
