@@ -275,7 +275,7 @@ def model_fields(config: Config) -> dict | None:
     """The UNet configuration fields ``config.model`` asks for: UNet's defaults, then the preset's, then ``model.args``
     (the fields the data fixes, ``sample_size`` and ``in_channels``, as given there). None when the model section itself
     is wrong (an unknown preset, a field UNet lacks, a value of the wrong type): building the network says how."""
-    # Deferred: they load torch, which reading a config (and reporting a mistake in it) does not need.
+    # Deferred: they load torch, so a mistake in a single field is reported before torch loads.
     from unet_diffusion import UNet
     from unet_diffusion.weights import check_config
 
