@@ -186,3 +186,90 @@ def test_yaml_forms_of_numbers_and_booleans_are_read_when_coercing():
 
     assert check_value("1e-4", float, "k", coerce=True) == 1e-4  # PyYAML reads 1e-4 (no dot) as a string
     assert check_value(1000.0, int, "k", coerce=True) == 1000 and check_value("Yes", bool, "k", coerce=True) is True
+
+
+# Data that does not exist: reading it would fail, so a rule's error shows it was checked first, as the config was read.
+MISSING_PAIRS = ["data.source=pairs", "data.image_dir=/nonexistent/images", "data.mask_dir=/nonexistent/masks"]
+SEGMENTER = ["task=segmentation", "model.preset=seg-small", "data.channels=1", *MISSING_PAIRS]
+VOLUMES_3D = ["task=segmentation", "model.preset=unet3d-cicek2016", "data.channels=1", "data.source=volumes",
+              "data.image_dir=/nonexistent/volumes", "data.mask_dir=/nonexistent/labels"]
+
+
+def test_the_bases_of_the_rule_tests_load():
+    for base in (MISSING_PAIRS, SEGMENTER, VOLUMES_3D):
+        load_config(None, base)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # diffusion: the noise schedule, latents, and the model the task needs
+    (MISSING_PAIRS + ["diffusion.zero_terminal_snr=true"], "diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample'"),
+    (MISSING_PAIRS + ["diffusion.cache_latents=true"], "diffusion.cache_latents caches a VAE's latents: set diffusion.vae"),
+    (MISSING_PAIRS + ["model.preset=seg-small"], "the diffusion task needs a denoising model (head='denoise')"),
+    (MISSING_PAIRS + ["model.args.learned_variance=true"], "learned_variance needs a variational-bound loss"),
+    (MISSING_PAIRS + ["model.args.num_class_labels=3", "model.args.null_class_label=false"],
+     "condition dropout needs the null label: set model.args.null_class_label=true"),
+    (MISSING_PAIRS + ["model.args.padding=valid"], "a denoiser must keep the image size; use model.args.padding='same'"),
+    (MISSING_PAIRS + ["model.args.dims=1"], "a 1D denoiser trains on arrays (data.source: arrays)"),
+    (["data.source=arrays", "data.data_files=/nonexistent/signals.npz"], "data.source 'arrays' holds signals or volumes"),
+    # segmentation: a segmenter of the data's dimensions, per-class settings for its classes
+    (SEGMENTER + ["model.preset=tiny"], "the segmentation task needs a segmentation model (head='segment')"),
+    (SEGMENTER + ["model.args.time_embedding=sinusoidal"], "it is conditioned through time_embedding"),
+    (SEGMENTER + ["segmentation.class_weights=[1, 2, 3]"], "segmentation.class_weights has 3 entries for 2 classes"),
+    (SEGMENTER + ["segmentation.weight_map=true", "segmentation.object_class=2"], "segmentation.object_class=2 is not a class (0..1)"),
+    (SEGMENTER + ["segmentation.class_names=[cells]"], "segmentation.class_names has 1 names for 2 classes"),
+    (SEGMENTER + ["model.args.dims=3"], "a 3D model trains on volumes: set data.source to 'volumes'"),
+    (SEGMENTER + ["data.source=volumes"], "data.source 'volumes' trains a 3D model (model.args.dims: 3)"),
+    # data sources
+    (["data.source=datasets"], "data.source is 'datasets' but data.path is empty"),
+    (SEGMENTER + ["data.source=datasets", "data.path=parquet", "data.data_files=/nonexistent/train.parquet"],
+     "a segmentation run on a datasets source needs data.mask_column"),
+    (["data.source=pairs", "data.image_dir=/nonexistent/images"], "data.source is 'pairs': set data.image_dir and data.mask_dir"),
+    (["model.args.dims=1", "data.source=arrays"], "data.source is 'arrays': set data.data_files to one .npy or .npz file"),
+    (VOLUMES_3D + ["data.split_depth_at=[0, 8]"], "data.split_depth_at [0, 8] must name slice indices of at least 1"),
+    (VOLUMES_3D + ["data.augment.rotation=10"], "data.augment.rotation turns 2D images; volumes take flips"),
+    # what the best evaluation is kept by
+    (MISSING_PAIRS + ["train.best_metric=val_loss"], "train.best_metric=val_loss needs validation data to evaluate on"),
+    (MISSING_PAIRS + ["train.best_metric=fid", "data.val_size=0.1"], "train.best_metric=fid is not reported by this run's evaluation"),
+    (SEGMENTER + ["train.best_metric=dice_cells", "data.val_size=0.1"], "choose one of dice, iou, pixel_error, dice_class0"),
+])
+def test_a_conflict_between_fields_is_refused_as_the_config_is_read(overrides, message, monkeypatch):
+    import train.data
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("the config was checked by reading data or building a network")
+
+    monkeypatch.setattr(train.data, "open_source", untouched)
+    monkeypatch.setattr(torch.nn.Module, "__init__", untouched)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+    with pytest.raises(ConfigError) as err:  # the same rule when the config is built from a dict
+        config_from_dict(apply_overrides({}, overrides))
+    assert message in str(err.value)
+
+
+def test_a_conflict_set_after_reading_is_refused_before_training(tmp_path):
+    from train.loop import train
+
+    config = load_config(None, [f"train.output_dir={tmp_path / 'run'}", *MISSING_PAIRS])
+    config.diffusion.zero_terminal_snr = True
+    with pytest.raises(ConfigError, match="diffusion.zero_terminal_snr needs diffusion.prediction"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_best_metric_of_named_classes_is_accepted():
+    config = load_config(None, SEGMENTER + ["segmentation.class_names=[background, cells]", "train.best_metric=dice_cells",
+                                            "data.val_size=0.1"])
+    assert config.train.best_metric == "dice_cells"
+
+
+def test_the_train_command_reports_a_conflict_before_reading_data(tmp_path, capsys):
+    from unet_diffusion.cli import main
+
+    run = tmp_path / "run"
+    code = main(["train", "--config", "quickstart", *MISSING_PAIRS, "diffusion.cache_latents=true", f"train.output_dir={run}"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "diffusion.cache_latents caches a VAE's latents" in err and "is not a folder" not in err
+    assert not run.exists()

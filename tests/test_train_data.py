@@ -153,7 +153,7 @@ def _pairs(tmp_path, count=3):
     for i in range(count):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / "image" / f"{i:02d}.png")
         Image.fromarray((np.arange(64).reshape(8, 8) % 2 * 255).astype(np.uint8)).save(tmp_path / "label" / f"{i:02d}.png")
-    return load_config(None, ["task=segmentation", "data.source=pairs", f"data.image_dir={tmp_path / 'image'}",
+    return load_config(None, ["task=segmentation", "model.preset=seg-small", "data.source=pairs", f"data.image_dir={tmp_path / 'image'}",
                               f"data.mask_dir={tmp_path / 'label'}", "data.mask_values=[0, 255]", "data.channels=1"]).data
 
 

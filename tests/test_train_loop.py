@@ -484,3 +484,21 @@ def test_best_metric_must_be_one_the_evaluation_reports(tmp_path):
         train(tiny(tmp_path, train={"best_metric": "fid"}, data={"val_size": 8}))
     with pytest.raises(ValueError, match="needs validation data"):
         train(tiny(tmp_path, name="other", train={"best_metric": "val_loss"}))
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_the_learning_rate_follows_warmup_then_cosine_once_per_optimizer_step(tmp_path, grad_accum):
+    import math
+
+    result = train(tiny(tmp_path, train={"steps": 8, "grad_accum": grad_accum, "checkpoint_every": 0},
+                        optim={"lr": 1e-3, "lr_schedule": "cosine", "warmup_steps": 3}))
+    logged = {r["step"]: r["lr"] for r in read_log(result.run_dir) if "lr" in r}
+
+    def expected(step):  # the rate the next step uses, after `step` steps: linear warm-up, then a half cosine to 0
+        if step < 3:
+            return 1e-3 * step / 3
+        return 1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 3) / (8 - 3)))
+
+    assert sorted(logged) == list(range(1, 9))
+    for step, lr in logged.items():
+        assert lr == pytest.approx(expected(step), rel=1e-9, abs=1e-15), step

@@ -59,11 +59,35 @@ class TimeBudget:
         return min(self.max_steps, step + int(left / seconds_per_step)) if seconds_per_step > 0 else self.max_steps
 
 
-def lr_schedule(optim, optimizer: torch.optim.Optimizer, total_steps: int, step: int = 0):
-    """The config's learning-rate schedule (``optim``: an ``OptimConfig``) for a run of ``total_steps``, at ``step``.
+class LRPlan:
+    """The learning-rate factor of each step for a run of ``total_steps``: the config's diffusers schedule
+    (``optim``: an ``OptimConfig``, its ``lr_schedule`` and ``warmup_steps``).
 
-    Built again with a new ``total_steps`` mid-run, it continues from ``step`` on the new length: how a
-    run follows a ``TimeBudget``'s revised plan.
+    A ``TimeBudget`` revises the run's length as it goes (``set_total_steps``); the ``LambdaLR`` of ``lr_schedule``
+    reads the plan at each of its steps, so the schedule stretches or shrinks to end there from the next step on.
     """
-    return get_scheduler(optim.lr_schedule, optimizer, num_warmup_steps=optim.warmup_steps, num_training_steps=total_steps,
-                         last_epoch=step - 1)  # the scheduler's own first step lands it on ``step``
+
+    def __init__(self, optim, total_steps: int):
+        self.optim = optim
+        self.set_total_steps(total_steps)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        # diffusers builds each schedule bound to an optimizer; the factor curve is its lambda (every schedule
+        # get_scheduler names is a LambdaLR).
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        schedule = get_scheduler(self.optim.lr_schedule, probe, num_warmup_steps=self.optim.warmup_steps,
+                                 num_training_steps=total_steps)
+        self._factor = schedule.lr_lambdas[0]
+
+    def __call__(self, step: int) -> float:
+        return self._factor(step)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, plan: LRPlan) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's learning-rate schedule: the peak rate of ``optimizer`` times ``plan``'s factor at each step.
+
+    A plain function (not the plan itself) is the lambda, so the schedule's state in a checkpoint is only its counters;
+    the plan's length is saved by the loop (``planned_steps``).
+    """
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: plan(step))

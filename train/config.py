@@ -7,6 +7,7 @@ saved with every run (``config.yaml`` in the output folder), so a run can always
 
 from __future__ import annotations
 
+import inspect
 import os
 import typing
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,9 @@ import yaml
 from pipelines.samplers import SAMPLER_SCHEDULERS
 from unet_diffusion.annotations import build_dataclass
 from unet_diffusion.errors import InputError
+from unet_diffusion.presets import preset_config
+
+from .metrics import class_names, denoising_metric_names, segmentation_metric_names
 
 
 class ConfigError(InputError):
@@ -203,7 +207,8 @@ class Config:
         return asdict(self)
 
     def validate(self) -> Config:
-        """Check the ranges (types and choices are checked as the config is read); raise ConfigError saying what is allowed."""
+        """Check the ranges (types and choices are checked as the config is read), then every rule across fields
+        (``check_rules``); raise ConfigError saying what is allowed."""
         for key in POSITIVE:
             if not _at(self, key) > 0:
                 raise ConfigError(f"{key} must be positive; got {_at(self, key)!r}.")
@@ -219,23 +224,10 @@ class Config:
             raise ConfigError(f"data.channels must be 1 (grayscale) or 3 (RGB); got {self.data.channels}.")
         if not 0 <= self.diffusion.condition_dropout < 1:
             raise ConfigError(f"diffusion.condition_dropout must be in [0, 1); got {self.diffusion.condition_dropout}.")
-        self._check_sampling()
         if not isinstance(self.data.val_size, list) and self.data.val_size < 0:
             raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a count >= 1; got {self.data.val_size}.")
+        check_rules(self)
         return self
-
-
-    def _check_sampling(self) -> None:
-        """The sampling defaults a diffusion run stores with its pipeline."""
-        d = self.diffusion
-        if d.sampler not in SAMPLER_SCHEDULERS:
-            raise ConfigError(f"diffusion.sampler must be one of {', '.join(SAMPLER_SCHEDULERS)}; got {d.sampler!r}.")
-        if not 1 <= d.sample_steps <= d.num_train_timesteps:
-            raise ConfigError(f"diffusion.sample_steps must be from 1 to diffusion.num_train_timesteps ({d.num_train_timesteps}); "
-                              f"got {d.sample_steps}.")
-        if d.eta and (d.sampler != "ddim" or not 0 <= d.eta <= 1):
-            raise ConfigError(f"diffusion.eta is DDIM's, from 0 to 1: set diffusion.sampler: ddim, or eta: 0; got eta {d.eta} "
-                              f"with sampler {d.sampler}.")
 
     def sampling_defaults(self, conditional: bool) -> dict:
         """The ``DenoisePipeline`` sampling defaults of this run (``sampling=``), which its sample grids use too;
@@ -256,6 +248,155 @@ def _at(config: Config, key: str):
 POSITIVE = ("train.steps", "train.batch_size", "train.grad_accum", "train.keep_checkpoints", "train.eval_batch_size",
             "data.image_size", "data.crops_per_example", "diffusion.num_train_timesteps", "diffusion.logit_std", "optim.lr")
 NON_NEGATIVE = ("train.log_every", "train.eval_every", "train.checkpoint_every", "optim.warmup_steps")
+
+
+# ---------------------------------------------------------------------------- rules across fields
+def check_rules(config: Config) -> None:
+    """Every rule that ties fields of the config together, in one place; raise ConfigError naming the fields and the fix.
+
+    Run as the config is read (``Config.validate``), so a conflict is refused before any data is read or any network
+    built. The model's rules read the UNet configuration that ``model`` asks for (``model_fields``), not a network.
+    Left to later, and why: whether the network takes ``data.image_size`` is the network's own rule, asked when the
+    task builds it on the meta device (still before any data); a VAE's channels need its files (``diffusion.vae``),
+    checked when it is loaded; a label or mask class out of range, an image of the wrong size or a missing column
+    only the data can tell, checked where it is read.
+    """
+    _check_sampling(config.diffusion)
+    model = model_fields(config)
+    if config.task == "diffusion":
+        _check_denoising(config, model)
+    elif model is not None:
+        _check_segmentation(config, model)
+    _check_data(config)
+    _check_best_metric(config, model)
+
+
+def model_fields(config: Config) -> dict | None:
+    """The UNet configuration fields ``config.model`` asks for: UNet's defaults, then the preset's, then ``model.args``
+    (the fields the data fixes, ``sample_size`` and ``in_channels``, as given there). None when the model section itself
+    is wrong (an unknown preset, a field UNet lacks, a value of the wrong type): building the network says how."""
+    # Deferred: they load torch, so a mistake in a single field is reported before torch loads.
+    from unet_diffusion import UNet
+    from unet_diffusion.weights import check_config
+
+    args = config.model.args
+    try:
+        check_config(UNet, args, source="model.args")
+        given = preset_config(config.model.preset, **args) if config.model.preset else dict(args)
+    except InputError:
+        return None
+    defaults = {name: p.default for name, p in inspect.signature(UNet.__init__).parameters.items() if name != "self"}
+    return {**defaults, **given}
+
+
+def segmentation_classes(model) -> int:
+    """The classes K of a segmentation head (``model``: UNet configuration fields): out_channels, by default 2."""
+    return model["out_channels"] or 2
+
+
+def check_volume_augment(augment: AugmentConfig) -> None:
+    """Volumes take flips, rotate90, elastic deformation and brightness; not rotation by an angle (a 2D turn)."""
+    if augment.rotation:
+        raise ConfigError("data.augment.rotation turns 2D images; volumes take flips (hflip, vflip, dflip), rotate90, "
+                          "elastic_std and brightness. Set it to 0.")
+
+
+def _check_sampling(d: DiffusionConfig) -> None:
+    """The sampling defaults a diffusion run stores with its pipeline."""
+    if d.sampler not in SAMPLER_SCHEDULERS:
+        raise ConfigError(f"diffusion.sampler must be one of {', '.join(SAMPLER_SCHEDULERS)}; got {d.sampler!r}.")
+    if not 1 <= d.sample_steps <= d.num_train_timesteps:
+        raise ConfigError(f"diffusion.sample_steps must be from 1 to diffusion.num_train_timesteps ({d.num_train_timesteps}); "
+                          f"got {d.sample_steps}.")
+    if d.eta and (d.sampler != "ddim" or not 0 <= d.eta <= 1):
+        raise ConfigError(f"diffusion.eta is DDIM's, from 0 to 1: set diffusion.sampler: ddim, or eta: 0; got eta {d.eta} "
+                          f"with sampler {d.sampler}.")
+
+
+def _check_data(config: Config) -> None:
+    """What each data source needs from the data section."""
+    data = config.data
+    if data.source == "datasets" and not data.path:
+        raise ConfigError("data.source is 'datasets' but data.path is empty; give a hub name or a builder such as 'parquet'.")
+    if data.source == "datasets" and config.task == "segmentation" and not data.mask_column:
+        raise ConfigError("a segmentation run on a datasets source needs data.mask_column.")
+    if data.source in ("pairs", "volumes") and not (data.image_dir and data.mask_dir):
+        raise ConfigError(f"data.source is '{data.source}': set data.image_dir and data.mask_dir.")
+    if data.source == "arrays" and not isinstance(data.data_files, str):
+        raise ConfigError("data.source is 'arrays': set data.data_files to one .npy or .npz file.")
+    if data.source == "volumes":
+        if data.split_depth_at and min(data.split_depth_at) < 1:
+            raise ConfigError(f"data.split_depth_at {data.split_depth_at} must name slice indices of at least 1.")
+        check_volume_augment(data.augment)
+
+
+def _check_denoising(config: Config, model: dict | None) -> None:
+    """A diffusion run: the noise schedule and target, latents, and a denoising model of the data's dimensions."""
+    d = config.diffusion
+    if d.zero_terminal_snr and d.prediction == "epsilon":
+        raise ConfigError("diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample': at the last step the "
+                          "image is pure noise and cannot be recovered from an epsilon prediction.")
+    if d.cache_latents and not d.vae:
+        raise ConfigError("diffusion.cache_latents caches a VAE's latents: set diffusion.vae as well, or cache_latents: false.")
+    if model is None:
+        return
+    if model["head"] != "denoise":
+        raise ConfigError(f"the diffusion task needs a denoising model (head='denoise'); this one has head={model['head']!r}.")
+    if model["learned_variance"]:
+        raise ConfigError("learned_variance needs a variational-bound loss this trainer does not have; set model.args.learned_variance=false.")
+    if model["num_class_labels"] is not None and d.condition_dropout > 0 and not model["null_class_label"]:
+        raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
+    if model["padding"] == "valid":
+        raise ConfigError(f"data.image_size={config.data.image_size}: a denoiser must keep the image size; use "
+                          "model.args.padding='same' (valid padding shrinks it).")
+    dims = model["dims"]
+    if dims != 2 and (d.vae or d.eval_samples or config.data.source != "arrays"):
+        raise ConfigError(f"a {dims}D denoiser trains on arrays (data.source: arrays), without diffusion.vae or "
+                          "diffusion.eval_samples (both are for images).")
+    if dims == 2 and config.data.source == "arrays":
+        raise ConfigError("data.source 'arrays' holds signals or volumes: set model.args.dims to 1 or 3 (images come "
+                          "through datasets, pairs or synthetic).")
+
+
+def _check_segmentation(config: Config, model: dict) -> None:
+    """A segmentation run: a segmentation model that takes only the image, per-class settings for its classes."""
+    from pipelines.segmentation import conditioned_through  # loads torch, as model_fields did
+
+    if model["head"] != "segment":
+        raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
+                          "or use a preset such as seg-small or ronneberger2015.")
+    if conditioned_through(model):
+        raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
+                          f"{', '.join(conditioned_through(model))}: set them to null in model.args.")
+    s, classes = config.segmentation, segmentation_classes(model)
+    if s.class_weights is not None and len(s.class_weights) != classes:
+        raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {classes} classes.")
+    if s.weight_map and not 0 <= s.object_class < classes:
+        raise ConfigError(f"segmentation.object_class={s.object_class} is not a class (0..{classes - 1}).")
+    if s.class_names is not None and len(s.class_names) != classes:
+        raise ConfigError(f"segmentation.class_names has {len(s.class_names)} names for {classes} classes.")
+    volumes = config.data.source == "volumes"
+    if (model["dims"] == 3) != volumes:
+        raise ConfigError("data.source 'volumes' trains a 3D model (model.args.dims: 3)" if volumes else
+                          f"a {model['dims']}D model trains on volumes: set data.source to 'volumes' (or model.args.dims to 2).")
+
+
+def _check_best_metric(config: Config, model: dict | None) -> None:
+    """``train.best_metric`` must be one that this run's evaluation reports, on validation data."""
+    metric = config.train.best_metric
+    if metric is None:
+        return
+    if config.data.val_size in (0, []):
+        raise ConfigError(f"train.best_metric={metric} needs validation data to evaluate on; set data.val_size.")
+    if config.task == "diffusion":
+        names = denoising_metric_names(config.diffusion.num_train_timesteps, config.diffusion.eval_samples)
+    elif model is not None:
+        names = segmentation_metric_names(class_names(config.segmentation.class_names, segmentation_classes(model)))
+    else:
+        return  # the model section is wrong: building the network says how
+    if metric not in names:
+        raise ConfigError(f"train.best_metric={metric} is not reported by this run's evaluation; choose one of "
+                          f"{', '.join(names)}.")
 
 
 # ---------------------------------------------------------------------------- dict -> Config

@@ -28,9 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipelines.images import image_files, load_array
 from unet_diffusion.errors import InputError
-from unet_diffusion.presets import preset_config
 
-from .config import Config, DataConfig, expand_path
+from .config import Config, DataConfig, expand_path, model_fields
 
 
 class BadImageError(InputError):
@@ -140,8 +139,6 @@ class DatasetsSource:
     def __init__(self, data: DataConfig):
         import datasets
 
-        if not data.path:
-            raise InputError("data.source is 'datasets' but data.path is empty; give a hub name or a builder such as 'parquet'.")
         files = data.data_files
         if isinstance(files, str):
             files = expand_path(files)
@@ -220,8 +217,6 @@ class ImageMaskPairs:
     """Folders of images and masks, paired by file stem (``image/07.png`` with ``label/07.png``)."""
 
     def __init__(self, data: DataConfig):
-        if not data.image_dir or not data.mask_dir:
-            raise InputError("data.source is 'pairs': set data.image_dir and data.mask_dir.")
         image_dir, mask_dir = Path(expand_path(data.image_dir)), Path(expand_path(data.mask_dir))
         for key, folder in (("image_dir", image_dir), ("mask_dir", mask_dir)):
             if not folder.is_dir():
@@ -284,8 +279,6 @@ class Volumes:
     """
 
     def __init__(self, data: DataConfig):
-        if not data.image_dir or not data.mask_dir:
-            raise InputError("data.source is 'volumes': set data.image_dir and data.mask_dir.")
         folders = [Path(expand_path(data.image_dir)), Path(expand_path(data.mask_dir))]
         for key, folder in zip(("image_dir", "mask_dir"), folders):
             if not folder.is_dir():
@@ -299,8 +292,6 @@ class Volumes:
         else:
             self.volumes = [tuple(folders)]  # one volume of slices
         cuts = sorted(set(data.split_depth_at or []))
-        if cuts and min(cuts) < 1:
-            raise InputError(f"data.split_depth_at {data.split_depth_at} must name slice indices of at least 1.")
         bounds = [0, *cuts, None]
         self.parts = [(v, start, stop) for v in range(len(self.volumes)) for start, stop in zip(bounds, bounds[1:])]
         self.data = data
@@ -346,8 +337,6 @@ class Arrays:
     """
 
     def __init__(self, data: DataConfig, dims: int):
-        if not isinstance(data.data_files, str):
-            raise InputError("data.source is 'arrays': set data.data_files to one .npy or .npz file.")
         path = Path(expand_path(data.data_files))
         if not path.is_file():
             raise FileNotFoundError(f"data.data_files {path} is not a file (set UNET_DATA_DIR if the config uses it).")
@@ -390,12 +379,6 @@ class Arrays:
         return RawExample(self.examples[index], label=label)
 
 
-def model_dims(config: Config) -> int:
-    """The spatial dimensions of the configured model: ``model.args.dims``, else its preset's, else 2."""
-    fields = preset_config(config.model.preset, **config.model.args) if config.model.preset else config.model.args
-    return int(fields.get("dims", 2))
-
-
 def open_source(config: Config):
     """The raw-example source named by ``config.data``."""
     data = config.data
@@ -403,13 +386,11 @@ def open_source(config: Config):
         size = data.image_size
         return SyntheticShapes(size, data.synthetic_size, data.channels, masks=config.task == "segmentation", seed=config.train.seed)
     if data.source == "datasets":
-        if config.task == "segmentation" and not data.mask_column:
-            raise InputError("a segmentation run on a datasets source needs data.mask_column.")
         return DatasetsSource(data)
     if data.source == "volumes":
         return Volumes(data)
     if data.source == "arrays":
-        return Arrays(data, dims=model_dims(config))
+        return Arrays(data, dims=model_fields(config)["dims"])
     return ImageMaskPairs(data)
 
 

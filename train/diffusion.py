@@ -33,6 +33,7 @@ from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
 from .data import Examples
 from .latent_cache import CachedExample, LatentCache, check_cache_folder, draw_flip, latent_cache
 from .losses import min_snr_weights
+from .metrics import TIMESTEP_BUCKETS, timestep_range_names
 from .transforms import diffusion_transform
 
 
@@ -50,6 +51,16 @@ def build_unet(config: Config, **fixed) -> UNet:
         raise ConfigError(f"model (preset {config.model.preset!r}): {err}") from None
 
 
+def check_keeps_size(model: UNet, size: int) -> None:
+    """The network takes ``size`` (the data's side, the latents' with a VAE) and gives it back, as a denoiser must."""
+    try:
+        kept = model.output_size(size) == size
+    except InputError as err:
+        raise ConfigError(f"data.image_size={size}: {err}") from None
+    if not kept:
+        raise ConfigError(f"data.image_size={size}: a denoiser must keep the image size; use model.args.padding='same'.")
+
+
 def noise_scheduler(config: Config) -> DDPMScheduler:
     """diffusers' DDPMScheduler for ``config.diffusion``."""
     d = config.diffusion
@@ -61,31 +72,21 @@ def noise_scheduler(config: Config) -> DDPMScheduler:
     )
 
 
-TIMESTEP_BUCKETS = 4  # the validation loss is also reported in this many equal ranges of timesteps
-
-
 class DiffusionTask:
     """Train a denoiser: the data, loss, sample grids and the saved pipeline."""
 
     def __init__(self, config: Config):
-        self.config = config
+        self.config = config  # its rules across fields were checked as it was read (train.config.check_rules)
         d = config.diffusion
-        if d.zero_terminal_snr and d.prediction == "epsilon":
-            raise ConfigError("diffusion.zero_terminal_snr needs diffusion.prediction 'v' or 'sample': at the last step the "
-                              "image is pure noise and cannot be recovered from an epsilon prediction.")
         self.scheduler = noise_scheduler(config)
         self.vae = load_vae(d.vae) if d.vae else None  # latent diffusion: the denoiser works on the VAE's latents
-        check_latent_options(config, self.vae)
+        if self.vae is not None and self.vae.config.in_channels != config.data.channels:
+            raise ConfigError(f"the VAE encodes {self.vae.config.in_channels}-channel images but data.channels={config.data.channels}.")
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
-        with torch.device("meta"):  # checks the model config before any data is read, without allocating weights
-            self.unet_config = build_unet(config, **self._fixed_fields()).config
-        dims = self.unet_config.dims
-        if dims != 2 and (d.vae or d.eval_samples or config.data.source != "arrays"):
-            raise ConfigError(f"a {dims}D denoiser trains on arrays (data.source: arrays), without diffusion.vae or "
-                              "diffusion.eval_samples (both are for images).")
-        if dims == 2 and config.data.source == "arrays":
-            raise ConfigError("data.source 'arrays' holds signals or volumes: set model.args.dims to 1 or 3 (images come "
-                              "through datasets, pairs or synthetic).")
+        with torch.device("meta"):  # the network's own checks before any data is read, without allocating weights
+            probe = build_unet(config, **self._fixed_fields())
+        check_keeps_size(probe, self._fixed_fields()["sample_size"])
+        self.unet_config = probe.config
         self.trainer, self._train_buckets = None, None
         self.extractor = self.reference = None  # in-training FID/KID: the feature extractor and the validation features
 
@@ -102,22 +103,7 @@ class DiffusionTask:
 
     # ------------------------------------------------------------------------ model and data
     def build_model(self) -> UNet:
-        model = build_unet(self.config, **self._fixed_fields())
-        c = model.config
-        if c.head != "denoise":
-            raise ConfigError("the diffusion task needs a denoising model (head='denoise'); this one has head='segment'.")
-        if c.learned_variance:
-            raise ConfigError("learned_variance needs a variational-bound loss this trainer does not have; set model.args.learned_variance=false.")
-        if c.num_class_labels is not None and self.config.diffusion.condition_dropout > 0 and not c.null_class_label:
-            raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
-        size = self._fixed_fields()["sample_size"]
-        try:
-            kept = model.output_size(size) == size
-        except InputError as err:
-            raise ConfigError(f"data.image_size={size}: {err}") from None
-        if not kept:
-            raise ConfigError(f"data.image_size={size}: a denoiser must keep the image size; use model.args.padding='same'.")
-        return model
+        return build_unet(self.config, **self._fixed_fields())
 
     def check_examples(self, examples) -> None:
         """Read one example to check that the data carries what the model needs."""
@@ -230,7 +216,11 @@ class DiffusionTask:
         """What the denoiser learns to draw: the data, or with a VAE its latents (cached, or encoded now)."""
         if "latents" in batch:
             return batch["latents"]
-        return batch["x0"] if self.vae is None else encode(self.vae, batch["x0"])
+        if self.vae is None:
+            return batch["x0"]
+        # Outside the prepared model, whose forward alone Accelerate runs under train.mixed_precision's autocast.
+        with self.trainer.accelerator.autocast():
+            return encode(self.vae, batch["x0"])
 
     # ------------------------------------------------------------------------ evaluation and pictures
     def evaluate(self) -> dict:
@@ -262,12 +252,7 @@ class DiffusionTask:
         return metrics
 
     def _bucket_names(self, prefix: str) -> list[str]:
-        steps, buckets = self.config.diffusion.num_train_timesteps, TIMESTEP_BUCKETS
-        return [f"{prefix}_t{k * steps // buckets}-{(k + 1) * steps // buckets - 1}" for k in range(buckets)]
-
-    def metric_names(self) -> list[str]:
-        """What ``evaluate`` reports."""
-        return ["val_loss", *self._bucket_names("val_loss"), *(["fid", "kid"] if self.config.diffusion.eval_samples else [])]
+        return timestep_range_names(prefix, self.config.diffusion.num_train_timesteps)
 
     def sample_distances(self) -> dict:
         """FID and KID of ``diffusion.eval_samples`` EMA samples against the validation images (the same on every
@@ -373,14 +358,6 @@ def load_vae(source: str):
     if not hasattr(vae, "encode") or not hasattr(vae.config, "latent_channels"):
         raise ConfigError(f"diffusion.vae={source} is a {type(vae).__name__}, not an autoencoder with latents.")
     return vae.eval().requires_grad_(False)
-
-
-def check_latent_options(config: Config, vae) -> None:
-    """``diffusion.cache_latents`` needs a VAE, and the VAE must take the data's channels."""
-    if config.diffusion.cache_latents and vae is None:
-        raise ConfigError("diffusion.cache_latents caches a VAE's latents: set diffusion.vae as well, or cache_latents: false.")
-    if vae is not None and vae.config.in_channels != config.data.channels:
-        raise ConfigError(f"the VAE encodes {vae.config.in_channels}-channel images but data.channels={config.data.channels}.")
 
 
 def save_samples(samples: torch.Tensor, path: Path) -> None:

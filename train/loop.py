@@ -1,13 +1,15 @@
 """The training loop shared by every task, on Accelerate.
 
 One ``Trainer`` runs the same on a CPU, one GPU, or many processes under ``accelerate launch``.
-Accelerate does the device placement, mixed precision, gradient accumulation (``accumulate``),
-clipping, seeding, the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``),
-the checkpoints (``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing
-and progress bar of the main process. Written here: the NaN guard, signals, the time budget, and an
-EMA of the weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and
-the micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N
-processes see the batches of one.
+Accelerate does the device placement, mixed precision (the prepared model's forward autocasts), the
+gradient all-reduce (skipped with ``no_sync`` on a step's earlier micro-batches), clipping, seeding,
+the logs (``accelerator.log`` to its trackers, ``log.jsonl`` always: ``tracking``), the checkpoints
+(``save_state`` / ``load_state``, written atomically: ``checkpoint``), and the printing and progress
+bar of the main process. Written here: the NaN guard, signals, the time budget (the learning-rate
+schedule is one ``LambdaLR`` reading the run's planned length, ``budget.LRPlan``), and an EMA of the
+weights (diffusers ``EMAModel``). The data order is ``data``'s: a function of the seed and the
+micro-batch index, so a resume starts at its micro-batch without replaying a loader, and N processes
+see the batches of one.
 
 A task (``DiffusionTask``, ``SegmentationTask``) supplies the model, the per-example preparation,
 the loss, evaluation, pictures and the final artifacts.
@@ -28,13 +30,13 @@ from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed, tqdm
+from accelerate.utils import ProjectConfiguration, send_to_device, set_seed, tqdm
 from diffusers.training_utils import EMAModel
 
 from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
-from .budget import TimeBudget, lr_schedule
+from .budget import LRPlan, TimeBudget, lr_schedule
 from .checkpoint import (
     Checkpoints,
     latest_checkpoint,
@@ -45,7 +47,7 @@ from .checkpoint import (
     replace_best,
     resolve_resume,
 )
-from .config import Config, ConfigError, save_config
+from .config import Config, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
 from .lock import RunLock, describe
 from .plots import PLOT_FILE, plot_run
@@ -92,6 +94,7 @@ def build_task(config: Config):
 
 def train(config: Config, resume: str | None = None, task=None, log=None) -> RunResult:
     """Train as ``config`` says; ``resume`` is ``"latest"``, a checkpoint folder, or None."""
+    config.validate()  # again, for a config built or changed in code after it was read
     return Trainer(config, task or build_task(config), log=log).run(resume)
 
 
@@ -104,8 +107,8 @@ class Trainer:
         self.run_dir = Path(c.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
-            # Our loader is endless and not Accelerate's, so only the micro-batch count decides when to sync.
-            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=c.grad_accum, sync_with_dataloader=False),
+            # No GradientAccumulationPlugin: the loop counts a step's micro-batches itself (``_loop``), since Accelerate's
+            # counter comes back from a checkpoint and would be out of phase in a resume with another train.grad_accum.
             step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
             log_with=trackers(self.run_dir, c.log_with),
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),
@@ -131,8 +134,8 @@ class Trainer:
             self.ema = EMAModel(model.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
                                 power=e.power, update_after_step=e.update_after_step, foreach=True)
         optimizer = self._optimizer(model)
-        self.step, self.total_steps = 0, config.train.steps
-        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(config.optim, optimizer, self.total_steps))
+        self.step, self.lr_plan = 0, LRPlan(config.optim, config.train.steps)  # the budget may change its length
+        self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(optimizer, self.lr_plan))
         if self.ema is not None:
             self.ema.to(acc.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -164,37 +167,21 @@ class Trainer:
         self.train_examples = Examples(source, train_idx, self.task.prepare, config.train.seed, config.data.crops_per_example)
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)
-        self._check_best_metric()
 
-    def _check_best_metric(self) -> None:
-        """``train.best_metric`` must be one this run's evaluation reports."""
-        metric = self.config.train.best_metric
-        if metric is None:
-            return
-        if self.val_examples is None:
-            raise ConfigError(f"train.best_metric={metric} needs validation data to evaluate on; set data.val_size.")
-        names = self.task.metric_names()
-        if metric not in names:
-            raise ConfigError(f"train.best_metric={metric} is not reported by this run's evaluation; choose one of "
-                              f"{', '.join(names)}.")
-
-    def _replan(self, total_steps: int) -> None:
-        """Make the run ``total_steps`` long: the same schedule, stretched or shrunk to end there."""
-        self.total_steps = total_steps
-        self.lr_schedule.scheduler = lr_schedule(self.config.optim, self.lr_schedule.scheduler.optimizer, total_steps, self.step)
+    @property
+    def total_steps(self) -> int:
+        """The run's length: train.steps, or what fits train.budget_minutes (``_clock``)."""
+        return self.lr_plan.total_steps
 
     def _resume(self, checkpoint: Path) -> float:
         """Restore ``checkpoint``; returns the seconds its run had trained (for ``train.budget_minutes``)."""
         self._check_compatible(checkpoint)
         state = self.checkpoints.load(checkpoint)
-        # Accelerate syncs gradients when its restored micro-batch counter reaches a multiple of train.grad_accum;
-        # a checkpoint is always taken at a step boundary, so restart it at 0 (in phase if train.grad_accum changed).
-        self.accelerator.step = 0
         self.step, self.nan_skips = int(state["step"]), int(state.get("nan_skips", 0))
         # Counted in micro-batches, so a resume with another train.grad_accum still continues the data order.
         self.micro_batches = int(state.get("micro_batches", self.step * self.config.train.grad_accum))
         if self.config.train.budget_minutes is not None and state.get("planned_steps"):
-            self._replan(min(int(state["planned_steps"]), self.config.train.steps))  # the plan it was following
+            self.lr_plan.set_total_steps(min(int(state["planned_steps"]), self.config.train.steps))  # the plan it followed
         self.log(f"resumed from {checkpoint} at step {self.step}")
         return float(state.get("trained_seconds", 0.0))
 
@@ -299,14 +286,14 @@ class Trainer:
         self.last_log = (self.step, 0.0)  # (step, loop seconds) of the last logged step: the throughput's start
         self.model.train()
         while self.step < self.total_steps:
-            with acc.accumulate(self.model):  # no gradient all-reduce until the last micro-batch of the step
-                batch = send_to_device(next(batches), acc.device)
-                with acc.autocast():
-                    loss = self.task.loss(self.model, batch)
-                acc.backward(loss)  # divided by train.grad_accum
+            batch = send_to_device(next(batches), acc.device)
+            last = len(losses) + 1 == c.grad_accum  # the step's last micro-batch: its backward all-reduces the gradients
+            with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                loss = self.task.loss(self.model, batch)  # the prepared model's forward autocasts (train.mixed_precision)
+                acc.backward(loss / c.grad_accum)
             self.micro_batches += 1
             losses.append(loss.detach().float())
-            if not acc.sync_gradients:
+            if not last:
                 continue
             outcome = self._optimizer_step(torch.stack(losses).mean())
             losses = []
@@ -331,7 +318,7 @@ class Trainer:
         ])
         nonfinite, stop, loss_sum, out_of_time, planned = (acc.reduce(flags, "sum") if acc.num_processes > 1 else flags).tolist()
         if planned and int(planned) != self.total_steps:
-            self._replan(int(planned))
+            self.lr_plan.set_total_steps(int(planned))  # the schedule follows from its next step
         grad_norm = acc.clip_grad_norm_(self.params, self.config.optim.grad_clip or math.inf)
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if nonfinite > 0 or (c.mixed_precision != "fp16" and not math.isfinite(grad_norm)):
@@ -422,6 +409,7 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         self.model.eval()
+        # autocast for what runs beside the prepared model: the VAE and the FID features of a denoiser's samples.
         with torch.no_grad(), self.accelerator.autocast():
             metrics = self.task.evaluate()
         self.model.train()

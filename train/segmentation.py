@@ -19,16 +19,16 @@ from torchvision.utils import save_image
 
 from pipelines import SegmentationPipeline
 from pipelines.images import tint
-from pipelines.segmentation import conditioned_through
 from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
 from .checkpoint import ema_weights
-from .config import Config, ConfigError
+from .config import Config, ConfigError, segmentation_classes
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
+from .metrics import class_names, segmentation_metric_names
 from .transforms import JointTransform, VolumeTransform
 
 
@@ -63,20 +63,15 @@ def class_stats(logits: torch.Tensor, target: torch.Tensor, num_classes: int) ->
 
 
 def metrics_from_stats(stats: torch.Tensor, names: list[str]) -> dict:
-    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums."""
+    """Dice, IoU (per class and their means over classes present) and pixel error from ``class_stats`` sums, under
+    the names of ``segmentation_metric_names``."""
     inter, pred, true = stats[:, 0], stats[:, 1], stats[:, 2]
     present = (pred + true) > 0
     dice = torch.where(present, 2 * inter / (pred + true).clamp_min(1), torch.ones_like(inter))
     iou = torch.where(present, inter / (pred + true - inter).clamp_min(1), torch.ones_like(inter))
-    out = {
-        "dice": dice[present].mean().item(),
-        "iou": iou[present].mean().item(),
-        "pixel_error": 1 - (inter.sum() / true.sum().clamp_min(1)).item(),
-    }
-    for k, name in enumerate(names):
-        out[f"dice_{name}"] = dice[k].item()
-        out[f"iou_{name}"] = iou[k].item()
-    return out
+    values = [dice[present].mean().item(), iou[present].mean().item(), 1 - (inter.sum() / true.sum().clamp_min(1)).item()]
+    values += [value for k in range(len(names)) for value in (dice[k].item(), iou[k].item())]
+    return dict(zip(segmentation_metric_names(names), values, strict=True))
 
 
 def overlay(image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -89,29 +84,13 @@ class SegmentationTask:
     """Train a segmenter: crops, losses, validation metrics, overlays and the saved weights."""
 
     def __init__(self, config: Config):
-        self.config = config
-        with torch.device("meta"):  # the config and the sizes, without allocating weights
+        self.config = config  # its rules across fields were checked as it was read (train.config.check_rules)
+        with torch.device("meta"):  # the network's own checks and the sizes, without allocating weights
             probe = build_unet(config, in_channels=config.data.channels)
-        c = probe.config
-        if c.head != "segment":
-            raise ConfigError("the segmentation task needs a segmentation model (head='segment'); set model.args.head=segment "
-                              "or use a preset such as seg-small or ronneberger2015.")
-        if conditioned_through(c):
-            raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
-                              f"{', '.join(conditioned_through(c))}: set them to null in model.args.")
-        self.num_classes = c.out_channels
         s = config.segmentation
-        if s.class_weights is not None and len(s.class_weights) != self.num_classes:
-            raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {self.num_classes} classes.")
-        if s.weight_map and not 0 <= s.object_class < self.num_classes:
-            raise ConfigError(f"segmentation.object_class={s.object_class} is not a class (0..{self.num_classes - 1}).")
-        self.names = list(s.class_names or [f"class{k}" for k in range(self.num_classes)])
-        if len(self.names) != self.num_classes:
-            raise ConfigError(f"segmentation.class_names has {len(self.names)} names for {self.num_classes} classes.")
+        self.num_classes = segmentation_classes(probe.config)
+        self.names = class_names(s.class_names, self.num_classes)
         self.volumes = config.data.source == "volumes"
-        if (c.dims == 3) != self.volumes:
-            raise ConfigError("data.source 'volumes' trains a 3D model (model.args.dims: 3)" if self.volumes else
-                              f"a {c.dims}D model trains on volumes: set data.source to 'volumes' (or model.args.dims to 2).")
         d = config.data
         side = d.image_size
         self.out_size = (d.crop_depth or side, side, side) if self.volumes else side
@@ -208,10 +187,6 @@ class SegmentationTask:
     def log_scalars(self) -> dict:
         """Scalars logged beside the loss: none for segmentation."""
         return {}
-
-    def metric_names(self) -> list[str]:
-        """What ``evaluate`` reports."""
-        return list(metrics_from_stats(torch.zeros(self.num_classes, 3), self.names))
 
     def save_pipeline(self, folder: Path) -> None:
         """The ``SegmentationPipeline`` folder of the current weights (EMA when kept)."""

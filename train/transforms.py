@@ -16,7 +16,7 @@ from torchvision.transforms import v2
 from pipelines.tiling import mirror_pad
 from unet_diffusion.errors import InputError
 
-from .config import AugmentConfig
+from .config import AugmentConfig, check_volume_augment
 
 
 def diffusion_transform(image_size: int, augment: AugmentConfig) -> v2.Compose:
@@ -141,18 +141,12 @@ class VolumeTransform:
         for out, inp in zip(out_size, in_size):
             if inp < out or (inp - out) % 2:
                 raise InputError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
-        self.check(augment)
+        check_volume_augment(augment)
         self.out_size, self.in_size = tuple(out_size), tuple(in_size)
         self.margins = tuple((i - o) // 2 for i, o in zip(in_size, out_size))
         self.flip_axes = [axis for axis, on in ((-3, augment.dflip), (-2, augment.vflip), (-1, augment.hflip)) if on]
         self.rotate90, self.brightness = augment.rotate90, augment.brightness
         self.elastic_std, self.elastic_grid = augment.elastic_std, augment.elastic_grid
-
-    @staticmethod
-    def check(augment: AugmentConfig) -> None:
-        if augment.rotation:
-            raise InputError("data.augment.rotation turns 2D images; volumes take flips (hflip, vflip, dflip), rotate90, "
-                             "elastic_std and brightness. Set it to 0.")
 
     def _warp(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor):
         """The same random elastic deformation of the volume (trilinear), its labels and weights (nearest); weights
