@@ -23,8 +23,9 @@ from time import perf_counter  # the loop's clock (patched by tests)
 import torch
 from diffusers import UNet2DModel
 
-from train.budget import TimeBudget, lr_schedule
+from train.budget import LRPlan, TimeBudget, lr_schedule
 from train.diffusion import DiffusionTask, build_unet
+from unet_diffusion.inputs import class_table_size
 
 
 def missing_package(method: str) -> str | None:
@@ -49,9 +50,9 @@ class GuidedUNet2DModel(UNet2DModel):
 
     @classmethod
     def for_labels(cls, num_class_labels: int, **fields) -> "GuidedUNet2DModel":
-        model = cls(num_class_embeds=num_class_labels + 1, **fields)
-        model.register_to_config(num_class_labels=num_class_labels, null_class_label=True, context_dim=None,
-                                 learned_variance=False, head="denoise")
+        labels = {"num_class_labels": num_class_labels, "null_class_label": True}
+        model = cls(num_class_embeds=class_table_size(labels), **fields)
+        model.register_to_config(**labels, context_dim=None, learned_variance=False, head="denoise")
         return model
 
     def forward(self, sample, timestep, class_labels=None, encoder_hidden_states=None, return_dict: bool = True):
@@ -196,7 +197,8 @@ class LucidrainsRun:
         cls = torch.optim.Adam if o.optimizer == "adam" else torch.optim.AdamW
         optimizer = cls(diffusion.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.planned_steps = c.train.steps
-        schedule = lr_schedule(o, optimizer, self.planned_steps)
+        plan = LRPlan(o, self.planned_steps)
+        schedule = lr_schedule(optimizer, plan)
         budget = TimeBudget(minutes, c.train.steps) if minutes is not None else None
         ema = EMA(diffusion, beta=e.decay, update_after_step=e.update_after_step, update_every=1, inv_gamma=e.inv_gamma,
                   power=e.power) if e.enabled else None
@@ -222,7 +224,8 @@ class LucidrainsRun:
                 break
             planned = budget.plan(step, clock[-1]) if budget is not None else None
             if planned is not None and planned != self.planned_steps:
-                self.planned_steps, schedule = planned, lr_schedule(o, optimizer, planned, step)
+                self.planned_steps = planned
+                plan.set_total_steps(planned)
         self.snapshots.append(("end", clock[-1] / 60, step, self._ema_copy(ema, diffusion)))
         return clock
 

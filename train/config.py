@@ -276,17 +276,21 @@ def model_fields(config: Config) -> dict | None:
     (the fields the data fixes, ``sample_size`` and ``in_channels``, as given there). None when the model section itself
     is wrong (an unknown preset, a field UNet lacks, a value of the wrong type): building the network says how."""
     # Deferred: they load torch, so a mistake in a single field is reported before torch loads.
+    from diffusers.configuration_utils import FrozenDict
+
     from unet_diffusion import UNet
-    from unet_diffusion.weights import check_config
+    from unet_diffusion.unet import check_config
+    from unet_diffusion.weights import check_fields
 
     args = config.model.args
+    defaults = {name: p.default for name, p in inspect.signature(UNet.__init__).parameters.items() if name != "self"}
     try:
-        check_config(UNet, args, source="model.args")
-        given = preset_config(config.model.preset, **args) if config.model.preset else dict(args)
+        check_fields(UNet, args, source="model.args")
+        fields = {**defaults, **(preset_config(config.model.preset, **args) if config.model.preset else args)}
+        check_config(FrozenDict(fields), UNet.__init__)  # the network's own check, without building it
     except InputError:
         return None
-    defaults = {name: p.default for name, p in inspect.signature(UNet.__init__).parameters.items() if name != "self"}
-    return {**defaults, **given}
+    return fields
 
 
 def segmentation_classes(model) -> int:

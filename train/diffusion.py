@@ -10,6 +10,7 @@ guidance.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ from pipelines.latents import encode, vae_scale
 from unet_diffusion import UNet, save_weights
 from unet_diffusion.errors import InputError
 from unet_diffusion.hub import resolve
-from unet_diffusion.inputs import check_conditioning
+from unet_diffusion.inputs import check_conditioning, check_keeps_size, null_label
 from unet_diffusion.outputs import umask_modes
-from unet_diffusion.weights import check_config
+from unet_diffusion.weights import build_from_config
 
 from .checkpoint import ema_weights
 from .config import NOISE_SCHEDULES, PREDICTIONS, Config, ConfigError
@@ -42,23 +43,11 @@ def build_unet(config: Config, **fixed) -> UNet:
     args = dict(config.model.args)
     for key, value in fixed.items():
         args.setdefault(key, value)
-    check_config(UNet, args, source="model.args")
+    build = partial(UNet.from_preset, config.model.preset) if config.model.preset else UNet
     try:
-        if config.model.preset:
-            return UNet.from_preset(config.model.preset, **args)
-        return UNet(**args)
+        return build_from_config(UNet, args, source="model.args", build=build)
     except InputError as err:
         raise ConfigError(f"model (preset {config.model.preset!r}): {err}") from None
-
-
-def check_keeps_size(model: UNet, size: int) -> None:
-    """The network takes ``size`` (the data's side, the latents' with a VAE) and gives it back, as a denoiser must."""
-    try:
-        kept = model.output_size(size) == size
-    except InputError as err:
-        raise ConfigError(f"data.image_size={size}: {err}") from None
-    if not kept:
-        raise ConfigError(f"data.image_size={size}: a denoiser must keep the image size; use model.args.padding='same'.")
 
 
 def noise_scheduler(config: Config) -> DDPMScheduler:
@@ -85,7 +74,11 @@ class DiffusionTask:
         self.transform = diffusion_transform(config.data.image_size, config.data.augment)
         with torch.device("meta"):  # the network's own checks before any data is read, without allocating weights
             probe = build_unet(config, **self._fixed_fields())
-        check_keeps_size(probe, self._fixed_fields()["sample_size"])
+        size = self._fixed_fields()["sample_size"]  # the data's side (the latents' with a VAE)
+        try:
+            check_keeps_size(probe, size)
+        except InputError as err:
+            raise ConfigError(f"data.image_size={size}: {err}") from None
         self.unet_config = probe.config
         self.trainer, self._train_buckets = None, None
         self.extractor = self.reference = None  # in-training FID/KID: the feature extractor and the validation features
@@ -130,7 +123,7 @@ class DiffusionTask:
         drop = bool(torch.rand(()) < d.condition_dropout)
         label, context = self._condition(raw, index)
         if label is not None:
-            example["label"] = torch.tensor(c.num_class_labels if drop else raw.label)
+            example["label"] = torch.tensor(null_label(c) if drop else raw.label)
         if context is not None:
             example["context"] = torch.zeros_like(context) if drop else context
         return example
@@ -166,7 +159,7 @@ class DiffusionTask:
             check_conditioning(c, label, None if context is None else context[None], 1)
         except InputError as err:
             raise type(err)(f"example {index}: {err} (the data gives them through data.label_column / data.context_column)") from None
-        if label is not None and raw.label == c.num_class_labels:
+        if label is not None and raw.label == null_label(c):
             raise InputError(f"example {index} has label {raw.label}, the null label kept for condition dropout; "
                              f"data labels lie in [0, {c.num_class_labels}).")
         return label, context

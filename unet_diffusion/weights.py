@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .annotations import check_arguments, closest
+from .annotations import closest
 from .errors import InputError
 from .hub import read_json
 from .outputs import umask_modes
@@ -62,13 +62,6 @@ def build_from_config(cls, config: dict, source: str, build: Callable | None = N
     except InputError as err:
         message = str(err).removeprefix(f"{cls.__name__}: ")
         raise type(err)(f"{source}: {message}") from None
-
-
-def check_config(cls, config: dict, source: str = "the configuration") -> None:
-    """``check_fields``, then the values' types: the older form of ``build_from_config``'s checks, for callers that
-    build the model themselves (``train.diffusion.build_unet``); construction checks the types again."""
-    check_fields(cls, config, source)
-    check_arguments(cls.__init__, {k: v for k, v in config.items() if not k.startswith("_")}, source)
 
 
 # ---------------------------------------------------------------------------- state-dict checks
