@@ -83,10 +83,21 @@ def functions(package: str):
                 yield path.relative_to(ROOT), node
 
 
-@pytest.mark.parametrize("package", [*PACKAGES, "bench"])
-def test_no_function_longer_than_80_lines(package):
-    long = [f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path, node in functions(package) if node.end_lineno - node.lineno + 1 > 80]
+def lines(node, docstring: bool = True) -> int:
+    """Lines of a function, with or without its docstring."""
+    count = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if not docstring and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        count -= first.end_lineno - first.lineno + 1
+    return count
+
+
+# (package, most lines with the docstring): 60 lines of code everywhere; the network's functions read in one screen
+# docstring included, a pipeline's __call__ may document each of its arguments beyond that.
+@pytest.mark.parametrize("package, with_docstring", [("unet_diffusion", 60), ("pipelines", 80), ("train", 80), ("bench", 80)])
+def test_functions_stay_short(package, with_docstring):
+    long = [f"{path}:{node.lineno} {node.name} ({lines(node)} lines, {lines(node, docstring=False)} without the docstring)"
+            for path, node in functions(package) if lines(node, docstring=False) > 60 or lines(node) > with_docstring]
     assert not long
 
 
@@ -145,12 +156,6 @@ def test_the_network_lives_in_at_most_four_files():
     used = {str(Path(f).resolve().relative_to(ROOT)) for f in files if Path(f).resolve().is_relative_to(package)}
     assert used - set(NOT_THE_NETWORK) <= set(NETWORK), sorted(used - set(NOT_THE_NETWORK) - set(NETWORK))
     assert len(NETWORK) <= 4 and all((ROOT / name).is_file() for name in NETWORK)
-
-
-def test_no_function_in_the_network_package_longer_than_60_lines():
-    long = [f"{path}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
-            for path, node in functions("unet_diffusion") if node.end_lineno - node.lineno + 1 > 60]
-    assert not long
 
 
 def test_network_code_sets_attributes_only_on_itself():
