@@ -45,7 +45,7 @@ def files(places: list[str]) -> list[str]:
 
 # ---------------------------------------------------------------------------- dims: unet_diffusion.inputs.model_dims
 def test_dims_default_is_read_only_by_model_dims():
-    assert matches(r"""\.get\(\s*["']dims["']""", *PACKAGES, "bench", home=("unet_diffusion/inputs.py",)) == []
+    assert matches(r"""\.get\(\s*["']dims["']""", *PACKAGES, home=("unet_diffusion/inputs.py",)) == []
 
 
 def test_no_private_dims_property():

@@ -62,6 +62,17 @@ def test_unknown_preset_names_the_known_ones():
         UNet.from_preset("nope")
 
 
+def test_a_side_that_cannot_be_halved_says_so():
+    model = UNet(**tiny_config())  # two levels: one halving
+    with pytest.raises(ValueError, match="a 7-pixel map cannot be halved.*nearest valid sizes: \\[4, 6, 8, 10\\]"):
+        model.output_size(7)
+
+
+def test_dense_skips_without_a_stem_are_refused():
+    with pytest.raises(ValueError, match="dense skips .* need conv_in=True"):
+        UNet(**tiny_config(block="classic", time_embedding=None, conv_in=False, skips="dense"))
+
+
 # ---------------------------------------------------------------------------- every option
 OPTIONS = {
     "default": {},

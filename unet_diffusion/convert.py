@@ -21,7 +21,7 @@ import re
 import torch
 
 from .blocks import attention_heads, embedding_width, head_channels
-from .blocks import per_level as _per_level
+from .blocks import per_level
 from .errors import InputError
 from .hub import DIFFUSERS_CLASSES
 from .inputs import class_table_size, model_dims
@@ -126,7 +126,7 @@ def _level_kinds(name: str, c: dict) -> list[str]:
     if c["norm_num_groups"] is None:
         problems.append("norm_num_groups=None (residual blocks need GroupNorm)")
     levels = len(c["block_out_channels"])
-    if conditional and any(_per_level("only_cross_attention", c["only_cross_attention"], levels)):
+    if conditional and any(per_level("only_cross_attention", c["only_cross_attention"], levels)):
         problems.append(f"only_cross_attention={c['only_cross_attention']!r} (supported: False)")
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     if len(down) != levels or len(up) != levels:
@@ -163,7 +163,7 @@ def config_from_diffusers(config: dict) -> dict:
         in_channels=c["in_channels"],
         out_channels=c["out_channels"],
         channels=tuple(channels),
-        blocks_per_level=_collapse(_per_level("layers_per_block", c["layers_per_block"], levels)),
+        blocks_per_level=_collapse(per_level("layers_per_block", c["layers_per_block"], levels)),
         dropout=c["dropout"],
         norm_groups=c["norm_num_groups"],
         norm_eps=c["norm_eps"],
@@ -241,9 +241,9 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
     middle block takes the last level's.
     """
     levels = len(channels)
-    per_level = _per_level("attention_head_dim", c["attention_head_dim"], levels)
-    contexts = _per_level("cross_attention_dim", c["cross_attention_dim"], levels)
-    depth = _per_level("transformer_layers_per_block", c["transformer_layers_per_block"], levels)
+    head_dims_per_level = per_level("attention_head_dim", c["attention_head_dim"], levels)
+    contexts = per_level("cross_attention_dim", c["cross_attention_dim"], levels)
+    depth = per_level("transformer_layers_per_block", c["transformer_layers_per_block"], levels)
     if any(isinstance(d, (list, tuple)) for d in depth):
         raise UnsupportedConversionError(
             f"transformer_layers_per_block={c['transformer_layers_per_block']!r} gives blocks of one level different "
@@ -258,11 +258,11 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
         )
 
     heads = []
-    for level, (width, value) in enumerate(zip(channels, per_level)):
+    for level, (width, value) in enumerate(zip(channels, head_dims_per_level)):
         if kinds[level] == "attn":
             head_width = value or width
             # diffusers sizes up block i's self-attention with attention_head_dim[i], not reversed.
-            up_width = per_level[levels - 1 - level] or width
+            up_width = head_dims_per_level[levels - 1 - level] or width
             if up_width != head_width:
                 raise UnsupportedConversionError(
                     f"attention_head_dim={c['attention_head_dim']!r} gives level {level}'s self-attention heads of width "
@@ -277,13 +277,13 @@ def _conditional_attention(c: dict, channels: list, kinds: list) -> dict:
         if kinds[level] == "cross" and width % heads[-1]:
             raise UnsupportedConversionError(f"{heads[-1]} attention heads do not divide width {width} at level {level}.")
     if mid_cross:
-        if kinds[-1] != "cross" and heads[-1] != per_level[-1]:
+        if kinds[-1] != "cross" and heads[-1] != head_dims_per_level[-1]:
             if kinds[-1] == "attn":
                 raise UnsupportedConversionError(
-                    f"the middle block has {per_level[-1]} heads but the last level's self-attention has {heads[-1]}; "
+                    f"the middle block has {head_dims_per_level[-1]} heads but the last level's self-attention has {heads[-1]}; "
                     "our middle block takes the last level's head count."
                 )
-            heads[-1] = per_level[-1]
+            heads[-1] = head_dims_per_level[-1]
         if channels[-1] % heads[-1]:
             raise UnsupportedConversionError(f"{heads[-1]} attention heads do not divide width {channels[-1]} in the middle block.")
     return dict(
@@ -342,7 +342,7 @@ def diffusers_config(config: dict) -> tuple[str, dict]:
     )
     if not conditional:
         fields.update(
-            layers_per_block=_per_level("blocks_per_level", c["blocks_per_level"], levels)[0],
+            layers_per_block=per_level("blocks_per_level", c["blocks_per_level"], levels)[0],
             mid_block_type="UNetMidBlock2D" if c["mid_block"] else None,
             add_attention=bool(mid_attn),
             attention_head_dim=None if all(h == 1 for _, h in sites) else head_dims.pop(),  # None: one head per block
@@ -366,7 +366,7 @@ def _inexpressible(c: dict, conditional: bool) -> list[str]:
     attn, cross = set(c["attention_levels"]), set(c["cross_attention_levels"])
     mid_attn, mid_cross = c["mid_block"] and c["mid_attention"], c["mid_block"] and c["mid_cross_attention"]
     fourier = c["time_embedding"] == "fourier"
-    blocks = _per_level("blocks_per_level", c["blocks_per_level"], len(c["channels"]))
+    blocks = per_level("blocks_per_level", c["blocks_per_level"], len(c["channels"]))
     for broken, problem in (
         (model_dims(c) != 2, f"dims={model_dims(c)} (diffusers' UNet2DModel and UNet2DConditionModel are 2D)"),
         (c["time_embedding"] is None, "time_embedding=None (diffusers U-Nets are always time-conditioned)"),
@@ -399,27 +399,27 @@ def _condition_fields(c: dict, attn: set[int]) -> dict:
     levels and the middle, a head width for self-attention levels."""
     channels, levels = list(c["channels"]), len(c["channels"])
     mid_cross = c["mid_block"] and c["mid_cross_attention"]
-    per_level = []
+    head_dims = []
     for level, width in enumerate(channels):
         heads = attention_heads(c, width, level)
-        per_level.append(width // heads if level in attn else heads)
-    unreversed = [l for l in attn if per_level[levels - 1 - l] != per_level[l]]
+        head_dims.append(width // heads if level in attn else heads)
+    unreversed = [l for l in attn if head_dims[levels - 1 - l] != head_dims[l]]
     if unreversed:
         raise UnsupportedConversionError(
             f"this UNet cannot be written as a diffusers model: UNet2DConditionModel sizes the up-block self-attention of "
             f"levels {sorted(unreversed)} with another level's attention_head_dim entry, which differs here."
         )
-    if mid_cross and levels - 1 in attn and per_level[-1] != attention_heads(c, channels[-1], levels - 1):
+    if mid_cross and levels - 1 in attn and head_dims[-1] != attention_heads(c, channels[-1], levels - 1):
         raise UnsupportedConversionError(
             "this UNet cannot be written as a diffusers model: its last level has self-attention and the middle "
             "cross-attention, which UNet2DConditionModel sizes with one attention_head_dim entry."
         )
     fields = dict(
-        layers_per_block=_collapse(_per_level("blocks_per_level", c["blocks_per_level"], levels)),
+        layers_per_block=_collapse(per_level("blocks_per_level", c["blocks_per_level"], levels)),
         mid_block_type="UNetMidBlock2DCrossAttn" if mid_cross else None,
-        attention_head_dim=_collapse(per_level),
+        attention_head_dim=_collapse(head_dims),
         cross_attention_dim=c["context_dim"],
-        transformer_layers_per_block=_collapse(_per_level("transformer_depth", c["transformer_depth"], levels)),
+        transformer_layers_per_block=_collapse(per_level("transformer_depth", c["transformer_depth"], levels)),
         use_linear_projection=True,  # our projections are Linear layers: no reshaping on the way out
     )
     if c["time_embedding"] == "fourier":

@@ -97,7 +97,7 @@ def out_length(module: nn.Module, n: int) -> int:
             else:
                 n = (n + 2 * p - d * (k - 1) - 1) // s + 1
         elif isinstance(layer, nn.Upsample):
-            n = int(n * layer.scale_factor)
+            n = int(n * _first(layer.scale_factor))
         elif isinstance(layer, nn.modules.padding._ConstantPadNd):
             n = n + layer.padding[0] + layer.padding[1]
     return n
@@ -105,7 +105,10 @@ def out_length(module: nn.Module, n: int) -> int:
 
 def _first(value):
     """The setting of the first axis: layers store an int or one value per axis."""
-    return value[0] if isinstance(value, tuple) else value
+    value = value[0] if isinstance(value, tuple) else value
+    if not isinstance(value, (int, float)):  # padding="same", Upsample(size=...): not built by this package
+        raise TypeError(f"out_length reads numeric layer settings; got {value!r}")
+    return value
 
 
 def pad_end(x: torch.Tensor, amounts, mode: str = "constant") -> torch.Tensor:

@@ -110,6 +110,8 @@ _CONFLICTS = (
      "divide_by_timestep needs a timestep; it does nothing with time_embedding=None."),
     (lambda c: c.block == "classic" and (c.time_embedding is not None or c.num_class_labels is not None),
      "classic blocks take no time or class embedding; set time_embedding=None and num_class_labels=None, or use block='residual'."),
+    (lambda c: c.skips == "dense" and not c.conv_in,
+     "dense skips start with the stem's output, so they need conv_in=True; or use skips='level'."),
     (lambda c: c.block == "residual" and not c.conv_in,
      "residual blocks start with GroupNorm, so they need conv_in=True to lift the image to features."),
     (lambda c: c.padding == "valid" and c.pad_input,
@@ -386,6 +388,8 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
             raise InputError("a side must be at least 1 pixel")
         skips: list[int] = []
         for module, pushes, pops in self._steps():
+            if isinstance(module, Downsample) and n % 2:
+                raise InputError(f"a {n}-pixel map cannot be halved")
             if pops:
                 skip = skips.pop()
                 if skip < n or (skip - n) % 2:
@@ -498,8 +502,9 @@ class UNet(PretrainedMixin, AttentionProcessorsMixin, ModelMixin, ConfigMixin):
 
         checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         skips: list[torch.Tensor] = []
+        stem = self.stem  # read once: ModelMixin's attribute lookup is slow
         for module, pushes, pops in self._steps():
-            if module is self.stem:
+            if module is stem:
                 x = module(x)
             else:  # a block: (x, emb, context, skip)
                 args = (x, emb, context, skips.pop() if pops else None)
