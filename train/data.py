@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipelines.images import image_files, load_array
 from unet_diffusion.errors import InputError
+from unet_diffusion.inputs import model_dims
 
 from .config import Config, DataConfig, expand_path, model_fields
 
@@ -390,7 +391,8 @@ def open_source(config: Config):
     if data.source == "volumes":
         return Volumes(data)
     if data.source == "arrays":
-        return Arrays(data, dims=model_fields(config)["dims"])
+        fields = model_fields(config) or {}  # None: a wrong model section, which building the model reports
+        return Arrays(data, dims=model_dims(fields))
     return ImageMaskPairs(data)
 
 
