@@ -83,6 +83,9 @@ def test_deep_supervision_heads_read_the_decoder_maps_and_leave_the_unet_as_it_i
     assert full.shape == (2, 2, 16, 16) and level1.shape == (2, 2, 8, 8)
     torch.testing.assert_close(full, model.unet(image).sample)  # the UNet alone computes the same
     assert model._maps is None                                   # and the hooks kept nothing from it
+    model.unet.enable_gradient_checkpointing()                   # the maps are captured once, not on recomputation
+    sum(output.square().mean() for output in model(image)).backward()
+    assert model.heads["level1"].weight.grad.abs().sum() > 0 and model._maps is None
 
 
 def test_deep_supervision_loss_is_the_weighted_sum_over_resolutions():
