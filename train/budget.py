@@ -76,8 +76,11 @@ class LRPlan:
         # diffusers builds each schedule bound to an optimizer; the factor curve is its lambda (every schedule
         # get_scheduler names is a LambdaLR).
         probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        # The probe's rate of 1 makes diffusers' polynomial floor (lr_end 1e-7) a factor of 1e-7: the curve is
+        # (1 - 1e-7) * (1 - step/steps)^power + 1e-7, nnU-Net's poly schedule to 1e-7.
+        power = {"power": self.optim.lr_power} if self.optim.lr_schedule == "polynomial" else {}
         schedule = get_scheduler(self.optim.lr_schedule, probe, num_warmup_steps=self.optim.warmup_steps,
-                                 num_training_steps=total_steps)
+                                 num_training_steps=total_steps, **power)
         self._factor = schedule.lr_lambdas[0]
 
     def __call__(self, step: int) -> float:

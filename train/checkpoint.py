@@ -9,6 +9,8 @@ A checkpoint is ``<run>/checkpoints/step-00001234/``:
   ``python -m bench.quality_gen --pipelines`` open them as they are,
 - Accelerate's optimizer, learning-rate schedule, gradient scaler and random states of every process
   (read back by Accelerate with ``torch.load(weights_only=True)``),
+- ``deep_supervision.safetensors``: with ``segmentation.deep_supervision``, the training-only auxiliary heads
+  (``deep_supervision``); their optimizer state is in Accelerate's,
 - ``trainer.json``: the step and counters, written last.
 
 It is written to ``.tmp-step-...`` and renamed into place, so a crash mid-write leaves the previous
@@ -37,11 +39,14 @@ from pathlib import Path
 import torch
 
 from unet_diffusion.errors import InputError
-from unet_diffusion.weights import WEIGHTS_NAME, load_state_dict_strict, read_json, read_safetensors
+from unet_diffusion.weights import WEIGHTS_NAME, atomic_save_file, load_state_dict_strict, read_json, read_safetensors
+
+from .deep_supervision import DeepSupervision, network_of
 
 STEP_PATTERN = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer.json"
 MODEL_DIR, EMA_DIR = "model", "ema"
+HEADS_FILE = "deep_supervision.safetensors"
 
 
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
@@ -171,10 +176,15 @@ class Checkpoints:
         return bool(exists.item())
 
     def _save_weights(self, models, weights, output_dir) -> None:
-        """``save_state`` hook: the model in ``model/`` and its EMA in ``ema/``, nothing left for Accelerate to write."""
+        """``save_state`` hook: the model in ``model/`` and its EMA in ``ema/`` (training-only heads beside them),
+        nothing left for Accelerate to write."""
         if self.accelerator.is_main_process:
             for model in models:
-                unwrapped = self.accelerator.unwrap_model(model)
+                trained = self.accelerator.unwrap_model(model)
+                if isinstance(trained, DeepSupervision):
+                    heads = {name: t.detach().contiguous() for name, t in trained.heads.state_dict().items()}
+                    atomic_save_file(heads, Path(output_dir) / HEADS_FILE, {"format": "pt"})
+                unwrapped = network_of(trained)
                 unwrapped.save_pretrained(Path(output_dir) / MODEL_DIR, safe_serialization=True)
                 if self.ema is not None:
                     with ema_weights(unwrapped, self.ema):
@@ -187,10 +197,22 @@ class Checkpoints:
         if not weights_file.is_file():
             raise FileNotFoundError(f"{input_dir} has no model weights ({weights_file}); it is not a checkpoint of this trainer.")
         while models:
-            model = self.accelerator.unwrap_model(models.pop())
+            trained = self.accelerator.unwrap_model(models.pop())
+            self._load_heads(trained, Path(input_dir))
+            model = network_of(trained)
             load_state_dict_strict(model, read_safetensors(weights_file), str(weights_file))
             if self.ema is not None:
                 self._load_ema(model, Path(input_dir))
+
+    @staticmethod
+    def _load_heads(trained, input_dir: Path) -> None:
+        """The auxiliary heads of deep supervision, which a checkpoint holds exactly when its run had them."""
+        heads_file, wanted = input_dir / HEADS_FILE, isinstance(trained, DeepSupervision)
+        if heads_file.is_file() != wanted:
+            raise InputError(f"{input_dir} was saved {'without' if wanted else 'with'} segmentation.deep_supervision; "
+                             f"resume with deep_supervision: {str(not wanted).lower()}, or start a new run.")
+        if wanted:
+            load_state_dict_strict(trained.heads, read_safetensors(heads_file), str(heads_file))
 
     def _load_ema(self, model, input_dir: Path) -> None:
         ema_file = input_dir / EMA_DIR / f"{WEIGHTS_NAME}.safetensors"

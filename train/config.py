@@ -78,6 +78,8 @@ class DataConfig:
     split_depth_at: list | None = None            # volumes: cut every volume at these slice indices; each part is an example (hold one out with val_size).
     crop_depth: int | None = None                 # volumes: depth of the training crops (default image_size, the side of their H x W).
     crops_per_example: int = 1                    # Training examples drawn from each example per epoch, each with its own crop and augmentation.
+    oversample: float = 0.0                       # Segmentation: the fraction of training crops forced to hold a pixel of oversample_class (nnU-Net: 0.33).
+    oversample_class: int | None = None           # Segmentation: the class those crops must hold (a rare foreground class).
     mask_values: list | None = None               # Mask pixel value of each class, in class order; None = the pixel value is the class.
     image_size: int = 32                          # Diffusion: images are resized and center-cropped to this. Segmentation: output crop side.
     channels: int = 3                             # Image channels: 1 (grayscale) or 3 (RGB).
@@ -132,6 +134,7 @@ class SegmentationConfig:
     sigma: float = 5.0                            # Weight map: border width sigma, in pixels.
     balance_classes: bool = True                  # Weight map: w_c(x) balances class frequencies of each mask.
     class_names: list | None = None               # Names for the metrics of each class; None = class0, class1, ...
+    deep_supervision: bool = False                # Also train on the decoder's lower resolutions through auxiliary 1x1 heads (nnU-Net), weights 1/2^i; training only, the saved network is the same.
     overlay_every: int = 500                      # Write prediction overlays every this many steps; 0 = only at the end.
     num_overlays: int = 4                         # Validation images in each overlay.
 
@@ -144,9 +147,11 @@ class OptimConfig:
     lr: float = 1e-4                              # Peak learning rate.
     betas: list = field(default_factory=lambda: [0.9, 0.999])  # Adam(W) betas.
     momentum: float = 0.9                         # SGD momentum.
+    nesterov: bool = False                        # SGD: Nesterov momentum (nnU-Net: momentum 0.99, lr 1e-2).
     weight_decay: float = 0.0                     # Weight decay.
     eps: float = 1e-8                             # Adam(W) epsilon.
     lr_schedule: str = "constant_with_warmup"     # Any diffusers get_scheduler name: constant, linear, cosine, ...
+    lr_power: float = 1.0                         # lr_schedule polynomial: lr * (1 - step/steps)^lr_power after the warm-up (nnU-Net: 0.9).
     warmup_steps: int = 0                         # Linear warm-up of the learning rate from 0.
     grad_clip: float | None = 1.0                 # Clip the global gradient norm to this; None = no clipping.
 
@@ -262,6 +267,7 @@ def check_rules(config: Config) -> None:
     only the data can tell, checked where it is read.
     """
     _check_sampling(config.diffusion)
+    _check_optim(config.optim)
     model = model_fields(config)
     if config.task == "diffusion":
         _check_denoising(config, model)
@@ -317,6 +323,18 @@ def _check_sampling(d: DiffusionConfig) -> None:
                           f"with sampler {d.sampler}.")
 
 
+def _check_optim(o: OptimConfig) -> None:
+    """Settings that belong to one optimizer or one schedule."""
+    if o.nesterov and (o.optimizer != "sgd" or o.momentum <= 0):
+        raise ConfigError(f"optim.nesterov is SGD's Nesterov momentum: set optim.optimizer: sgd with optim.momentum > 0, "
+                          f"or nesterov: false; got optimizer {o.optimizer!r}, momentum {o.momentum}.")
+    if o.lr_power != 1.0 and o.lr_schedule != "polynomial":
+        raise ConfigError(f"optim.lr_power is the exponent of the polynomial schedule: set optim.lr_schedule: polynomial, "
+                          f"or lr_power: 1.0; got lr_power {o.lr_power} with lr_schedule {o.lr_schedule!r}.")
+    if not o.lr_power > 0:
+        raise ConfigError(f"optim.lr_power must be positive (1: linear decay; nnU-Net: 0.9); got {o.lr_power}.")
+
+
 def _check_data(config: Config) -> None:
     """What each data source needs from the data section."""
     data = config.data
@@ -328,6 +346,10 @@ def _check_data(config: Config) -> None:
         raise ConfigError(f"data.source is '{data.source}': set data.image_dir and data.mask_dir.")
     if data.source == "arrays" and not isinstance(data.data_files, str):
         raise ConfigError("data.source is 'arrays': set data.data_files to one .npy or .npz file.")
+    if data.oversample and (config.task != "segmentation" or data.oversample_class is None or not 0 < data.oversample <= 1):
+        raise ConfigError(f"data.oversample forces segmentation crops to hold a class: it needs task: segmentation, a "
+                          f"fraction in (0, 1] and data.oversample_class naming the class; got task {config.task!r}, "
+                          f"oversample {data.oversample}, oversample_class {data.oversample_class}.")
     if data.source == "volumes":
         if data.split_depth_at and min(data.split_depth_at) < 1:
             raise ConfigError(f"data.split_depth_at {data.split_depth_at} must name slice indices of at least 1.")
@@ -377,12 +399,36 @@ def _check_segmentation(config: Config, model: dict) -> None:
         raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {classes} classes.")
     if s.weight_map and not 0 <= s.object_class < classes:
         raise ConfigError(f"segmentation.object_class={s.object_class} is not a class (0..{classes - 1}).")
+    wanted = config.data.oversample_class
+    if config.data.oversample and wanted is not None and not 0 <= wanted < classes:  # None: _check_data says what to set
+        raise ConfigError(f"data.oversample_class={wanted} is not a class (0..{classes - 1}).")
     if s.class_names is not None and len(s.class_names) != classes:
         raise ConfigError(f"segmentation.class_names has {len(s.class_names)} names for {classes} classes.")
+    if s.deep_supervision:
+        _check_deep_supervision(config, model)
     volumes = config.data.source == "volumes"
     if (model["dims"] == 3) != volumes:
         raise ConfigError("data.source 'volumes' trains a 3D model (model.args.dims: 3)" if volumes else
                           f"a {model['dims']}D model trains on volumes: set data.source to 'volumes' (or model.args.dims to 2).")
+
+
+def _check_deep_supervision(config: Config, model: dict) -> None:
+    """Deep supervision reads the decoder maps below the top but the lowest (nnU-Net leaves that one out), at
+    1/2^i of the label crop, which it resizes the mask to."""
+    levels = len(model["channels"])
+    if levels < 3:
+        raise ConfigError(f"segmentation.deep_supervision supervises the decoder levels between the top and the lowest; "
+                          f"this model has {levels} (model.args.channels {list(model['channels'])}): give it at least 3 "
+                          "levels, or set deep_supervision: false.")
+    if model["padding"] == "valid":
+        raise ConfigError("segmentation.deep_supervision needs same padding (model.args.padding: same): a valid-padding "
+                          "decoder map covers a wider region than its level's share of the label crop, so a resized mask "
+                          "would not line up with it.")
+    factor, data = 2 ** (levels - 1), config.data
+    sides = [data.image_size, *([data.crop_depth] if data.source == "volumes" and data.crop_depth else [])]
+    if any(side % factor for side in sides):
+        raise ConfigError(f"segmentation.deep_supervision resizes the mask to every level: data.image_size (and "
+                          f"data.crop_depth) must be multiples of {factor} (2^(levels-1)); got {sides}.")
 
 
 def _check_best_metric(config: Config, model: dict | None) -> None:

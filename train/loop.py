@@ -49,6 +49,7 @@ from .checkpoint import (
 )
 from .config import Config, save_config
 from .data import Examples, check_images, epoch_of, open_source, split_indices, training_loader
+from .deep_supervision import network_of
 from .lock import RunLock, describe
 from .plots import PLOT_FILE, plot_run
 from .tracking import LOGS_DIR, log_picture, read_log, trackers
@@ -123,22 +124,24 @@ class Trainer:
         config, acc = self.config, self.accelerator
         self.task.attach(self)
         self._examples()
-        model = self.task.build_model()
+        model = self.task.build_model()  # the network, or a training-only module around it (deep_supervision)
+        network = network_of(model)
         if config.model.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        if not config.model.fused_norm_conv and hasattr(model, "set_fused_norm_conv"):  # the benches' peers have no fused op
-            model.set_fused_norm_conv(False)
+            network.enable_gradient_checkpointing()
+        if not config.model.fused_norm_conv and hasattr(network, "set_fused_norm_conv"):  # the benches' peers have no fused op
+            network.set_fused_norm_conv(False)
         self.ema = None
         if config.ema.enabled:
             e = config.ema
-            self.ema = EMAModel(model.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
+            self.ema = EMAModel(network.parameters(), decay=e.decay, use_ema_warmup=e.warmup, inv_gamma=e.inv_gamma,
                                 power=e.power, update_after_step=e.update_after_step, foreach=True)
         optimizer = self._optimizer(model)
         self.step, self.lr_plan = 0, LRPlan(config.optim, config.train.steps)  # the budget may change its length
         self.model, self.optimizer, self.lr_schedule = acc.prepare(model, optimizer, lr_schedule(optimizer, self.lr_plan))
         if self.ema is not None:
             self.ema.to(acc.device)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]    # clipped and stepped
+        self.ema_params = [p for p in self.network().parameters() if p.requires_grad]  # averaged: the network's alone
         self.checkpoints = Checkpoints(acc, self.run_dir, self.ema, config.train.keep_checkpoints)
 
         self.nan_skips, self.micro_batches, spent_seconds = 0, 0, 0.0
@@ -168,6 +171,11 @@ class Trainer:
         self.val_examples = Examples(source, val_idx, self.task.prepare_eval, config.train.seed) if val_idx else None
         self.task.check_examples(self.train_examples)
 
+    def network(self):
+        """The network being trained, unwrapped from Accelerate and from any training-only module (``network_of``):
+        what is evaluated, averaged and saved."""
+        return network_of(self.accelerator.unwrap_model(self.model))
+
     @property
     def total_steps(self) -> int:
         """The run's length: train.steps, or what fits train.budget_minutes (``_clock``)."""
@@ -191,7 +199,8 @@ class Trainer:
         # fused: one kernel for all parameters instead of a Python loop over them (the MNIST config's 247
         # tensors: AdamW 26 -> 4.5 ms a step on 2 idle CPU threads, ~4% of its step).
         if o.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=True)
+            return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
+                                   fused=True)
         cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
         return cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay, fused=True)
 
@@ -329,7 +338,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.step(self.params)
+                self.ema.step(self.ema_params)
         self.lr_schedule.step()
         self.step += 1
         return StepOutcome(loss_sum / acc.num_processes, grad_norm, self.consecutive_skips > 0, stop > 0, out_of_time > 0)

@@ -26,6 +26,7 @@ from unet_diffusion.outputs import umask_modes
 
 from .checkpoint import ema_weights
 from .config import Config, ConfigError, segmentation_classes
+from .deep_supervision import DeepSupervision, level_weights, resized
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss
 from .metrics import class_names, segmentation_metric_names
@@ -96,10 +97,12 @@ class SegmentationTask:
         self.out_size = (d.crop_depth or side, side, side) if self.volumes else side
         if self.volumes:
             self.in_size = tuple(input_size_for(probe, n) for n in self.out_size)
-            self.joint = VolumeTransform(self.out_size, self.in_size, d.augment)
+            self.joint = VolumeTransform(self.out_size, self.in_size, d.augment, d.oversample, d.oversample_class)
         else:
             self.in_size = input_size_for(probe, self.out_size)
-            self.joint = JointTransform(self.out_size, self.in_size, d.augment)
+            self.joint = JointTransform(self.out_size, self.in_size, d.augment, d.oversample, d.oversample_class)
+        # deep supervision: the loss weight of the full-resolution output and of each supervised level
+        self.level_weights = level_weights(len(probe.config.channels)) if s.deep_supervision else None
         self.class_weights = torch.tensor(s.class_weights, dtype=torch.float32) if s.class_weights else None
         self._weight_maps: dict[int, torch.Tensor] = {}
         self.trainer = None
@@ -107,8 +110,10 @@ class SegmentationTask:
     def attach(self, trainer) -> None:
         self.trainer = trainer
 
-    def build_model(self) -> UNet:
-        return build_unet(self.config, in_channels=self.config.data.channels, sample_size=self.in_size)
+    def build_model(self) -> UNet | DeepSupervision:
+        """The UNet; with ``segmentation.deep_supervision``, inside the training-only ``DeepSupervision``."""
+        unet = build_unet(self.config, in_channels=self.config.data.channels, sample_size=self.in_size)
+        return DeepSupervision(unet, self.num_classes) if self.config.segmentation.deep_supervision else unet
 
     # ------------------------------------------------------------------------ data
     def check_examples(self, examples) -> None:
@@ -152,9 +157,17 @@ class SegmentationTask:
 
     # ------------------------------------------------------------------------ loss
     def loss(self, model, batch: dict) -> torch.Tensor:
-        logits = model(batch["image"]).sample.float()                            # (B, K, out, out)
-        s = self.config.segmentation
         target, weights = batch["mask"], batch["weights"]
+        if not self.config.segmentation.deep_supervision:
+            return self.pixel_loss(model(batch["image"]).sample.float(), target, weights)
+        # (B, K, out, out), then (B, K, out / 2^i, out / 2^i) for each supervised level i
+        outputs = model(batch["image"])
+        return sum(w * self.pixel_loss(logits.float(), resized(target, logits.shape[2:]), resized(weights, logits.shape[2:]))
+                   for w, logits in zip(self.level_weights, outputs, strict=True))
+
+    def pixel_loss(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The configured loss (``segmentation.loss``) of logits ``(B, K, *S)`` against classes and pixel weights ``(B, *S)``."""
+        s = self.config.segmentation
         class_weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
         if s.loss == "ce":
             return cross_entropy(logits, target, class_weights, weights)
@@ -167,7 +180,7 @@ class SegmentationTask:
         """Dice / IoU / pixel error over the whole validation images, summed over all processes."""
         trainer = self.trainer
         acc, examples = trainer.accelerator, trainer.val_examples
-        model = acc.unwrap_model(trainer.model)  # no DDP collectives: processes may run different numbers of images
+        model = trainer.network()  # unwrapped, no DDP collectives: processes may run different numbers of images
         stats = torch.zeros(self.num_classes, 3, dtype=torch.float64, device=acc.device)
         for i in range(acc.process_index, len(examples), acc.num_processes):
             item = examples[i]
@@ -190,7 +203,7 @@ class SegmentationTask:
 
     def save_pipeline(self, folder: Path) -> None:
         """The ``SegmentationPipeline`` folder of the current weights (EMA when kept)."""
-        unet = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        unet = self.trainer.network()
         with ema_weights(unet, self.trainer.ema):
             # Training feeds the network (pixels - 0.5) / 0.5; the pipeline folder records that.
             SegmentationPipeline(unet=unet, image_mean=0.5, image_std=0.5).save_pretrained(str(folder), safe_serialization=True)
@@ -203,7 +216,7 @@ class SegmentationTask:
         """Rows of (image, truth, prediction) for the first validation (or training) images, EMA weights."""
         trainer = self.trainer
         examples = trainer.val_examples or trainer.train_examples
-        unet = trainer.accelerator.unwrap_model(trainer.model)
+        unet = trainer.network()
         pictures = []
         with ema_weights(unet, trainer.ema):
             for i in range(min(self.config.segmentation.num_overlays, len(examples))):
@@ -233,7 +246,7 @@ class SegmentationTask:
         grid = self.overlays()
         if grid is not None:
             save_image(grid, run_dir / "overlays.png", nrow=3, padding=4, pad_value=1.0)
-        unet = trainer.accelerator.unwrap_model(trainer.model)
+        unet = trainer.network()
         with ema_weights(unet, trainer.ema):
             save_weights(unet, run_dir / "model.safetensors")
         self.save_pipeline(run_dir / "pipeline")

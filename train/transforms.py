@@ -65,6 +65,24 @@ class GridElastic(v2.ElasticTransform):
         return {"displacement": (dense * to_unit).permute(0, 2, 3, 1)}                     # (1, H, W, 2): dx, dy
 
 
+def crop_corner(mask: torch.Tensor, weights: torch.Tensor, out_size: tuple[int, ...], oversample: float = 0.0,
+                want: int | None = None) -> list[int]:
+    """The first corner of a random ``out_size`` crop of ``mask`` (one index per axis).
+
+    With probability ``oversample`` the crop is forced to hold a pixel of class ``want`` that counts in the loss
+    (``weights`` > 0), drawn uniformly among them, as nnU-Net's foreground oversampling; an example without one
+    gets a plain random crop. Without oversampling the draws are the plain crop's alone.
+    """
+    sides = mask.shape
+    if oversample and torch.rand(()) < oversample:
+        where = ((mask == want) & (weights > 0)).nonzero()                        # (N, ndim) positions of the class
+        if len(where):
+            pixel = where[int(torch.randint(len(where), ()).item())].tolist()
+            # the corners whose crop holds the pixel, inside the example
+            return [int(torch.randint(max(0, p - o + 1), min(p, s - o) + 1, ()).item()) for p, o, s in zip(pixel, out_size, sides)]
+    return [int(torch.randint(s - o + 1, ()).item()) for s, o in zip(sides, out_size)]
+
+
 class JointTransform:
     """Augment an image and its masks together, then cut a training crop.
 
@@ -74,12 +92,15 @@ class JointTransform:
             is larger than ``out_size``; the image is mirror-padded by the difference, as in the U-Net
             paper's overlap-tile strategy, so border pixels still get context.
         augment: which augmentations to draw.
+        oversample: the fraction of crops forced to hold a pixel of class ``oversample_class`` (``crop_corner``).
     """
 
-    def __init__(self, out_size: int, in_size: int, augment: AugmentConfig):
+    def __init__(self, out_size: int, in_size: int, augment: AugmentConfig, oversample: float = 0.0,
+                 oversample_class: int | None = None):
         if in_size < out_size or (in_size - out_size) % 2:
             raise InputError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
         self.out_size, self.in_size, self.margin = out_size, in_size, (in_size - out_size) // 2
+        self.oversample, self.oversample_class = oversample, oversample_class
         self.brightness = augment.brightness
         steps: list = []
         if augment.hflip:
@@ -113,12 +134,12 @@ class JointTransform:
         height, width = mask.shape
         if height < self.out_size or width < self.out_size:
             raise InputError(f"a {height}x{width} example is smaller than the {self.out_size}-pixel training crop; lower data.image_size.")
-        top = int(torch.randint(height - self.out_size + 1, ()).item())
-        left = int(torch.randint(width - self.out_size + 1, ()).item())
+        weights = weights * valid
+        top, left = crop_corner(mask, weights, (self.out_size,) * 2, self.oversample, self.oversample_class)
         out = (slice(top, top + self.out_size), slice(left, left + self.out_size))
         m = self.margin
         image = mirror_pad(image, (m, m), (m, m))[:, top:top + self.in_size, left:left + self.in_size]
-        return image, mask[out], (weights * valid)[out]
+        return image, mask[out], weights[out]
 
 
 
@@ -135,9 +156,11 @@ class VolumeTransform:
         in_size: ``(d, h, w)`` of the volume crop (the network's input); larger with valid padding, mirror-padded
             at the volume's border by the difference.
         augment: which augmentations to draw.
+        oversample: the fraction of crops forced to hold a voxel of class ``oversample_class`` (``crop_corner``).
     """
 
-    def __init__(self, out_size: tuple[int, int, int], in_size: tuple[int, int, int], augment: AugmentConfig):
+    def __init__(self, out_size: tuple[int, int, int], in_size: tuple[int, int, int], augment: AugmentConfig,
+                 oversample: float = 0.0, oversample_class: int | None = None):
         for out, inp in zip(out_size, in_size):
             if inp < out or (inp - out) % 2:
                 raise InputError(f"input crop {in_size} must be at least the output crop {out_size}, larger by an even number.")
@@ -147,6 +170,7 @@ class VolumeTransform:
         self.flip_axes = [axis for axis, on in ((-3, augment.dflip), (-2, augment.vflip), (-1, augment.hflip)) if on]
         self.rotate90, self.brightness = augment.rotate90, augment.brightness
         self.elastic_std, self.elastic_grid = augment.elastic_std, augment.elastic_grid
+        self.oversample, self.oversample_class = oversample, oversample_class
 
     def _warp(self, image: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor):
         """The same random elastic deformation of the volume (trilinear), its labels and weights (nearest); weights
@@ -183,7 +207,7 @@ class VolumeTransform:
         if any(side < out for side, out in zip(mask.shape, self.out_size)):
             raise InputError(f"a {' x '.join(map(str, mask.shape))} volume is smaller than the {self.out_size} training crop; "
                              "lower data.image_size or data.crop_depth.")
-        corner = [int(torch.randint(side - out + 1, ()).item()) for side, out in zip(mask.shape, self.out_size)]
+        corner = crop_corner(mask, weights, self.out_size, self.oversample, self.oversample_class)
         out = tuple(slice(c, c + o) for c, o in zip(corner, self.out_size))
         padded = mirror_pad(image, self.margins, self.margins)
         image = padded[(slice(None), *(slice(c, c + i) for c, i in zip(corner, self.in_size)))]
