@@ -357,6 +357,15 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert read_state(latest_checkpoint(accumulated.run_dir))["micro_batches"] == 6
 
 
+def test_a_launcher_accumulation_setting_does_not_scale_the_loss_again(tmp_path, monkeypatch):
+    plain = train(tiny(tmp_path, "plain", train={"steps": 3, "grad_accum": 2}))
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")  # as some launchers export it
+    launched = train(tiny(tmp_path, "launched", train={"steps": 3, "grad_accum": 2}))
+    a, b = weights(latest_checkpoint(plain.run_dir)), weights(latest_checkpoint(launched.run_dir))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
 def test_a_resume_with_another_grad_accum_steps_on_whole_steps(tmp_path):
     train(tiny(tmp_path, train={"steps": 2, "grad_accum": 2}))
     resumed = train(tiny(tmp_path, train={"steps": 4, "grad_accum": 3}), resume="latest")

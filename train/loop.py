@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, send_to_device, set_seed, tqdm
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed, tqdm
 from diffusers.training_utils import EMAModel
 
 from unet_diffusion.errors import InputError
@@ -108,8 +108,10 @@ class Trainer:
         self.run_dir = Path(c.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=c.mixed_precision,
-            # No GradientAccumulationPlugin: the loop counts a step's micro-batches itself (``_loop``), since Accelerate's
-            # counter comes back from a checkpoint and would be out of phase in a resume with another train.grad_accum.
+            # The loop counts a step's micro-batches itself (``_loop``), since Accelerate's counter comes back from a
+            # checkpoint and would be out of phase in a resume with another train.grad_accum. One step here, so that
+            # ACCELERATE_GRADIENT_ACCUMULATION_STEPS (set by some launchers) does not divide the loss a second time.
+            gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=1),
             step_scheduler_with_optimizer=False,  # once per step of the global batch (Accelerate's: once per process)
             log_with=trackers(self.run_dir, c.log_with),
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS_DIR)),
