@@ -263,6 +263,7 @@ def run_segment(args) -> int:
     _check_segment(args)  # the flags first: a mistake is reported before torch and diffusers load
     check_output(args.out, args.overwrite, _reads(args))
 
+    from unet_diffusion.blocks import segmentation_classes
     from unet_diffusion.inputs import model_dims
 
     from .images import image_files, load_array, load_image
@@ -274,7 +275,7 @@ def run_segment(args) -> int:
     fail_if((arrays and args.overlay, f"--overlay draws on images; this model has dims={dims}."))
     files = image_files(args.input, (".npy",)) if arrays else image_files(args.input)
     _check_output_names(files, args)
-    num_classes = max(pipe.unet.config.out_channels or 2, 2)
+    num_classes = max(segmentation_classes(pipe.unet.config), 2)  # a one-channel head's mask: 0 and 1
     skipped, converted = [], False
     with staged_output(args.out, args.overwrite, _reads(args)) as staging, _progress(len(files), "image", args.quiet) as bar:
         for file in files:

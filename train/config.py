@@ -299,11 +299,6 @@ def model_fields(config: Config) -> dict | None:
     return fields
 
 
-def segmentation_classes(model) -> int:
-    """The classes K of a segmentation head (``model``: UNet configuration fields): out_channels, by default 2."""
-    return model["out_channels"] or 2
-
-
 def check_volume_augment(augment: AugmentConfig) -> None:
     """Volumes take flips, rotate90, elastic deformation and brightness; not rotation by an angle (a 2D turn)."""
     if augment.rotation:
@@ -373,8 +368,9 @@ def _check_denoising(config: Config, model: dict | None) -> None:
     if model["num_class_labels"] is not None and d.condition_dropout > 0 and not model["null_class_label"]:
         raise ConfigError("condition dropout needs the null label: set model.args.null_class_label=true or diffusion.condition_dropout=0.")
     if model["padding"] == "valid":
-        raise ConfigError(f"data.image_size={config.data.image_size}: a denoiser must keep the image size; use "
-                          "model.args.padding='same' (valid padding shrinks it).")
+        # Known from the field alone; the sizes a same-padding network takes are the network's rule (DiffusionTask).
+        raise ConfigError("the diffusion task needs model.args.padding='same': valid padding shrinks every image, and a "
+                          "sample is denoised in place.")
     dims = model["dims"]
     if dims != 2 and (d.vae or d.eval_samples or config.data.source != "arrays"):
         raise ConfigError(f"a {dims}D denoiser trains on arrays (data.source: arrays), without diffusion.vae or "
@@ -394,6 +390,8 @@ def _check_segmentation(config: Config, model: dict) -> None:
     if conditioned_through(model):
         raise ConfigError(f"a segmentation model here takes only the image; it is conditioned through "
                           f"{', '.join(conditioned_through(model))}: set them to null in model.args.")
+    from unet_diffusion.blocks import segmentation_classes  # deferred as in model_fields
+
     s, classes = config.segmentation, segmentation_classes(model)
     if s.class_weights is not None and len(s.class_weights) != classes:
         raise ConfigError(f"segmentation.class_weights has {len(s.class_weights)} entries for {classes} classes.")
@@ -441,6 +439,8 @@ def _check_best_metric(config: Config, model: dict | None) -> None:
     if config.task == "diffusion":
         names = denoising_metric_names(config.diffusion.num_train_timesteps, config.diffusion.eval_samples)
     elif model is not None:
+        from unet_diffusion.blocks import segmentation_classes  # deferred as in model_fields
+
         names = segmentation_metric_names(class_names(config.segmentation.class_names, segmentation_classes(model)))
     else:
         return  # the model section is wrong: building the network says how

@@ -21,11 +21,12 @@ from pipelines import SegmentationPipeline
 from pipelines.images import tint
 from pipelines.tiling import covering_input, whole_image
 from unet_diffusion import UNet, save_weights
+from unet_diffusion.blocks import segmentation_classes
 from unet_diffusion.errors import InputError
 from unet_diffusion.outputs import umask_modes
 
 from .checkpoint import ema_weights
-from .config import Config, ConfigError, segmentation_classes
+from .config import Config, ConfigError
 from .deep_supervision import DeepSupervision, level_weights, resized
 from .diffusion import build_unet
 from .losses import boundary_weight_map, ce_dice_loss, cross_entropy, dice_loss

@@ -79,10 +79,15 @@ def embedding_width(c) -> int:
     return c["time_embed_dim"] or 4 * c["channels"][0]
 
 
+def segmentation_classes(c) -> int:
+    """The classes K of a segmentation head: ``out_channels``, by default 2 (background and foreground)."""
+    return c["out_channels"] or 2
+
+
 def head_channels(c) -> int:
-    """Output channels: ``out_channels`` (by default the input's for denoising, 2 classes for segmentation),
-    doubled with a learned variance."""
-    channels = c["out_channels"] or (c["in_channels"] if c["head"] == "denoise" else 2)
+    """Output channels: ``out_channels`` (by default the input's for denoising, ``segmentation_classes`` for
+    segmentation), doubled with a learned variance."""
+    channels = (c["out_channels"] or c["in_channels"]) if c["head"] == "denoise" else segmentation_classes(c)
     return channels * (2 if c["learned_variance"] else 1)
 
 
