@@ -109,9 +109,11 @@ class SmpTask(SegmentationTask):
 
     def __init__(self, config, encoder_name: str, crop: int):
         super().__init__(config)  # checks the config's segmentation settings against its classes
+        if config.segmentation.deep_supervision:
+            raise ValueError("segmentation.deep_supervision reads our U-Net's decoder; the smp peer trains without it.")
         self.encoder_name = encoder_name
         self.out_size = self.in_size = check_side(crop)
-        self.joint = JointTransform(crop, crop, config.data.augment)
+        self.joint = JointTransform(crop, crop, config.data.augment, config.data.oversample, config.data.oversample_class)
 
     def build_model(self) -> SmpUNet:
         return SmpUNet(self.encoder_name, in_channels=self.config.data.channels, out_channels=self.num_classes)

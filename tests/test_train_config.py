@@ -208,6 +208,7 @@ def test_the_bases_of_the_rule_tests_load():
     (MISSING_PAIRS + ["model.args.learned_variance=true"], "learned_variance needs a variational-bound loss"),
     (MISSING_PAIRS + ["model.args.num_class_labels=3", "model.args.null_class_label=false"],
      "condition dropout needs the null label: set model.args.null_class_label=true"),
+    (MISSING_PAIRS + ["optim.lr_schedule=cosin"], "optim.lr_schedule must be one of linear, cosine"),
     (MISSING_PAIRS + ["model.args.padding=valid"], "the diffusion task needs model.args.padding='same'"),
     (MISSING_PAIRS + ["model.args.dims=1"], "a 1D denoiser trains on arrays (data.source: arrays)"),
     (["data.source=arrays", "data.data_files=/nonexistent/signals.npz"], "data.source 'arrays' holds signals or volumes"),

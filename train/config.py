@@ -150,7 +150,7 @@ class OptimConfig:
     nesterov: bool = False                        # SGD: Nesterov momentum (nnU-Net: momentum 0.99, lr 1e-2).
     weight_decay: float = 0.0                     # Weight decay.
     eps: float = 1e-8                             # Adam(W) epsilon.
-    lr_schedule: str = "constant_with_warmup"     # Any diffusers get_scheduler name: constant, linear, cosine, ...
+    lr_schedule: str = "constant_with_warmup"     # A diffusers get_scheduler name: constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial.
     lr_power: float = 1.0                         # lr_schedule polynomial: lr * (1 - step/steps)^lr_power after the warm-up (nnU-Net: 0.9).
     warmup_steps: int = 0                         # Linear warm-up of the learning rate from 0.
     grad_clip: float | None = 1.0                 # Clip the global gradient norm to this; None = no clipping.
@@ -320,6 +320,11 @@ def _check_sampling(d: DiffusionConfig) -> None:
 
 def _check_optim(o: OptimConfig) -> None:
     """Settings that belong to one optimizer or one schedule."""
+    from diffusers.optimization import SchedulerType  # deferred: it loads torch
+
+    names = [kind.value for kind in SchedulerType if kind.value != "piecewise_constant"]  # that one needs step rules
+    if o.lr_schedule not in names:
+        raise ConfigError(f"optim.lr_schedule must be one of {', '.join(names)} (diffusers' get_scheduler); got {o.lr_schedule!r}.")
     if o.nesterov and (o.optimizer != "sgd" or o.momentum <= 0):
         raise ConfigError(f"optim.nesterov is SGD's Nesterov momentum: set optim.optimizer: sgd with optim.momentum > 0, "
                           f"or nesterov: false; got optimizer {o.optimizer!r}, momentum {o.momentum}.")
