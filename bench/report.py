@@ -300,6 +300,21 @@ def render_isbi2012_latent() -> str:
         f"{run['peak_rss_gb']} GB peak memory. Quality: not measured."])
 
 
+def render_recipe_ideas(names: list[str]) -> str:
+    """nnU-Net's recipe ideas against the shipped ISBI recipe at equal wall time, one block per seed."""
+    blocks = []
+    for name in names:
+        data = result(name)
+        overrides = data["provenance"]["training_overrides"]
+        rows = []
+        for r in data["results"]:
+            label = Path(r["pipeline"]).parent.name  # runs/LABEL/pipeline
+            rows.append([f"{label} ({overrides[label] or 'configs/isbi2012.yaml'})", f4(r["mean"]["pixel_error"]),
+                         f4(r["mean"]["rand_error"]), f4(r["mean"]["rand_error_watershed"]), f4(r["mean"]["membrane_dice"])])
+        blocks += [measured(data), table(["recipe", "pixel error", "Rand error", "Rand error (watershed)", "membrane Dice"], rows)]
+    return "\n\n".join(blocks)
+
+
 def render_trials(config: str) -> str:
     """The recipe changes tried on a shipped config and not adopted, each with the commit that recorded it."""
     data = result("recipe_trials")
@@ -459,6 +474,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "init-effect": render_init_effect,
     "trials-mnist": lambda: render_trials("mnist"),
     "trials-isbi2012": lambda: render_trials("isbi2012"),
+    "isbi2012-ideas": lambda: render_recipe_ideas(["isbi2012_recipe_ideas"]),
     "speed": render_speed,
     "speed-variants": lambda: render_speed("speed_cpu_variants"),
     "speed-volumes": render_speed_volumes,
