@@ -474,7 +474,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "init-effect": render_init_effect,
     "trials-mnist": lambda: render_trials("mnist"),
     "trials-isbi2012": lambda: render_trials("isbi2012"),
-    "isbi2012-ideas": lambda: render_recipe_ideas(["isbi2012_recipe_ideas"]),
+    "isbi2012-ideas": lambda: render_recipe_ideas(["isbi2012_recipe_ideas", "isbi2012_recipe_ideas_seed1"]),
     "speed": render_speed,
     "speed-variants": lambda: render_speed("speed_cpu_variants"),
     "speed-volumes": render_speed_volumes,
