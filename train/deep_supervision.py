@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unet_diffusion.nd import conv
+
 
 def supervised_levels(levels: int) -> list[int]:
     """The levels whose decoder maps get an auxiliary head: all below the top but the lowest (``levels`` in the U)."""
@@ -42,9 +44,9 @@ class DeepSupervision(nn.Module):
         super().__init__()
         self.unet = unet
         c = unet.config
-        conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[c.dims - 1]
         # A level's decoder map has the level's width (the middle's at the lowest level, whose width it shares).
-        self.heads = nn.ModuleDict({f"level{i}": conv(c.channels[i], num_classes, 1) for i in supervised_levels(len(c.channels))})
+        self.heads = nn.ModuleDict({f"level{i}": conv(c.dims, c.channels[i], num_classes, 1)
+                                    for i in supervised_levels(len(c.channels))})
         self._maps: dict[str, torch.Tensor] | None = None   # filled during this module's forward only
         for name in self.heads:
             unet.decoder[f"{name}_up"].register_forward_pre_hook(self._keeper(name))
